@@ -1,0 +1,108 @@
+"""The array backend: the one module that knows NumPy from CuPy.
+
+Every layer is written once against an "array module" `xp` that is either
+`numpy` (device "cpu") or `cupy` (device "gpu"). Layers never import either
+directly: they ask `array_module(x)` for the module of the arrays they are given,
+so the same code runs on both.
+"""
+
+import numpy as np
+
+from minigpt.errors import MinigptError
+
+DEVICES = ("cpu", "gpu")
+DTYPES = ("float32", "float64")
+
+_GPU_HELP = "install the GPU extra (pip install -e '.[gpu]') on a machine with an NVIDIA GPU, or use --device cpu"
+
+
+def _import_cupy():
+    """Return the cupy module, or raise a MinigptError that says how to get one."""
+    try:
+        import cupy
+    except ImportError:
+        raise MinigptError(f"--device gpu needs CuPy, which is not installed: {_GPU_HELP}") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CUDA driver missing or broken: CuPy raises its own types
+        raise MinigptError(f"--device gpu found no usable CUDA device ({err}): {_GPU_HELP}") from None
+    if count == 0:
+        raise MinigptError(f"--device gpu found no CUDA device: {_GPU_HELP}")
+    return cupy
+
+
+def gpu_available() -> bool:
+    """True when CuPy is installed and sees at least one CUDA device."""
+    try:
+        _import_cupy()
+    except MinigptError:
+        return False
+    return True
+
+
+def get_xp(device: str = "cpu"):
+    """The array module for a device name: numpy for "cpu", cupy for "gpu"."""
+    if device == "cpu":
+        return np
+    if device == "gpu":
+        return _import_cupy()
+    raise MinigptError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
+
+
+def check_dtype(dtype) -> np.dtype:
+    """The numpy dtype for "float32" (training) or "float64" (gradient checks)."""
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise MinigptError(f"unsupported dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    return np.dtype(name)
+
+
+def array_module(x):
+    """numpy or cupy, whichever owns array `x` (numpy for anything that is not a cupy array)."""
+    if type(x).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def device_of(x) -> str:
+    return "gpu" if array_module(x) is not np else "cpu"
+
+
+def to_host(x) -> np.ndarray:
+    """A numpy copy (or view, on the CPU) of array `x`."""
+    if array_module(x) is np:
+        return np.asarray(x)
+    return x.get()
+
+
+def to_device(x, device: str, dtype=None):
+    """Array `x` (numpy or cupy) as an array of `device`, optionally cast to `dtype`."""
+    xp = get_xp(device)
+    if xp is np:
+        x = to_host(x)
+    out = xp.asarray(x)
+    if dtype is not None and out.dtype != dtype:
+        out = out.astype(dtype)
+    return out
+
+
+def scalar(x) -> float:
+    """A Python float from a 0-d array of either backend (a device sync on the GPU)."""
+    return float(to_host(x))
+
+
+def scatter_add(xp, target, indices, values):
+    """target[indices] += values, accumulating repeated indices (np.add.at / cupyx.scatter_add)."""
+    if xp is np:
+        np.add.at(target, indices, values)
+    else:
+        import cupyx
+
+        cupyx.scatter_add(target, indices, values)
+
+
+def make_rng(device: str = "cpu", seed=None):
+    """A seeded random generator of the device's module (numpy or cupy `default_rng`)."""
+    return get_xp(device).random.default_rng(seed)
