@@ -1,0 +1,255 @@
+"""Text generation: the samplers, the decoding loop over the KV cache, streaming text.
+
+A language model gives, for the last position of each sequence, a row of logits
+z (one per vocabulary entry). Generating is repeating three steps:
+
+    1. logits z = model(context)[:, -1, :]             (B, V)
+    2. next token x ~ sample(z)                        (B,)
+    3. context = context + [x]
+
+Sampling (`sample_next`) turns z into a distribution and draws from it:
+
+    temperature t = 0   greedy: x = argmax_i z_i
+    temperature t > 0   p_i = exp(z_i / t) / sum_j exp(z_j / t)
+    top-k               keep exactly the k largest z_i (ties go to the lower token id)
+    top-p (nucleus)     sort p descending and keep the smallest prefix whose mass reaches p
+                        (a token is kept when the mass before it is still below p)
+
+Filtered tokens get probability 0 and the rest are renormalised. Filters apply in
+the order temperature, top-k, top-p, as in Hugging Face transformers.
+
+The loop (`generate_stream`) never recomputes the prompt: it runs the prompt once
+through the model filling a KV cache (prefill), then feeds one token per step,
+whose keys and values are appended to the cache. A context longer than the
+model's block_size is cut to its last block_size tokens and the cache rebuilt
+over them, so every step sees exactly what a full forward over
+`context[:, -block_size:]` would see.
+"""
+
+import codecs
+
+import numpy as np
+
+from minigpt.backend import to_host
+from minigpt.errors import MinigptError
+
+# ---------------------------------------------------------------------------
+# Samplers: plain functions of a (B, V) array of logits on the host.
+# ---------------------------------------------------------------------------
+
+
+def check_sampling_args(temperature=1.0, top_k=None, top_p=None):
+    """Raise a MinigptError for sampling settings that mean nothing."""
+    if not np.isfinite(temperature) or temperature < 0:
+        raise MinigptError(f"temperature must be 0 (greedy) or positive, got {temperature}")
+    if top_k is not None and (int(top_k) != top_k or top_k < 1):
+        raise MinigptError(f"top_k must be a whole number >= 1 (or left out), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise MinigptError(f"top_p must be in (0, 1] (or left out), got {top_p}")
+
+
+def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
+    """(B, V) boolean, True for exactly k tokens per row: the k largest logits.
+
+    Ties at the k-th value are broken in favour of lower token ids, so a row of
+    equal logits keeps tokens 0..k-1. Linear time (a partition, not a sort).
+    """
+    vocab_size = logits.shape[-1]
+    if k >= vocab_size:
+        return np.ones(logits.shape, dtype=bool)
+    kth_largest = np.partition(logits, vocab_size - k, axis=-1)[:, vocab_size - k, None]
+    above = logits > kth_largest
+    ties = logits == kth_largest
+    ties_needed = k - above.sum(axis=-1, keepdims=True)  # >= 1, by definition of the k-th value
+    return above | (ties & (np.cumsum(ties, axis=-1) <= ties_needed))
+
+
+def top_p_mask(probs: np.ndarray, p: float) -> np.ndarray:
+    """(B, V) boolean, True for the smallest set of most likely tokens whose mass reaches p.
+
+    With probabilities sorted descending, p_(1) >= p_(2) >= ..., token (r) is kept
+    when sum_{s<r} p_(s) < p: the set stops at the first token that brings the
+    mass to p or beyond. The most likely token is always kept. Equal
+    probabilities are ordered by token id (a stable sort), lower first.
+    """
+    if p >= 1.0:
+        return np.ones(probs.shape, dtype=bool)  # no rounding in the sum may drop a token
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    sorted_probs = np.take_along_axis(probs, order, axis=-1)
+    mass_before = np.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep = np.zeros(probs.shape, dtype=bool)
+    np.put_along_axis(keep, order, mass_before < p, axis=-1)
+    return keep
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64; -inf logits get probability exactly 0."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    probs = np.exp(shifted)
+    return probs / probs.sum(axis=-1, keepdims=True)
+
+
+def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None) -> np.ndarray:
+    """The (B, V) float64 distribution that `sample_next` draws from (temperature > 0)."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    if top_k is not None:
+        scaled = np.where(top_k_mask(scaled, int(top_k)), scaled, -np.inf)
+    probs = softmax(scaled)
+    if top_p is not None:
+        probs = np.where(top_p_mask(probs, top_p), probs, 0.0)
+        probs /= probs.sum(axis=-1, keepdims=True)
+    return probs
+
+
+def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One token per row from (B, V) probabilities, by inverting the cumulative sum.
+
+    Token i is drawn when cdf_{i-1} <= u * cdf_V < cdf_i for u ~ U[0, 1), so a
+    token of probability 0 (an empty interval) can never be drawn.
+    """
+    cdf = np.cumsum(probs, axis=-1)
+    u = rng.random(probs.shape[0]) * cdf[:, -1]
+    return np.array([np.searchsorted(row, x, side="right") for row, x in zip(cdf, u)], dtype=np.int64)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None) -> np.ndarray:
+    """The next token id of each row of (B, V) logits, as a (B,) int64 NumPy array.
+
+    temperature 0 is greedy (argmax, lowest id on ties; top_k/top_p change nothing);
+    otherwise one draw from `sampling_probs`, using `rng` (a NumPy Generator).
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    logits = to_host(logits)
+    if temperature == 0:
+        return np.argmax(logits, axis=-1).astype(np.int64)
+    if rng is None:
+        rng = np.random.default_rng()
+    return draw(sampling_probs(logits, temperature, top_k, top_p), rng)
+
+
+# ---------------------------------------------------------------------------
+# The decoding loop.
+# ---------------------------------------------------------------------------
+
+
+def _as_rng(seed):
+    """A NumPy Generator from a seed (int or None), or `seed` itself if it already is one."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def _check_prompt(idx, block_size):
+    idx = to_host(idx)
+    if idx.ndim != 2 or idx.shape[1] == 0:
+        raise MinigptError(f"the prompt must be a (batch, length) array of token ids with length >= 1, got shape {idx.shape}")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise MinigptError(f"the prompt must hold integer token ids, got dtype {idx.dtype}")
+    return idx.astype(np.int64)
+
+
+def _next_logits(model, context, cache, xp):
+    """Logits (B, V) of the last position after feeding `context` (B, T) to the cache."""
+    return model.forward_cached(xp.asarray(context), cache)[:, -1, :]
+
+
+def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None):
+    """Yield the next token of every sequence, a (B,) int64 NumPy array per step.
+
+    `idx` is the (B, T) prompt (any backend). `seed` is an int, None (fresh
+    entropy) or a NumPy Generator (to continue one stream of randomness across
+    calls). A sequence that has produced `stop_token` is finished: from then on
+    its entries are `stop_token` again (padding), and the stream ends early once
+    every sequence is finished.
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    if max_new_tokens < 0:
+        raise MinigptError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    block_size = model.config.block_size
+    context = _check_prompt(idx, block_size)
+    xp = model.xp
+    rng = _as_rng(seed)
+    finished = np.zeros(context.shape[0], dtype=bool)
+
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        cache = model.new_kv_cache()
+        logits = _next_logits(model, context[:, -block_size:], cache, xp)  # prefill
+        for step in range(max_new_tokens):
+            next_ids = sample_next(logits, temperature, top_k, top_p, rng)
+            if stop_token is not None:
+                next_ids[finished] = stop_token
+                finished |= next_ids == stop_token
+            yield next_ids
+            if finished.all() or step == max_new_tokens - 1:
+                return
+            context = np.concatenate([context, next_ids[:, None]], axis=1)
+            if cache.length < block_size:
+                logits = _next_logits(model, next_ids[:, None], cache, xp)
+            else:  # the window slides: rebuild the cache over the last block_size tokens
+                cache = model.new_kv_cache()
+                logits = _next_logits(model, context[:, -block_size:], cache, xp)
+    finally:
+        if was_training:
+            model.train()
+
+
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None):
+    """The prompt followed by up to `max_new_tokens` new tokens: (B, T + n) ids.
+
+    Same array module as the model (NumPy or CuPy). As with Hugging Face's
+    `generate`, `stop_token` is kept in the output, a finished sequence is padded
+    with `stop_token` (GPT-2's pad token is its end-of-text token), and the
+    result is shorter than T + max_new_tokens (n < max_new_tokens) only when
+    every sequence stopped early.
+    """
+    prompt = _check_prompt(idx, model.config.block_size)
+    steps = list(generate_stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_token))
+    out = np.concatenate([prompt] + [ids[:, None] for ids in steps], axis=1)
+    return model.xp.asarray(out)
+
+
+# ---------------------------------------------------------------------------
+# Streaming text.
+# ---------------------------------------------------------------------------
+
+
+class StreamDecoder:
+    """Turns token ids, fed one step at a time, into text that is safe to print.
+
+    A byte-level BPE token may end in the middle of a multi-byte UTF-8 character
+    ("é" can be split over two tokens). The decoder keeps such a partial
+    character until the token that completes it arrives, so the printed text
+    never shows a replacement character that the full decode would not.
+
+    With a tokenizer that has `decode_bytes(ids)`, bytes go through an
+    incremental UTF-8 decoder. Otherwise the whole sequence so far is decoded at
+    every step and the new text is released up to any trailing U+FFFD.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids = []
+        self.emitted = 0  # characters already returned, for the decode-everything fallback
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, ids) -> str:
+        """The text that the new `ids` complete (possibly "")."""
+        ids = [int(i) for i in np.atleast_1d(ids)]
+        if hasattr(self.tokenizer, "decode_bytes"):
+            return self._utf8.decode(self.tokenizer.decode_bytes(ids))
+        self.ids.extend(ids)
+        text = self.tokenizer.decode(self.ids).rstrip("\ufffd")  # a trailing U+FFFD may be a partial character
+        if len(text) <= self.emitted:
+            return ""
+        new, self.emitted = text[self.emitted :], len(text)
+        return new
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character becomes U+FFFD)."""
+        if hasattr(self.tokenizer, "decode_bytes"):
+            return self._utf8.decode(b"", final=True)
+        text = self.tokenizer.decode(self.ids)
+        new, self.emitted = text[self.emitted :], len(text)
+        return new
