@@ -150,7 +150,7 @@ def _check_prompt(idx, block_size):
 
 def _next_logits(model, context, cache, xp):
     """Logits (B, V) of the last position after feeding `context` (B, T) to the cache."""
-    return model.forward_cached(xp.asarray(context), cache)[:, -1, :]
+    return model.forward_cached(xp.asarray(context), cache, last_only=True)[:, -1, :]
 
 
 def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None):

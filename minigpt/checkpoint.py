@@ -1,0 +1,79 @@
+"""Training checkpoints: one directory per checkpoint, written atomically, never pickled.
+
+    out_dir/latest/   (and out_dir/best/, the lowest validation loss so far)
+        config.json            Hugging Face GPT-2 config  } `GPT2LMHeadModel.from_pretrained`
+        model.safetensors      Hugging Face GPT-2 weights } loads these unchanged
+        <tokenizer files>      whatever `tokenizer.save` writes; `load_tokenizer` reads it back
+        optimizer.safetensors  AdamW moments m.<param>, v.<param>; the step count in the metadata
+        trainer_state.json     iter, best_val_loss, RNG states, the run's options
+
+Everything is safetensors or JSON, so loading a checkpoint can never run code.
+
+A checkpoint is first written into a temporary directory beside its final place
+(`out_dir/.latest.tmp-XXXX`), then swapped in with renames: a crash or a kill
+during the write leaves the previous checkpoint intact.
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.numpy import load_file, save_file
+
+from minigpt.data import replace_dir
+from minigpt.errors import MinigptError
+
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+MODEL_FILES = ("config.json", "model.safetensors")
+
+
+def save_checkpoint(path, model, tokenizer, optimizer, trainer_state: dict) -> Path:
+    """Write a complete checkpoint to directory `path`, replacing any previous one atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save(tmp)
+        tensors, metadata = optimizer.state_dict()
+        save_file(tensors, tmp / OPTIMIZER_FILE, metadata=metadata)
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+        replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def is_checkpoint(path) -> bool:
+    """True when `path` holds all the files of a training checkpoint."""
+    path = Path(path)
+    return all((path / name).is_file() for name in (*MODEL_FILES, OPTIMIZER_FILE, STATE_FILE))
+
+
+def load_trainer_state(path) -> dict:
+    path = Path(path) / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise MinigptError(f"cannot read {path} ({err}); the checkpoint is damaged") from None
+    if not isinstance(state, dict) or "iter" not in state:
+        raise MinigptError(f"{path} is not a trainer state (no 'iter'); the checkpoint is damaged")
+    return state
+
+
+def load_optimizer_state(path) -> tuple[dict, dict]:
+    """(tensors, metadata) of a checkpoint's optimizer.safetensors, for `AdamW.load_state_dict`."""
+    from safetensors import safe_open
+
+    path = Path(path) / OPTIMIZER_FILE
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(path)
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise MinigptError(f"cannot read {path} ({err}); the checkpoint is damaged") from None
+    if "step" not in metadata:
+        raise MinigptError(f"{path} has no step count in its metadata; the checkpoint is damaged")
+    return tensors, metadata

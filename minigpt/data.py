@@ -1,0 +1,365 @@
+"""The data pipeline: a text corpus -> tokens -> `train.bin` / `val.bin` -> random batches.
+
+A prepared dataset is a folder `data/<name>/` holding
+
+    train.bin, val.bin   a 1024-byte header, then the tokens (uint16, or uint32 when
+                         the vocabulary has more than 65,536 entries)
+    meta.json            tokenizer kind, vocabulary size, source and its sha256
+    tokenizer/           the tokenizer's own files (read back with `load_tokenizer`)
+
+The header is 256 little-endian int32: magic 20240520, version 1, the token count
+and the bytes per token (2 or 4); the rest is zero. With uint16 tokens this is
+llm.c's token-file layout. The last 10% of the tokens is the validation split.
+
+Training reads the files through `np.memmap`, so a corpus never has to fit in
+memory: a batch is B random windows of T + 1 consecutive tokens, whose first T
+are the inputs and last T (shifted by one) the targets.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from minigpt.download import download, sha256_of
+from minigpt.errors import MinigptError
+from minigpt.paths import data_dir
+
+MAGIC = 20240520
+VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+VAL_FRACTION = 0.1
+
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+DEFAULT_DATASET = "pydoc"
+DATASETS = ("pydoc", "shakespeare")
+
+
+# ---------------------------------------------------------------------------
+# Token files
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 holds ids below 65,536 (GPT-2's 50,257 fit); larger vocabularies need uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def write_tokens(path, tokens, vocab_size: int) -> None:
+    """Write `tokens` with its header to `path` atomically (temporary file, then rename)."""
+    path = Path(path)
+    dtype = token_dtype(vocab_size)
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(f"token ids must lie in [0, {vocab_size}), got {tokens.min()}..{tokens.max()}")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:4] = (MAGIC, VERSION, tokens.size, dtype.itemsize)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype(dtype.newbyteorder("<")).tobytes())
+    os.replace(tmp, path)
+
+
+def read_tokens(path) -> np.memmap:
+    """The tokens of a file written by `write_tokens`, as a read-only memmap."""
+    path = Path(path)
+    rebuild = f"delete {path.parent} to rebuild it"
+    if not path.is_file():
+        raise MinigptError(f"token file {path} does not exist; run scripts/prepare_data.py")
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise MinigptError(f"token file {path} is too short to hold a header; {rebuild}")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    magic, version, count, itemsize = (int(v) for v in header[:4])
+    if magic != MAGIC or version != VERSION or itemsize not in (2, 4):
+        raise MinigptError(f"{path} is not a minigpt token file (bad magic, version or dtype); {rebuild}")
+    if size != HEADER_BYTES + count * itemsize:
+        raise MinigptError(f"{path} should hold {count} tokens but has {size} bytes (truncated?); {rebuild}")
+    dtype = np.dtype("<u2" if itemsize == 2 else "<u4")
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
+
+
+# ---------------------------------------------------------------------------
+# Corpora
+
+
+@dataclass
+class Corpus:
+    """A named text: `name` names its data folder, `source` says where it came from."""
+
+    name: str
+    text: str
+    source: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def pydoc_corpus() -> Corpus:
+    """The Python documentation topics that ship inside the standard library (no network needed)."""
+    import platform
+
+    from pydoc_data.topics import topics
+
+    text = "\n\n".join(topics[key] for key in sorted(topics))
+    return Corpus("pydoc", text, f"pydoc_data.topics (Python {platform.python_version()})")
+
+
+def shakespeare_corpus() -> Corpus:
+    """Tiny Shakespeare, downloaded once into data/shakespeare/input.txt and checked by sha256.
+
+    MINIGPT_SHAKESPEARE_URL and MINIGPT_SHAKESPEARE_SHA256 override the source
+    (the tests serve a small file from a local HTTP server).
+    """
+    url = os.environ.get("MINIGPT_SHAKESPEARE_URL", SHAKESPEARE_URL)
+    sha256 = os.environ.get("MINIGPT_SHAKESPEARE_SHA256", SHAKESPEARE_SHA256)
+    path = data_dir() / "shakespeare" / "input.txt"
+    if path.is_file() and sha256_of(path) != sha256:
+        raise MinigptError(f"{path} does not have the expected sha256 {sha256}; delete it to download it again")
+    if not path.is_file():
+        download(url, path, sha256=sha256)
+    return Corpus("shakespeare", read_text_file(path), url)
+
+
+def read_text_file(path) -> str:
+    """The UTF-8 text of `path`; a file that is not UTF-8 is an error naming the byte and line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise MinigptError(
+            f"{path} is not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} (line {line}); "
+            "convert it to UTF-8 first"
+        ) from None
+
+
+def path_corpus(path) -> Corpus:
+    """A UTF-8 text file, or every (non-hidden) file under a directory, in sorted order."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MinigptError(f"--data {path} does not exist; give a UTF-8 text file or a directory of them")
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if not files:
+            raise MinigptError(f"--data {path} is a directory with no files in it")
+    else:
+        files = [path]
+    text = "\n\n".join(read_text_file(f) for f in files)
+    if not text.strip():
+        raise MinigptError(f"--data {path} holds no text (empty or only whitespace)")
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.resolve().name) or "data"
+    return Corpus(name, text, str(path.resolve()))
+
+
+def load_corpus(dataset: str | None = None, data: str | None = None) -> Corpus:
+    """The corpus a run asks for: `--data PATH` wins over `--dataset NAME` (default pydoc)."""
+    if data is not None:
+        return path_corpus(data)
+    dataset = dataset or DEFAULT_DATASET
+    if dataset == "pydoc":
+        return pydoc_corpus()
+    if dataset == "shakespeare":
+        return shakespeare_corpus()
+    raise MinigptError(f"unknown --dataset {dataset!r}: use one of {', '.join(DATASETS)}, or --data PATH for your own text")
+
+
+# ---------------------------------------------------------------------------
+# Tokenizers named on the command line
+
+
+def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
+    """"char" -> ("char", None), "gpt2" -> ("gpt2", None), "bpe:N" -> ("bpe", N)."""
+    if spec in ("char", "gpt2"):
+        return spec, None
+    if spec.startswith("bpe:"):
+        try:
+            size = int(spec[4:])
+        except ValueError:
+            size = -1
+        if size <= 256:
+            raise MinigptError(f"--tokenizer {spec}: N must be an integer above 256 (the byte alphabet), e.g. bpe:1024")
+        return "bpe", size
+    raise MinigptError(f"unknown --tokenizer {spec!r}: use char, gpt2 or bpe:N (train a BPE of N tokens)")
+
+
+def build_tokenizer(spec: str, train_text: str):
+    """The tokenizer named by `spec`, trained on `train_text` when it needs training."""
+    from minigpt.tokenizer import BPETokenizer, CharTokenizer
+
+    kind, size = parse_tokenizer_spec(spec)
+    if kind == "char":
+        return CharTokenizer.train(train_text)
+    if kind == "gpt2":
+        return BPETokenizer.from_pretrained("gpt2")
+    return BPETokenizer.train(train_text, size)
+
+
+def tokenizer_label(tokenizer) -> str:
+    """A short name for a tokenizer, used in data folder names: char, gpt2 or bpeN."""
+    from minigpt.tokenizer import CharTokenizer
+
+    if isinstance(tokenizer, CharTokenizer):
+        return "char"
+    return "gpt2" if tokenizer.vocab_size == 50257 else f"bpe{tokenizer.vocab_size}"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 over the files `tokenizer.save` writes: equal fingerprints mean equal tokenizers."""
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(tmp)
+        for f in sorted(Path(tmp).rglob("*")):
+            if f.is_file():
+                digest.update(f.relative_to(tmp).as_posix().encode())
+                digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Preparing a dataset
+
+
+@dataclass
+class PreparedData:
+    """A prepared dataset: its folder, meta, tokenizer and the two memmapped splits."""
+
+    dir: Path
+    meta: dict
+    tokenizer: object
+    train: np.ndarray
+    val: np.ndarray
+
+
+def split_point(n: int) -> int:
+    """Index of the first validation token: the last 10% of the tokens is validation."""
+    return n - int(round(n * VAL_FRACTION))
+
+
+def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None, out_dir=None, quiet=False) -> PreparedData:
+    """Tokenize `corpus` into `data/<corpus>_<tokenizer>/`, or reuse it when its meta matches.
+
+    `tokenizer` (a checkpoint's tokenizer, when fine-tuning or resuming) replaces
+    the one `tokenizer_spec` would build. A char or bpe:N tokenizer is trained on
+    the first 90% of the characters, so the validation text stays unseen.
+    """
+    from minigpt.tokenizer import load_tokenizer
+
+    train_chars = corpus.text[: split_point(len(corpus.text))]
+    if tokenizer is None:
+        parse_tokenizer_spec(tokenizer_spec)  # a bad spec fails before any work
+        label = tokenizer_spec.replace(":", "")
+        fingerprint = None
+    else:
+        label = tokenizer_label(tokenizer)
+        fingerprint = tokenizer_fingerprint(tokenizer)
+    out = Path(out_dir) if out_dir is not None else data_dir() / f"{corpus.name}_{label}"
+
+    meta = _read_meta(out)
+    if meta is not None and meta["source_sha256"] == corpus.sha256 and (
+        meta["tokenizer_sha256"] == fingerprint if fingerprint else meta["tokenizer"] == tokenizer_spec
+    ):
+        return _open(out, meta, load_tokenizer(out / "tokenizer"))
+
+    if not quiet:
+        print(f"preparing {out} from {corpus.source} ({len(corpus.text):,} characters)")
+    if tokenizer is None:
+        tokenizer = build_tokenizer(tokenizer_spec, train_chars)
+    tokens = np.asarray(tokenizer.encode(corpus.text), dtype=np.int64)
+    cut = split_point(tokens.size)
+    meta = {
+        "name": out.name,
+        "tokenizer": tokenizer_spec if fingerprint is None else f"checkpoint:{label}",
+        "tokenizer_kind": type(tokenizer).__name__,
+        "tokenizer_sha256": fingerprint or tokenizer_fingerprint(tokenizer),
+        "vocab_size": tokenizer.vocab_size,
+        "eot_token": tokenizer.eot_token,
+        "dtype": token_dtype(tokenizer.vocab_size).name,
+        "source": corpus.source,
+        "source_sha256": corpus.sha256,
+        "characters": len(corpus.text),
+        "train_tokens": int(cut),
+        "val_tokens": int(tokens.size - cut),
+    }
+    _write_dataset(out, meta, tokenizer, tokens[:cut], tokens[cut:])
+    return _open(out, meta, tokenizer)
+
+
+def _read_meta(folder: Path) -> dict | None:
+    """The folder's meta.json, or None when it is missing or unreadable (the folder is then rebuilt)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        return meta if isinstance(meta, dict) and "source_sha256" in meta else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_dataset(out: Path, meta: dict, tokenizer, train, val) -> None:
+    """Write the folder next to its final place, then swap it in: nothing is ever half-written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_tokens(tmp / "train.bin", train, meta["vocab_size"])
+        write_tokens(tmp / "val.bin", val, meta["vocab_size"])
+        (tmp / "tokenizer").mkdir()
+        tokenizer.save(tmp / "tokenizer")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Move directory `new` to `dest`, replacing what is there with two renames.
+
+    The old directory is renamed aside before the new one is renamed in, so at
+    every moment `dest` is either the complete old or the complete new version
+    (or, for the instant between the renames, absent with the old one aside).
+    """
+    aside = None
+    if dest.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        aside.rmdir()
+        os.replace(dest, aside)
+    os.replace(new, dest)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _open(folder: Path, meta: dict, tokenizer) -> PreparedData:
+    return PreparedData(folder, meta, tokenizer, read_tokens(folder / "train.bin"), read_tokens(folder / "val.bin"))
+
+
+def check_block_size(data: PreparedData, block_size: int) -> None:
+    """Both splits must hold at least one window of block_size + 1 tokens."""
+    for split, tokens in (("training", data.train), ("validation", data.val)):
+        if tokens.size < block_size + 1:
+            raise MinigptError(
+                f"{data.dir} has {tokens.size} {split} tokens, fewer than block_size + 1 = {block_size + 1}; "
+                "use a larger text or a smaller --block_size"
+            )
+
+
+# ---------------------------------------------------------------------------
+# Batches
+
+
+def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator):
+    """B random windows of T + 1 tokens -> inputs x (B, T) and targets y = x shifted by one (B, T).
+
+    Host-side int64 arrays; the trainer moves them to the model's device.
+    """
+    starts = rng.integers(0, tokens.size - block_size, size=batch_size)
+    windows = np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int64)
+    return windows[:, :-1], windows[:, 1:]

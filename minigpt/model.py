@@ -1,0 +1,255 @@
+"""GPT-2: configuration, parameters (named and shaped like Hugging Face's), forward, backward.
+
+The whole model is a composition of the layers in minigpt.nn:
+
+    x = dropout(wte[idx] + wpe[pos])                       # (B, T, C)
+    x = block_i(x)  for i in 0 .. n_layer-1                # pre-LN transformer blocks
+    logits = ln_f(x) @ wte^T                               # (B, T, V), head tied to wte
+    loss = cross_entropy(logits, targets)
+
+`forward` keeps every layer's cache; `backward` walks the same list in reverse
+and returns one gradient per parameter. Loading and saving Hugging Face files is
+in minigpt.weights; KV-cache decoding is `new_kv_cache` + `forward_cached`.
+"""
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from minigpt.backend import check_dtype, get_xp, make_rng
+from minigpt.errors import MinigptError
+from minigpt.nn import block, cross_entropy, dropout, embedding, layernorm, lm_head
+
+
+@dataclass
+class GPTConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50257
+    dropout: float = 0.0
+    bias: bool = True
+
+    PRESETS = {
+        "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
+        "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+        "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+        "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    }
+
+    def __post_init__(self):
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise MinigptError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise MinigptError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise MinigptError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        if name not in cls.PRESETS:
+            raise MinigptError(f"unknown model {name!r}: use one of {', '.join(cls.PRESETS)}")
+        return cls(**{**cls.PRESETS[name], "block_size": 1024, "vocab_size": 50257, **overrides})
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def param_shapes(config):
+    """Hugging Face GPT2LMHeadModel's parameter names and shapes, in its order."""
+    C, V = config.n_embd, config.vocab_size
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (config.block_size, C)}
+    for i in range(config.n_layer):
+        h = f"transformer.h.{i}."
+        layer = {
+            "ln_1.weight": (C,), "ln_1.bias": (C,),
+            "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+            "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
+            "ln_2.weight": (C,), "ln_2.bias": (C,),
+            "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,),
+            "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,),
+        }
+        shapes.update({h + k: s for k, s in layer.items() if config.bias or not k.endswith(".bias")})
+    shapes["transformer.ln_f.weight"] = (C,)
+    if config.bias:
+        shapes["transformer.ln_f.bias"] = (C,)
+    return shapes
+
+
+class KVCache:
+    """Per-layer keys and values of B sequences, preallocated to block_size positions."""
+
+    def __init__(self, model):
+        self.model = model
+        self.keys = self.values = None  # lists of (B, H, block_size, D), made on first use
+        self.length = 0  # positions filled so far
+
+    def ensure(self, batch_size):
+        if self.keys is None:
+            c = self.model.config
+            shape = (batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)
+            xp, dtype = self.model.xp, self.model.dtype
+            self.keys = [xp.empty(shape, dtype=dtype) for _ in range(c.n_layer)]
+            self.values = [xp.empty(shape, dtype=dtype) for _ in range(c.n_layer)]
+        elif self.keys[0].shape[0] != batch_size:
+            raise ValueError(f"this KV cache holds {self.keys[0].shape[0]} sequences, got {batch_size}")
+
+
+class GPT:
+    def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None):
+        self.config = config
+        self.dtype = check_dtype(dtype)
+        self.device = device
+        self.xp = get_xp(device)
+        self.rng = make_rng(device, seed)  # also draws the dropout masks
+        self.training = True
+        self.params = self._init_params()
+        self._caches = None
+
+    def _init_params(self):
+        """GPT-2's init: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)),
+        biases 0, LayerNorm weight 1 (as in the GPT-2 paper, nanoGPT and llm.c)."""
+        xp, std = self.xp, 0.02
+        proj_std = std / math.sqrt(2 * self.config.n_layer)
+        params = {}
+        for name, shape in param_shapes(self.config).items():
+            if name.endswith(".bias"):
+                params[name] = xp.zeros(shape, dtype=self.dtype)
+            elif ".ln_" in name:
+                params[name] = xp.ones(shape, dtype=self.dtype)
+            else:
+                s = proj_std if name.endswith("c_proj.weight") else std
+                params[name] = (self.rng.standard_normal(shape, dtype=self.dtype) * s).astype(self.dtype)
+        return params
+
+    # -- modes and sizes ---------------------------------------------------
+
+    def train(self):
+        self.training = True
+        return self
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def num_params(self, non_embedding=False):
+        """Parameter count (the tied head counted once); non_embedding drops wpe, as in nanoGPT."""
+        n = sum(int(p.size) for p in self.params.values())
+        return n - int(self.params["transformer.wpe.weight"].size) if non_embedding else n
+
+    def block_params(self, i):
+        prefix = f"transformer.h.{i}."
+        return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+
+    def _check_idx(self, idx, offset=0):
+        xp = self.xp
+        idx = xp.asarray(idx)
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be a (B, T) integer array, got shape {idx.shape}")
+        if idx.dtype.kind not in "iu":
+            raise ValueError(f"idx must hold integers, got {idx.dtype}")
+        if offset + idx.shape[1] > self.config.block_size:
+            raise ValueError(f"sequence of {offset + idx.shape[1]} tokens exceeds block_size {self.config.block_size}")
+        return idx
+
+    # -- training forward and backward --------------------------------------
+
+    def forward(self, idx, targets=None):
+        """idx, targets: (B, T) integer arrays -> (logits (B, T, V), loss or None).
+
+        With targets, every layer's cache is kept for `backward`.
+        """
+        c, p = self.config, self.params
+        idx = self._check_idx(idx)
+        x, emb_cache = embedding.forward(idx, p["transformer.wte.weight"], p["transformer.wpe.weight"])
+        x, emb_drop_cache = dropout.forward(x, c.dropout, self.rng, self.training)
+        block_caches = []
+        for i in range(c.n_layer):
+            x, cache = block.forward(x, self.block_params(i), c.n_head, c.dropout, self.rng, self.training)
+            block_caches.append(cache)
+        x, ln_f_cache = layernorm.forward(x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"))
+        logits, head_cache = lm_head.forward(x, p["transformer.wte.weight"])  # (B, T, V)
+        if targets is None:
+            self._caches = None
+            return logits, None
+        loss, ce_cache = cross_entropy.forward(logits, self.xp.asarray(targets))
+        self._caches = (emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache)
+        return logits, loss
+
+    def backward(self, dloss=1.0):
+        """Gradients of the last forward's loss (times dloss), keyed and shaped like `params`."""
+        if self._caches is None:
+            raise RuntimeError("backward() needs a forward(idx, targets) with targets first")
+        emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache = self._caches
+        self._caches = None  # free the activations as soon as they are used
+        grads = {}
+        dlogits = cross_entropy.backward(dloss, ce_cache)
+        dx, g = lm_head.backward(dlogits, head_cache)
+        dwte_head = g["weight"]
+        dx, g = layernorm.backward(dx, ln_f_cache)
+        grads.update({f"transformer.ln_f.{k}": v for k, v in g.items()})
+        for i in reversed(range(self.config.n_layer)):
+            dx, g = block.backward(dx, block_caches[i])
+            grads.update({f"transformer.h.{i}.{k}": v for k, v in g.items()})
+            block_caches[i] = None
+        dx, _ = dropout.backward(dx, emb_drop_cache)
+        _, g = embedding.backward(dx, emb_cache)
+        g["wte"] += dwte_head  # the tied head and the embedding read the same matrix
+        grads["transformer.wte.weight"] = g["wte"]
+        grads["transformer.wpe.weight"] = g["wpe"]
+        return {name: grads[name] for name in self.params}  # the params' order
+
+    # -- inference with a KV cache --------------------------------------------
+
+    def new_kv_cache(self):
+        return KVCache(self)
+
+    def forward_cached(self, idx, cache, last_only=False):
+        """Logits of new tokens idx (B, T_new) at positions cache.length .., using and extending the cache.
+
+        Inference only: no dropout, nothing kept for backward. With last_only the
+        head runs on the last position alone and the logits are (B, 1, V).
+        """
+        c, p = self.config, self.params
+        idx = self._check_idx(idx, offset=cache.length)
+        cache.ensure(idx.shape[0])
+        x, _ = embedding.forward(idx, p["transformer.wte.weight"], p["transformer.wpe.weight"], offset=cache.length)
+        for i in range(c.n_layer):
+            x = block.forward_cached(x, self.block_params(i), c.n_head, cache.keys[i], cache.values[i], cache.length)
+        cache.length += idx.shape[1]
+        if last_only:
+            x = x[:, -1:]
+        x, _ = layernorm.forward(x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"))
+        logits, _ = lm_head.forward(x, p["transformer.wte.weight"])
+        return logits
+
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None):
+        """Sample max_new_tokens after idx (B, T); see minigpt.generation.generate."""
+        from minigpt.generation import generate
+
+        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        seed=seed, stop_token=stop_token)
+
+    # -- files -------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path, dtype="float32", device="cpu"):
+        """A GPT from a Hugging Face GPT-2 directory, or a name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)."""
+        from minigpt import weights
+
+        return weights.load_pretrained(cls, path, dtype=dtype, device=device)
+
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors in Hugging Face's GPT-2 format."""
+        from minigpt import weights
+
+        weights.save_pretrained(self, directory)

@@ -1,0 +1,94 @@
+"""Causal multi-head self-attention with a fused qkv projection (GPT-2's `attn`).
+
+Forward, for x of shape (B, T, C), n_head heads of head_dim D = C / n_head:
+
+    q | k | v = x @ W_attn + b_attn                      # (B, T, 3C), split on the last axis
+    q, k, v  -> (B, H, T, D)                             # head h is the h-th chunk of D columns
+    a = q @ k^T                                          # (B, H, T, T) raw scores
+    p = causal_softmax(a / sqrt(D))                      # row i sees keys j <= i
+    p = dropout(p)                                       # attn_pdrop, training only
+    y = p @ v                                            # (B, H, T, D)
+    y -> (B, T, C);  out = y @ W_proj + b_proj
+
+Backward runs the same graph in reverse. With dy = dL/dy (B, H, T, D):
+
+    dp = dy @ v^T,   dv = p^T @ dy                       # from y = p @ v
+    da = softmax_backward(dropout_backward(dp))          # p_k (dp_k - sum_j dp_j p_j) / sqrt(D)
+    dq = da @ k,     dk = da^T @ q                       # from a = q @ k^T
+
+and dq | dk | dv are stacked back into the (B, T, 3C) layout of qkv before the
+backward of the c_attn linear layer.
+"""
+
+import math
+
+from minigpt.backend import array_module
+from minigpt.kernels import causal_softmax_backward, causal_softmax_forward
+from minigpt.nn import dropout, linear
+
+
+def split_heads(qkv, n_head):
+    """(B, T, 3C) -> q, k, v, each a (B, H, T, D) view (no copy)."""
+    B, T, C3 = qkv.shape
+    D = C3 // (3 * n_head)
+    qkv = qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def merge_heads(y):
+    """(B, H, T, D) -> (B, T, H*D), contiguous."""
+    B, H, T, D = y.shape
+    return y.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+def forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False):
+    """x: (B, T, C) -> out: (B, T, C)."""
+    qkv, attn_cache = linear.forward(x, c_attn_w, c_attn_b)  # (B, T, 3C)
+    q, k, v = split_heads(qkv, n_head)  # (B, H, T, D) each
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    probs = causal_softmax_forward(q @ k.transpose(0, 1, 3, 2), scale)  # (B, H, T, T)
+    probs_dropped, drop_cache = dropout.forward(probs, attn_pdrop, rng, training)
+    y = merge_heads(probs_dropped @ v)  # (B, T, C)
+    out, proj_cache = linear.forward(y, c_proj_w, c_proj_b)
+    return out, (attn_cache, qkv, probs, probs_dropped, drop_cache, proj_cache, n_head, scale)
+
+
+def backward(dout, cache):
+    """Returns dx (B, T, C) and the gradients of c_attn and c_proj."""
+    attn_cache, qkv, probs, probs_dropped, drop_cache, proj_cache, n_head, scale = cache
+    xp = array_module(dout)
+    dy, proj_grads = linear.backward(dout, proj_cache)  # (B, T, C)
+    B, T, C = dy.shape
+    dy = dy.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)  # (B, H, T, D) view
+    q, k, v = split_heads(qkv, n_head)
+
+    dqkv = xp.empty_like(qkv)  # (B, T, 3C), filled head by head below
+    dq, dk, dv = split_heads(dqkv, n_head)  # writable views into dqkv
+    dv[...] = probs_dropped.transpose(0, 1, 3, 2) @ dy
+    dprobs, _ = dropout.backward(dy @ v.transpose(0, 1, 3, 2), drop_cache)  # (B, H, T, T)
+    dscores = causal_softmax_backward(dprobs, probs, scale)
+    dq[...] = dscores @ k
+    dk[...] = dscores.transpose(0, 1, 3, 2) @ q
+
+    dx, attn_grads = linear.backward(dqkv, attn_cache)
+    grads = {f"c_attn.{name}": g for name, g in attn_grads.items()}
+    grads.update({f"c_proj.{name}": g for name, g in proj_grads.items()})
+    return dx, grads
+
+
+def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, values, length):
+    """Inference with a KV cache: x (B, T_new, C) at positions length .. length + T_new - 1.
+
+    keys, values: this layer's preallocated (B, H, block_size, D) buffers; the new
+    keys and values are written at [length : length + T_new] and the queries attend
+    to everything up to there (the mask lets new query i see keys j <= length + i).
+    """
+    qkv, _ = linear.forward(x, c_attn_w, c_attn_b)
+    q, k, v = split_heads(qkv, n_head)
+    end = length + q.shape[2]
+    keys[:, :, length:end] = k
+    values[:, :, length:end] = v
+    k_all, v_all = keys[:, :, :end], values[:, :, :end]  # (B, H, end, D)
+    probs = causal_softmax_forward(q @ k_all.transpose(0, 1, 3, 2), 1.0 / math.sqrt(q.shape[-1]))
+    out, _ = linear.forward(merge_heads(probs @ v_all), c_proj_w, c_proj_b)
+    return out

@@ -1,0 +1,34 @@
+"""Linear layer, in GPT-2's (Conv1D) layout: weight is (in, out) and y = x @ W + b.
+
+Forward, with the leading axes flattened into N rows (one 2-D matmul, which is
+also what lets CuPy use TF32 tensor cores):
+
+    y[n, o] = sum_i x[n, i] W[i, o] + b[o]                # (N, out)
+
+Backward, given dy = dL/dy:
+
+    dx = dy @ W^T      dx[n, i] = sum_o dy[n, o] W[i, o]    # (N, in)
+    dW = x^T @ dy      dW[i, o] = sum_n x[n, i] dy[n, o]    # (in, out)
+    db = sum_n dy[n, :]                                     # (out,)
+"""
+
+
+def forward(x, weight, bias=None):
+    """x: (..., in), weight: (in, out), bias: (out,) or None -> (..., out)."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+    y = x2 @ weight  # (N, out)
+    if bias is not None:
+        y += bias
+    return y.reshape(*lead, weight.shape[1]), (x2, weight, bias is not None, lead)
+
+
+def backward(dy, cache):
+    """Returns dx (..., in) and {"weight": dW, "bias": db} (no "bias" when there was none)."""
+    x2, weight, has_bias, lead = cache
+    dy2 = dy.reshape(-1, weight.shape[1])  # (N, out)
+    dx = (dy2 @ weight.T).reshape(*lead, weight.shape[0])
+    grads = {"weight": x2.T @ dy2}
+    if has_bias:
+        grads["bias"] = dy2.sum(axis=0)
+    return dx, grads

@@ -1,0 +1,23 @@
+"""The language-model head, tied to the token embedding: logits = x @ wte^T (no bias).
+
+Backward (wte is (V, C), x is (N, C), logits (N, V)):
+
+    dx   = dlogits @ wte           # (N, C)
+    dwte = dlogits^T @ x           # (V, C): added to the embedding's own gradient,
+                                   # since both uses read the same matrix
+"""
+
+
+def forward(x, wte):
+    """x: (..., C), wte: (V, C) -> logits (..., V)."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])  # (N, C)
+    logits = x2 @ wte.T  # (N, V); wte.T is a transposed view, BLAS reads it without a copy
+    return logits.reshape(*lead, wte.shape[0]), (x2, wte, lead)
+
+
+def backward(dlogits, cache):
+    x2, wte, lead = cache
+    d2 = dlogits.reshape(-1, wte.shape[0])  # (N, V)
+    dx = (d2 @ wte).reshape(*lead, wte.shape[1])
+    return dx, {"weight": d2.T @ x2}
