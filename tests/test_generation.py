@@ -170,3 +170,171 @@ def test_stream_decoder_flushes_an_incomplete_character(tokenizer):
     decoder = StreamDecoder(tokenizer)
     assert decoder.push([ord("a"), 0xE6]) == "a"
     assert decoder.flush() == "\ufffd"
+
+
+# ---------------------------------------------------------------------------
+# The decoding loop on a tiny random model
+# ---------------------------------------------------------------------------
+
+
+def tiny_model(block_size=8, vocab_size=13, dtype="float64", seed=0):
+    """A small GPT whose weights are large enough that its argmax is not trivial."""
+    from minigpt.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=block_size, vocab_size=vocab_size), dtype=dtype, seed=seed)
+    rng = np.random.default_rng(seed)
+    for name, p in model.params.items():
+        if not name.endswith((".bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            p[...] = rng.standard_normal(p.shape) * 0.3
+    return model.eval()
+
+
+def full_forward_logits(model, ids):
+    logits, _ = model.forward(np.asarray(ids)[:, -model.config.block_size :])
+    return logits[:, -1, :]
+
+
+def test_kv_cache_logits_equal_a_full_forward():
+    model = tiny_model(block_size=12)
+    ids = np.random.default_rng(3).integers(0, 13, size=(3, 12))
+    cache = model.new_kv_cache()
+    prefill = model.forward_cached(ids[:, :5], cache)
+    full, _ = model.forward(ids)
+    np.testing.assert_allclose(prefill, full[:, :5], rtol=0, atol=1e-10)
+    for t in range(5, 12):
+        step = model.forward_cached(ids[:, t : t + 1], cache)
+        np.testing.assert_allclose(step[:, 0], full[:, t], rtol=0, atol=1e-10)
+    assert cache.length == 12
+
+
+def test_greedy_generation_is_repeated_argmax_of_full_forwards():
+    model = tiny_model(block_size=8)
+    prompt = np.array([[1, 2, 3], [4, 5, 6]])
+    out = model.generate(prompt, max_new_tokens=12, temperature=0)  # slides past block_size = 8
+    expected = prompt
+    for _ in range(12):
+        next_ids = np.argmax(full_forward_logits(model, expected), axis=-1)
+        expected = np.concatenate([expected, next_ids[:, None]], axis=1)
+    assert out.shape == (2, 15)
+    assert np.array_equal(out, expected)
+    assert len(set(out[0, 3:].tolist())) > 1, "the test model should not just repeat one token"
+
+
+def test_sampling_after_the_window_slides_uses_the_last_block_size_tokens():
+    model = tiny_model(block_size=8)
+    prompt = np.random.default_rng(0).integers(0, 13, size=(1, 20))  # longer than the context
+    out = model.generate(prompt, max_new_tokens=1, temperature=0)
+    assert np.array_equal(out[:, :20], prompt)
+    assert out[0, 20] == np.argmax(full_forward_logits(model, prompt)[0])
+
+
+def test_a_seed_makes_generation_reproducible():
+    model = tiny_model()
+    prompt = np.array([[1, 2], [3, 4]])
+    a = model.generate(prompt, 10, temperature=1.5, top_k=5, seed=11)
+    b = model.generate(prompt, 10, temperature=1.5, top_k=5, seed=11)
+    assert np.array_equal(a, b)
+    others = [model.generate(prompt, 10, temperature=1.5, top_k=5, seed=s) for s in range(3)]
+    assert any(not np.array_equal(a, o) for o in others)
+
+
+def test_sequences_stop_at_the_stop_token_and_are_padded_with_it():
+    model = tiny_model()
+    prompt = np.zeros((6, 2), dtype=np.int64)
+    free = model.generate(prompt, 40, temperature=3.0, seed=5)[:, 2:]
+    in_every_row = set.intersection(*(set(row.tolist()) for row in free))
+    assert in_every_row, "pick a seed/temperature where some token appears in every row"
+    stop = min(in_every_row)
+    stopped = model.generate(prompt, 40, temperature=3.0, seed=5, stop_token=stop)[:, 2:]
+    first_stops = [np.flatnonzero(row == stop)[0] for row in free]
+    assert len(set(first_stops)) > 1, "the rows should stop at different steps"
+    for row_free, row_stopped, first in zip(free, stopped, first_stops):
+        # identical up to and including the stop token, then padding only
+        assert np.array_equal(row_stopped[: first + 1], row_free[: first + 1])
+        assert np.all(row_stopped[first:] == stop)
+    # every row stopped, so the batch ends at the latest first stop token
+    assert stopped.shape == (6, max(first_stops) + 1)
+
+
+def test_generate_stream_yields_what_generate_returns_and_restores_the_mode():
+    from minigpt.generation import generate_stream
+
+    model = tiny_model().train()
+    prompt = np.array([[1, 2, 3]])
+    steps = list(generate_stream(model, prompt, 5, top_p=0.9, seed=2))
+    assert [s.shape for s in steps] == [(1,)] * 5
+    assert model.training
+    out = model.generate(prompt, 5, top_p=0.9, seed=2)
+    assert np.array_equal(out[0, 3:], np.concatenate(steps))
+    assert np.array_equal(model.generate(prompt, 0), prompt)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((1, 0), dtype=np.int64), np.zeros(3, dtype=np.int64), np.zeros((1, 3))])
+def test_malformed_prompts_are_user_errors(bad):
+    with pytest.raises(MinigptError):
+        tiny_model().generate(bad, 3)
+
+
+# ---------------------------------------------------------------------------
+# Perplexity
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_tokens, block_size, stride", [(2, 4, 4), (9, 4, 4), (10, 4, 1), (30, 8, 3), (5, 8, 8)])
+def test_sliding_windows_score_every_target_once(n_tokens, block_size, stride):
+    from minigpt.evaluate import sliding_windows
+
+    scored = []
+    for begin, end, first_scored in sliding_windows(n_tokens, block_size, stride):
+        assert 0 < end - begin <= block_size
+        assert begin <= first_scored < end
+        scored += range(first_scored + 1, end + 1)  # target positions
+    assert scored == list(range(1, n_tokens))
+
+
+def reference_perplexity(model, ids, stride):
+    """Mean negative log-likelihood of every target, each from its own window."""
+    from minigpt.evaluate import sliding_windows
+
+    nll = []
+    for begin, end, first_scored in sliding_windows(len(ids), model.config.block_size, stride):
+        logits, _ = model.forward(ids[None, begin:end])
+        logp = logits[0] - np.log(np.exp(logits[0]).sum(axis=-1, keepdims=True))
+        for pos in range(first_scored, end):
+            nll.append(-logp[pos - begin, ids[pos + 1]])
+    return float(np.mean(nll))
+
+
+@pytest.mark.parametrize("stride, batch_size", [(8, 1), (8, 3), (3, 2), (1, 4)])
+def test_perplexity_matches_a_direct_computation(stride, batch_size):
+    from minigpt.evaluate import perplexity
+
+    model = tiny_model(block_size=8)
+    ids = np.random.default_rng(4).integers(0, 13, size=27)
+    loss, ppl, n = perplexity(model, ids, stride=stride, batch_size=batch_size, progress=False)
+    assert n == 26
+    assert loss == pytest.approx(reference_perplexity(model, ids, stride), rel=1e-12)
+    assert ppl == pytest.approx(np.exp(loss))
+
+
+def test_overlapping_windows_give_each_target_the_full_context():
+    from minigpt.evaluate import perplexity
+
+    model = tiny_model(block_size=8)
+    ids = np.random.default_rng(5).integers(0, 13, size=20)
+    loss, _, _ = perplexity(model, ids, stride=1, progress=False)
+    logp = []
+    for t in range(1, 20):
+        logits = full_forward_logits(model, ids[None, max(0, t - 8) : t])[0]
+        logp.append(logits[ids[t]] - np.log(np.exp(logits).sum()))
+    assert loss == pytest.approx(-np.mean(logp), rel=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=0), dict(stride=9), dict(batch_size=0)])
+def test_bad_perplexity_settings_are_user_errors(kwargs):
+    from minigpt.evaluate import perplexity
+
+    with pytest.raises(MinigptError):
+        perplexity(tiny_model(block_size=8), np.arange(10) % 13, progress=False, **kwargs)
+    with pytest.raises(MinigptError):
+        perplexity(tiny_model(block_size=8), np.array([1]), progress=False)
