@@ -8,8 +8,9 @@ Encoding a text takes three steps (Radford et al. 2019, section 2.2):
 2. Each piece becomes its UTF-8 bytes; each byte is a token of its own
    (ids 0..255), so any text at all can be encoded and nothing is "unknown".
 3. The merge loop: repeatedly find the adjacent pair of tokens whose merge was
-   learned earliest (lowest rank) and replace every occurrence of it by the
-   merged token, until no adjacent pair has a merge.
+   learned earliest (lowest rank) and replace it by the merged token, until no
+   adjacent pair has a merge. A per-piece cache means each distinct piece
+   (" the", " king") runs this loop once.
 
 The files are OpenAI's `encoder.json` (token string -> id) and `vocab.bpe` (the
 merges in rank order, one `left right` per line after a `#version: 0.2`
@@ -19,6 +20,7 @@ every byte is a visible character (a space is `Ġ`, a newline `Ċ`).
 """
 
 import json
+import sys
 from pathlib import Path
 
 import regex
@@ -41,7 +43,7 @@ MERGES_HEADER = "#version: 0.2"
 # Pieces remembered by the per-piece cache before it is emptied, which bounds
 # its memory on huge corpora; frequent words come straight back.
 CACHE_LIMIT = 1 << 17
-_NO_MERGE = (float("inf"), -1)
+NO_MERGE = sys.maxsize  # the "rank" of a pair that has no merge
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -68,21 +70,6 @@ def replace_lone_surrogates(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace each occurrence of `pair` in `ids`, scanning left to right, by `new_id`."""
-    first, second = pair
-    merged = []
-    i = 0
-    while i < len(ids):
-        if i + 1 < len(ids) and ids[i] == first and ids[i + 1] == second:
-            merged.append(new_id)
-            i += 2
-        else:
-            merged.append(ids[i])
-            i += 1
-    return merged
-
-
 class BPETokenizer(Tokenizer):
     """A byte-level BPE tokenizer: GPT-2's own, or one trained with `train`.
 
@@ -104,8 +91,9 @@ class BPETokenizer(Tokenizer):
         # byte value -> id, and id -> the bytes it stands for
         self._byte_ids = [vocab[byte_to_char[b]] for b in range(256)]
         self._id_to_bytes = {vocab[char]: bytes([b]) for b, char in byte_to_char.items()}
-        # (left id, right id) -> (rank, merged id)
-        self._merge_table = {}
+        # (left id, right id) -> rank, and rank -> id of the merged token
+        self._pair_rank = {}
+        self._merged_id = []
         for rank, (left, right) in enumerate(self._merges):
             for token in (left, right, left + right):
                 if token not in vocab:
@@ -115,7 +103,8 @@ class BPETokenizer(Tokenizer):
             if left_id not in self._id_to_bytes or right_id not in self._id_to_bytes:
                 raise MinigptError(f"merge {rank} ({left} {right}) uses a token before a merge "
                                    f"makes it; the merges file is out of order or corrupt")
-            self._merge_table.setdefault((left_id, right_id), (rank, merged_id))
+            self._pair_rank.setdefault((left_id, right_id), rank)
+            self._merged_id.append(merged_id)
             self._id_to_bytes[merged_id] = self._id_to_bytes[left_id] + self._id_to_bytes[right_id]
         self._special_tokens = {token: i for token, i in vocab.items() if i not in self._id_to_bytes}
         for token, i in self._special_tokens.items():
@@ -168,11 +157,10 @@ class BPETokenizer(Tokenizer):
         return cls.load(destination)
 
     @classmethod
-    def train(cls, text: str, vocab_size: int,
-              special_tokens=(ENDOFTEXT,), verbose: bool = False) -> "BPETokenizer":
+    def train(cls, text: str, vocab_size: int, special_tokens=(ENDOFTEXT,)) -> "BPETokenizer":
         """Learn a byte-level BPE with `vocab_size` tokens from `text`; see `bpe_train`."""
-        from minigpt.tokenizer.bpe_train import train_bpe
-        vocab, merges = train_bpe(text, vocab_size, special_tokens, verbose=verbose)
+        from minigpt.tokenizer.bpe_train import train_bpe  # imports this module: import late
+        vocab, merges = train_bpe(text, vocab_size, special_tokens)
         return cls(vocab, merges)
 
     def save(self, directory) -> None:
@@ -269,14 +257,27 @@ class BPETokenizer(Tokenizer):
         return ids
 
     def _bpe(self, piece: str) -> list[int]:
-        """The merge loop: apply the lowest-ranked applicable merge until none is left."""
+        """The merge loop: apply the lowest-ranked merge, leftmost first, until none applies.
+
+        `ranks[i]` is the rank of merging ids[i] and ids[i+1]; a merge changes
+        only its two neighbours' ranks. Taking one occurrence at a time gives
+        the same result as merging every occurrence of the pair left to right,
+        because a pair involving the new token always has a higher rank.
+        """
         ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
-        merge_table = self._merge_table
-        while len(ids) > 1:
-            pair = min(zip(ids, ids[1:]), key=lambda p: merge_table.get(p, _NO_MERGE))
-            if pair not in merge_table:
+        pair_rank = self._pair_rank
+        ranks = [pair_rank.get(pair, NO_MERGE) for pair in zip(ids, ids[1:])]
+        while ranks:
+            best = min(ranks)
+            if best == NO_MERGE:
                 break
-            ids = merge_pair(ids, pair, merge_table[pair][1])
+            i = ranks.index(best)
+            ids[i:i + 2] = [self._merged_id[best]]
+            del ranks[i]
+            if i > 0:
+                ranks[i - 1] = pair_rank.get((ids[i - 1], ids[i]), NO_MERGE)
+            if i < len(ranks):
+                ranks[i] = pair_rank.get((ids[i], ids[i + 1]), NO_MERGE)
         return ids
 
     def _allowed_specials(self, allowed_special) -> set[str]:
