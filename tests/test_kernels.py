@@ -1,0 +1,335 @@
+"""The hot kernels: NumPy twins against plain formulas, CUDA kernels against their twins.
+
+Three layers of checks:
+
+* CPU, always: the NumPy twins of GELU and the causal softmax against
+  straightforward reference code and finite differences, and the dispatchers
+  send NumPy input to the twins.
+* CPU with the CUDA toolkit: every CUDA source in minigpt/kernels/ compiles
+  with nvcc for sm_80 (A100) and sm_90 (H100). ElementwiseKernel bodies are
+  wrapped the way CuPy wraps them, so this checks exactly the text that runs.
+* GPU (CuPy and a device): every kernel equals its NumPy twin on random shapes,
+  odd sizes included.
+"""
+
+import importlib
+import math
+import pkgutil
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minigpt.kernels
+from minigpt.backend import get_xp, gpu_available
+from minigpt.errors import MinigptError
+from minigpt.kernels import gelu, softmax
+from minigpt.kernels.build_cuda import CTYPES, ElementwiseSource, RawSource
+
+# ---------------------------------------------------------------------------
+# NumPy twins
+# ---------------------------------------------------------------------------
+
+
+def gelu_reference(x):
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def softmax_reference(scores, scale):
+    """Row by row with Python loops: query i sees keys j <= i + Tk - Tq."""
+    t_q, t_k = scores.shape[-2:]
+    rows = scores.reshape(-1, t_q, t_k)
+    out = np.zeros_like(rows)
+    for b in range(rows.shape[0]):
+        for i in range(t_q):
+            visible = i + t_k - t_q + 1
+            z = scale * rows[b, i, :visible]
+            e = np.exp(z - z.max())
+            out[b, i, :visible] = e / e.sum()
+    return out.reshape(scores.shape)
+
+
+def test_gelu_forward_matches_formula():
+    x = np.random.default_rng(0).standard_normal((3, 7, 5)) * 4
+    np.testing.assert_allclose(gelu.gelu_forward_numpy(x), gelu_reference(x), rtol=1e-12, atol=1e-15)
+
+
+def test_gelu_backward_matches_finite_differences():
+    x = np.random.default_rng(1).standard_normal((4, 9)) * 3
+    dout = np.random.default_rng(2).standard_normal(x.shape)
+    h = 1e-6
+    numeric = (gelu_reference(x + h) - gelu_reference(x - h)) / (2 * h) * dout
+    np.testing.assert_allclose(gelu.gelu_backward_numpy(dout, x), numeric, rtol=1e-7, atol=1e-9)
+
+
+def test_gelu_backward_is_finite_for_huge_inputs():
+    x = np.array([-1e4, -50.0, 50.0, 1e4], dtype=np.float32)
+    dx = gelu.gelu_backward_numpy(np.ones_like(x), x)
+    np.testing.assert_array_equal(dx, [0.0, 0.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("t_q, t_k", [(1, 1), (5, 5), (3, 8), (1, 33)])
+def test_causal_softmax_forward_matches_reference(t_q, t_k):
+    scores = np.random.default_rng(3).standard_normal((2, 3, t_q, t_k)) * 5
+    probs = softmax.causal_softmax_forward_numpy(scores, 0.37)
+    np.testing.assert_allclose(probs, softmax_reference(scores, 0.37), rtol=1e-12, atol=1e-15)
+    masked = softmax.causal_mask(np, t_q, t_k)
+    assert np.all(probs[..., masked] == 0.0)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-12)
+
+
+def test_causal_softmax_forward_is_stable_for_huge_scores():
+    scores = np.array([[[1e4, 0.0], [1e4, 2e4]]], dtype=np.float32)
+    probs = softmax.causal_softmax_forward_numpy(scores, 1.0)
+    np.testing.assert_array_equal(probs, [[[1.0, 0.0], [0.0, 1.0]]])
+
+
+def test_causal_softmax_backward_matches_finite_differences():
+    rng = np.random.default_rng(4)
+    scores = rng.standard_normal((2, 4, 6))
+    weights = rng.standard_normal(scores.shape)  # L = sum(weights * probs), so dL/dprobs = weights
+    scale = 0.5
+    probs = softmax.causal_softmax_forward_numpy(scores, scale)
+    analytic = softmax.causal_softmax_backward_numpy(weights, probs, scale)
+    numeric = np.zeros_like(scores)
+    h = 1e-6
+    for index in np.ndindex(scores.shape):
+        bumped = scores.copy()
+        bumped[index] += h
+        up = np.sum(weights * softmax.causal_softmax_forward_numpy(bumped, scale))
+        bumped[index] -= 2 * h
+        down = np.sum(weights * softmax.causal_softmax_forward_numpy(bumped, scale))
+        numeric[index] = (up - down) / (2 * h)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+    assert np.all(analytic[..., softmax.causal_mask(np, 4, 6)] == 0.0)
+
+
+def test_dispatchers_send_numpy_arrays_to_the_numpy_twins(monkeypatch):
+    calls = []
+
+    def spy(module, twin_name):
+        twin = getattr(module, twin_name)
+
+        def wrapped(*args):
+            calls.append(twin_name)
+            return twin(*args)
+
+        monkeypatch.setattr(module, twin_name, wrapped)
+
+    spy(gelu, "gelu_forward_numpy")
+    spy(gelu, "gelu_backward_numpy")
+    spy(softmax, "causal_softmax_forward_numpy")
+    spy(softmax, "causal_softmax_backward_numpy")
+    x = np.random.default_rng(5).standard_normal((2, 3, 3)).astype(np.float32)
+
+    y = minigpt.kernels.gelu_forward(x)
+    minigpt.kernels.gelu_backward(np.ones_like(x), x)
+    p = minigpt.kernels.causal_softmax_forward(x, 0.5)
+    minigpt.kernels.causal_softmax_backward(np.ones_like(p), p, 0.5)
+
+    assert calls == [
+        "gelu_forward_numpy",
+        "gelu_backward_numpy",
+        "causal_softmax_forward_numpy",
+        "causal_softmax_backward_numpy",
+    ]
+    assert isinstance(y, np.ndarray) and isinstance(p, np.ndarray)
+    assert y.dtype == np.float32 and p.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------
+# --device gpu without CuPy, or without a device: one clear error
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_gpu_without_cupy_is_a_clear_error():
+    with pytest.raises(MinigptError, match=r"needs CuPy.*pip install -e '\.\[gpu\]'"):
+        get_xp("gpu")
+    assert gpu_available() is False
+
+
+def test_gpu_without_a_device_is_a_clear_error(monkeypatch):
+    """A CuPy whose CUDA runtime finds no driver: stands in for an installed CuPy on a GPU-less machine."""
+
+    class NoDriver(RuntimeError):
+        pass
+
+    def get_device_count():
+        raise NoDriver("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with pytest.raises(MinigptError, match="no usable CUDA device.*--device cpu"):
+        get_xp("gpu")
+
+
+# ---------------------------------------------------------------------------
+# nvcc compile check of every CUDA source (no GPU needed)
+# ---------------------------------------------------------------------------
+
+GPU_ARCHS = ("80", "90")  # A100, H100/H200
+
+# CuPy parameter types that may appear in an ElementwiseKernel signature here.
+_PARAM_CTYPES = {"T": "T", **CTYPES, "int32": "int", "int64": "long long"}
+
+
+def cuda_sources():
+    """(label, source) for every ElementwiseSource/RawSource of the *_cuda modules, and every .cu file."""
+    found = []
+    for info in pkgutil.iter_modules(minigpt.kernels.__path__):
+        module = importlib.import_module(f"minigpt.kernels.{info.name}")
+        for source in getattr(module, "CUDA_SOURCES", []):
+            label = source.name if isinstance(source, ElementwiseSource) else source.name_expressions[0]
+            found.append((f"{info.name}:{label}", source))
+    for path in sorted(Path(minigpt.kernels.__path__[0]).glob("*.cu")):
+        found.append((path.name, path.read_text()))
+    return found
+
+
+def _elementwise_params(params: str, is_input: bool):
+    """Kernel parameters and per-element bindings for "T x, T y", as CuPy generates them."""
+    declarations, bindings = [], []
+    for param in filter(None, (p.strip() for p in params.split(","))):
+        type_name, name = param.split()
+        ctype = _PARAM_CTYPES[type_name]
+        const = "const " if is_input else ""
+        declarations.append(f"{const}{ctype}* _raw_{name}")
+        bindings.append(f"{const}{ctype} &{name} = _raw_{name}[_i];")
+    return declarations, bindings
+
+
+def elementwise_translation_unit(source: ElementwiseSource) -> str:
+    """The operation in a minimal grid-stride kernel, once per dtype (CuPy's `typedef ... T`)."""
+    in_decls, in_binds = _elementwise_params(source.in_params, is_input=True)
+    out_decls, out_binds = _elementwise_params(source.out_params, is_input=False)
+    units = []
+    for ctype in CTYPES.values():
+        units.append(f"""
+namespace check_{ctype} {{
+typedef {ctype} T;
+{source.preamble}
+__global__ void {source.name}({", ".join(in_decls + out_decls)}, long long _n) {{
+    for (long long _i = blockIdx.x * (long long)blockDim.x + threadIdx.x; _i < _n;
+         _i += (long long)gridDim.x * blockDim.x) {{
+        {" ".join(in_binds + out_binds)}
+        {source.operation}
+    }}
+}}
+}}  // namespace check_{ctype}
+""")
+    return "\n".join(units)
+
+
+def raw_translation_unit(source: RawSource) -> str:
+    """The module's code plus an explicit instantiation per name expression (CuPy asks NVRTC for them)."""
+    instantiations = []
+    for expression in source.name_expressions:
+        name, ctype = expression[:-1].split("<")
+        instantiations.append(f"template __global__ decltype({name}<{ctype}>) {name}<{ctype}>;")
+    return source.code + "\n" + "\n".join(instantiations) + "\n"
+
+
+def translation_unit(source) -> str:
+    if isinstance(source, ElementwiseSource):
+        return elementwise_translation_unit(source)
+    if isinstance(source, RawSource):
+        return raw_translation_unit(source)
+    return source  # a .cu file's text
+
+
+def test_every_kernel_module_declares_its_sources():
+    labels = [label for label, _ in cuda_sources()]
+    assert any(label.startswith("gelu_cuda:") for label in labels)
+    assert any(label.startswith("softmax_cuda:") for label in labels)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not on the PATH")
+def test_cuda_sources_compile_with_nvcc(tmp_path):
+    """All sources in one nvcc call (one process start), each in its own file for clear messages."""
+    files = []
+    for index, (label, source) in enumerate(cuda_sources()):
+        path = tmp_path / f"{index:02d}_{label.replace(':', '_').replace('<', '_').replace('>', '')}.cu"
+        path.write_text(translation_unit(source))
+        files.append(path)
+    gencode = [f"-gencode=arch=compute_{arch},code=sm_{arch}" for arch in GPU_ARCHS]
+    # nvcc -c with several inputs writes one object per input into --output-directory.
+    command = ["nvcc", "-c", "-std=c++17", "--Werror", "all-warnings", *gencode, "--output-directory", str(tmp_path)]
+    result = subprocess.run([*command, *map(str, files)], capture_output=True, text=True)
+    assert result.returncode == 0, f"nvcc failed:\n{result.stdout}\n{result.stderr}"
+    for path in files:
+        assert path.with_suffix(".o").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------
+# CUDA kernels against their NumPy twins (needs a GPU)
+# ---------------------------------------------------------------------------
+
+needs_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+
+TOLERANCE = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-14)}
+SHAPES = [(1,), (31,), (33,), (2, 3, 5), (4, 7, 129), (2, 12, 64, 64)]
+ATTENTION_SHAPES = [(1, 1, 1, 1), (1, 2, 5, 5), (2, 3, 31, 31), (1, 1, 33, 33), (2, 2, 7, 40), (1, 12, 1, 77), (1, 2, 130, 130)]
+
+
+def random_pair(shape, dtype, seed):
+    """The same standard-normal array on the host and on the device."""
+    cupy = get_xp("gpu")
+    host = (np.random.default_rng(seed).standard_normal(shape) * 3).astype(dtype)
+    return host, cupy.asarray(host)
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gelu_cuda_matches_numpy_twin(shape, dtype):
+    x_host, x = random_pair(shape, dtype, seed=10)
+    dout_host, dout = random_pair(shape, dtype, seed=11)
+    y = gelu.gelu_forward(x)
+    dx = gelu.gelu_backward(dout, x)
+    assert y.dtype == dtype and dx.dtype == dtype
+    np.testing.assert_allclose(y.get(), gelu.gelu_forward_numpy(x_host), **TOLERANCE[dtype])
+    np.testing.assert_allclose(dx.get(), gelu.gelu_backward_numpy(dout_host, x_host), **TOLERANCE[dtype])
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_gelu_cuda_accepts_non_contiguous_views():
+    x_host, x = random_pair((6, 10), "float32", seed=12)
+    np.testing.assert_allclose(gelu.gelu_forward(x.T).get(), gelu.gelu_forward_numpy(x_host.T), **TOLERANCE["float32"])
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES)
+def test_causal_softmax_cuda_matches_numpy_twin(shape, dtype):
+    scale = 1.0 / math.sqrt(64)
+    scores_host, scores = random_pair(shape, dtype, seed=13)
+    dprobs_host, dprobs = random_pair(shape, dtype, seed=14)
+    probs_host = softmax.causal_softmax_forward_numpy(scores_host, scale)
+
+    probs = softmax.causal_softmax_forward(scores, scale)
+    dscores = softmax.causal_softmax_backward(dprobs, probs, scale)
+
+    assert probs.dtype == dtype and dscores.dtype == dtype
+    np.testing.assert_allclose(probs.get(), probs_host, **TOLERANCE[dtype])
+    expected = softmax.causal_softmax_backward_numpy(dprobs_host, probs_host, scale)
+    np.testing.assert_allclose(dscores.get(), expected, **TOLERANCE[dtype])
+    masked = softmax.causal_mask(np, *shape[-2:])
+    assert np.all(probs.get()[..., masked] == 0.0) and np.all(dscores.get()[..., masked] == 0.0)
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_causal_softmax_cuda_accepts_non_contiguous_scores():
+    scores_host, scores = random_pair((2, 9, 9), "float32", seed=15)
+    probs = softmax.causal_softmax_forward(scores.transpose(0, 2, 1), 0.25)
+    expected = softmax.causal_softmax_forward_numpy(np.ascontiguousarray(scores_host.transpose(0, 2, 1)), 0.25)
+    np.testing.assert_allclose(probs.get(), expected, **TOLERANCE["float32"])

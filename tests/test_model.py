@@ -1,0 +1,195 @@
+"""The whole GPT: finite-difference gradients, Hugging Face layout, init, KV cache."""
+
+import math
+
+import numpy as np
+import pytest
+
+from minigpt.backend import to_host
+from minigpt.errors import MinigptError
+from minigpt.model import GPT, GPTConfig, param_shapes
+from tests.conftest import numerical_grad, rel_error
+
+TINY = dict(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11)
+
+
+def tiny_model(device, dropout=0.0, seed=0, **overrides):
+    model = GPT(GPTConfig(**{**TINY, "dropout": dropout, **overrides}), dtype="float64", device=device, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for name, p in model.params.items():
+        if name.endswith(".bias") or ".ln_" in name:  # non-trivial LayerNorm and bias values
+            p += model.xp.asarray(rng.standard_normal(p.shape) * 0.1)
+        else:  # weights large enough that attention is far from uniform and gradients are not tiny
+            p *= 15.0
+    return model
+
+
+def model_gradcheck(model, idx, targets, entries_per_tensor=12, seed=0):
+    """Central differences of the loss for a sample of entries of every parameter.
+
+    Before each forward the dropout RNG is reseeded, so every evaluation sees the
+    same dropout masks (a fixed mask), which makes the loss a smooth function.
+    """
+    xp = model.xp
+
+    def loss():
+        model.rng = xp.random.default_rng(1234)
+        return model.forward(idx, targets)[1]
+
+    loss()
+    grads = model.backward()
+    assert set(grads) == set(model.params)
+    pick = np.random.default_rng(seed)
+    for name, p in model.params.items():
+        assert grads[name].shape == p.shape, name
+        n = min(p.size, entries_per_tensor)
+        indices = pick.choice(p.size, size=n, replace=False)
+        host_p = to_host(p)
+        numeric = numerical_grad(loss, host_p, indices=indices) if host_p is p else _device_numeric(loss, p, indices)
+        err = rel_error(to_host(grads[name]).ravel()[indices], numeric.ravel()[indices])
+        assert err <= 1e-6, f"{name}: relative error {err:.2e}"
+
+
+def _device_numeric(loss, p, indices):
+    flat, out = p.reshape(-1), np.full(p.size, np.nan)
+    for i in indices:
+        old = float(flat[i])
+        flat[i] = old + 1e-5
+        plus = float(loss())
+        flat[i] = old - 1e-5
+        out[i] = (plus - float(loss())) / 2e-5
+        flat[i] = old
+    return out.reshape(p.shape)
+
+
+def test_gradcheck_full_model(device):
+    model = tiny_model(device)
+    rng = np.random.default_rng(0)
+    idx = model.xp.asarray(rng.integers(0, 11, (2, 8)))
+    targets = model.xp.asarray(rng.integers(0, 11, (2, 8)))
+    model_gradcheck(model, idx, targets)
+
+
+def test_gradcheck_dropout_fixed_mask_ignored_targets_short_batch_of_one(device):
+    model = tiny_model(device, dropout=0.2, seed=3).train()
+    rng = np.random.default_rng(1)
+    idx = model.xp.asarray(rng.integers(0, 11, (1, 5)))  # batch 1, T = 5 < block_size = 8
+    targets = model.xp.asarray([[3, -1, 7, -1, 0]])  # ignored targets
+    model_gradcheck(model, idx, targets, seed=1)
+
+
+def test_tied_head_gradient_adds_both_uses(device):
+    """wte's gradient = embedding scatter-add + head's dlogits^T x: check rows never used as inputs."""
+    model = tiny_model(device)
+    idx = model.xp.asarray([[1, 2, 3]])  # tokens 0 and 4..10 are never embedded
+    model.forward(idx, idx)
+    g = to_host(model.backward()["transformer.wte.weight"])
+    assert np.abs(g[5]).max() > 0  # only the head reaches row 5: tying is what makes it non-zero
+
+
+def test_params_named_and_shaped_like_hugging_face():
+    config = GPTConfig.preset("gpt2")
+    shapes = param_shapes(config)
+    assert shapes["transformer.wte.weight"] == (50257, 768)
+    assert shapes["transformer.wpe.weight"] == (1024, 768)
+    assert shapes["transformer.h.11.attn.c_attn.weight"] == (768, 2304)
+    assert shapes["transformer.h.0.mlp.c_proj.weight"] == (3072, 768)
+    assert "lm_head.weight" not in shapes
+    n = sum(math.prod(s) for s in shapes.values())
+    assert n == 124_439_808  # GPT-2 small, tied head counted once
+
+
+def test_presets():
+    assert [(GPTConfig.preset(n).n_layer, GPTConfig.preset(n).n_embd) for n in GPTConfig.PRESETS] == [
+        (12, 768), (24, 1024), (36, 1280), (48, 1600)]
+    with pytest.raises(MinigptError, match="unknown model"):
+        GPTConfig.preset("gpt3")
+
+
+@pytest.mark.parametrize("bad", [dict(n_embd=10, n_head=3), dict(n_layer=0), dict(dropout=1.0), dict(block_size=-1)])
+def test_config_rejects_impossible_values(bad):
+    with pytest.raises(MinigptError):
+        GPTConfig(**{**TINY, **bad})
+
+
+def test_init_statistics():
+    config = GPTConfig(n_layer=8, n_head=4, n_embd=256, block_size=64, vocab_size=1000)
+    p = GPT(config, seed=0).params
+    assert abs(float(p["transformer.wte.weight"].std()) - 0.02) < 5e-4
+    assert abs(float(p["transformer.h.0.attn.c_attn.weight"].std()) - 0.02) < 5e-4
+    proj = 0.02 / math.sqrt(2 * 8)
+    for name in ("transformer.h.3.attn.c_proj.weight", "transformer.h.3.mlp.c_proj.weight"):
+        assert abs(float(p[name].std()) - proj) < 0.05 * proj, name
+    assert not p["transformer.h.0.attn.c_attn.bias"].any()
+    assert (p["transformer.ln_f.weight"] == 1).all() and not p["transformer.ln_f.bias"].any()
+    assert p["transformer.wte.weight"].dtype == np.float32
+
+
+def test_same_seed_same_model_and_in_place_writes_change_it():
+    a, b = GPT(GPTConfig(**TINY), seed=5), GPT(GPTConfig(**TINY), seed=5)
+    idx = np.array([[1, 2, 3]])
+    la, lb = a.forward(idx)[0], b.forward(idx)[0]
+    np.testing.assert_array_equal(la, lb)
+    b.params["transformer.ln_f.bias"][:] = 1.0
+    assert not np.allclose(b.forward(idx)[0], la)
+
+
+def test_no_bias_model(device):
+    model = tiny_model(device, bias=False)
+    assert not any(k.endswith(".bias") for k in model.params)
+    idx = model.xp.asarray(np.random.default_rng(2).integers(0, 11, (2, 6)))
+    model_gradcheck(model, idx, idx, entries_per_tensor=6)
+
+
+def test_loss_none_without_targets_and_backward_needs_targets(device):
+    model = tiny_model(device)
+    logits, loss = model.forward(model.xp.asarray([[1, 2]]))
+    assert loss is None and logits.shape == (1, 2, 11)
+    with pytest.raises(RuntimeError):
+        model.backward()
+
+
+def test_eval_mode_is_deterministic_and_train_mode_drops(device):
+    model = tiny_model(device, dropout=0.5)
+    idx = model.xp.asarray([[1, 2, 3, 4]])
+    model.eval()
+    np.testing.assert_array_equal(to_host(model.forward(idx)[0]), to_host(model.forward(idx)[0]))
+    model.train()
+    assert not np.allclose(to_host(model.forward(idx)[0]), to_host(model.forward(idx)[0]))
+
+
+def test_sequence_longer_than_block_size_is_refused():
+    model = GPT(GPTConfig(**TINY))
+    with pytest.raises(ValueError, match="block_size"):
+        model.forward(np.zeros((1, 9), dtype=np.int64))
+
+
+def test_kv_cache_equals_full_forward(device):
+    model = tiny_model(device).eval()
+    xp = model.xp
+    idx = xp.asarray(np.random.default_rng(4).integers(0, 11, (3, 8)))
+    full, _ = model.forward(idx)
+    cache = model.new_kv_cache()
+    pieces = [model.forward_cached(idx[:, :3], cache)]  # prefill 3 tokens
+    for t in range(3, 8):  # then one at a time
+        pieces.append(model.forward_cached(idx[:, t : t + 1], cache))
+    cached = xp.concatenate(pieces, axis=1)
+    assert cache.length == 8
+    assert rel_error(cached, full) <= 1e-10
+    np.testing.assert_allclose(to_host(cached), to_host(full), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="block_size"):
+        model.forward_cached(idx[:, :1], cache)
+
+
+def test_kv_cache_last_only(device):
+    model = tiny_model(device).eval()
+    idx = model.xp.asarray([[1, 5, 2, 9]])
+    last = model.forward_cached(idx, model.new_kv_cache(), last_only=True)
+    assert last.shape == (1, 1, 11)
+    np.testing.assert_allclose(to_host(last)[0, 0], to_host(model.forward(idx)[0])[0, -1], rtol=1e-12)
+
+
+def test_num_params():
+    model = GPT(GPTConfig(**TINY))
+    assert model.num_params() == sum(math.prod(s) for s in param_shapes(model.config).values())
+    assert model.num_params(non_embedding=True) == model.num_params() - 8 * 8

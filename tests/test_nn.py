@@ -1,0 +1,265 @@
+"""Finite-difference gradient checks (float64, central differences) for every layer in minigpt.nn.
+
+Each check builds a random scalar loss L = sum(out * W) with a fixed random W,
+so dL/dout = W, and compares every analytic input and parameter gradient with
+central differences of L.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from minigpt.backend import get_xp, to_host
+from minigpt.kernels.softmax import causal_softmax_forward
+from minigpt.nn import attention, block, cross_entropy, dropout, embedding, gelu, layernorm, linear, lm_head, mlp
+from tests.conftest import numerical_grad, rel_error
+
+TOL = 1e-6
+
+
+def setup(device, seed=0):
+    xp = get_xp(device)
+    rng = np.random.default_rng(seed)
+    return xp, rng, (lambda *shape, scale=1.0: xp.asarray(rng.standard_normal(shape) * scale))
+
+
+def check(forward, inputs, backward_of, out_weight):
+    """Compare backward_of(out_weight) with finite differences of sum(forward() * out_weight) for each input."""
+    analytic = backward_of(out_weight)
+    loss = lambda: (forward() * out_weight).sum()  # noqa: E731
+    for name, x in inputs.items():
+        host = to_host(x)
+        numeric = numerical_grad(loss, x) if host is x else _numerical_grad_device(loss, x)
+        assert rel_error(analytic[name], numeric) <= TOL, name
+
+
+def _numerical_grad_device(loss, x):
+    """Finite differences for a CuPy array: perturb on the device entry by entry."""
+    flat = x.reshape(-1)
+    grad = np.empty(flat.size)
+    for i in range(flat.size):
+        old = float(flat[i])
+        flat[i] = old + 1e-5
+        f_plus = float(loss())
+        flat[i] = old - 1e-5
+        f_minus = float(loss())
+        flat[i] = old
+        grad[i] = (f_plus - f_minus) / 2e-5
+    return grad.reshape(x.shape)
+
+
+def test_linear(device):
+    xp, rng, randn = setup(device)
+    x, w, b = randn(2, 3, 4), randn(4, 5), randn(5)
+    dout = randn(2, 3, 5)
+
+    def backward_of(d):
+        dx, g = linear.backward(d, linear.forward(x, w, b)[1])
+        return {"x": dx, "w": g["weight"], "b": g["bias"]}
+
+    check(lambda: linear.forward(x, w, b)[0], {"x": x, "w": w, "b": b}, backward_of, dout)
+
+
+def test_linear_layout_is_x_at_w_plus_b(device):
+    xp, rng, randn = setup(device)
+    x, w, b = randn(3, 4), randn(4, 2), randn(2)
+    y, _ = linear.forward(x, w, b)
+    np.testing.assert_allclose(to_host(y), to_host(x) @ to_host(w) + to_host(b), rtol=1e-12)
+
+
+def test_layernorm(device):
+    xp, rng, randn = setup(device)
+    x, w, b = randn(2, 3, 6, scale=3.0), randn(6), randn(6)
+    dout = randn(2, 3, 6)
+
+    def backward_of(d):
+        dx, g = layernorm.backward(d, layernorm.forward(x, w, b)[1])
+        return {"x": dx, "w": g["weight"], "b": g["bias"]}
+
+    check(lambda: layernorm.forward(x, w, b)[0], {"x": x, "w": w, "b": b}, backward_of, dout)
+
+
+def test_layernorm_matches_definition(device):
+    xp, rng, randn = setup(device)
+    x = to_host(randn(4, 7, scale=5.0)) + 3.0
+    y, _ = layernorm.forward(xp.asarray(x), xp.ones(7), xp.zeros(7))
+    expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)  # biased variance
+    np.testing.assert_allclose(to_host(y), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_gelu(device):
+    xp, rng, randn = setup(device)
+    x = randn(3, 5, scale=2.0)
+    dout = randn(3, 5)
+    check(lambda: gelu.forward(x)[0], {"x": x}, lambda d: {"x": gelu.backward(d, x)[0]}, dout)
+
+
+def test_gelu_matches_formula_and_survives_large_inputs(device):
+    xp, rng, randn = setup(device)
+    x = np.array([-1e4, -30.0, -3.0, -0.5, 0.0, 0.5, 3.0, 30.0, 1e4])
+    expected = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    np.testing.assert_allclose(to_host(gelu.forward(xp.asarray(x))[0]), expected, rtol=1e-12, atol=1e-300)
+    with np.errstate(all="raise"):  # no overflow in the backward for huge |x|
+        dx = to_host(gelu.backward(xp.ones(9), xp.asarray(x))[0])
+    assert np.all(np.isfinite(dx))
+    np.testing.assert_allclose(dx[[0, -1]], [0.0, 1.0], atol=1e-12)
+
+
+def test_dropout_fixed_mask(device):
+    xp, rng, randn = setup(device)
+    x, dout, p = randn(4, 6), randn(4, 6), 0.3
+
+    def fwd():
+        return dropout.forward(x, p, xp.random.default_rng(7), training=True)[0]
+
+    def backward_of(d):
+        return {"x": dropout.backward(d, dropout.forward(x, p, xp.random.default_rng(7), training=True)[1])[0]}
+
+    check(fwd, {"x": x}, backward_of, dout)
+
+
+def test_dropout_statistics_and_eval(device):
+    xp, rng, randn = setup(device)
+    x = xp.ones((200, 500))
+    y, _ = dropout.forward(x, 0.25, xp.random.default_rng(0), training=True)
+    y = to_host(y)
+    assert set(np.unique(y)) == {0.0, 1.0 / 0.75}  # inverted: survivors scaled by 1/(1-p)
+    assert abs((y == 0).mean() - 0.25) < 0.01
+    assert abs(y.mean() - 1.0) < 0.01
+    same, cache = dropout.forward(x, 0.25, xp.random.default_rng(0), training=False)
+    assert same is x and cache is None
+
+
+def test_embedding(device):
+    xp, rng, randn = setup(device)
+    wte, wpe = randn(5, 3), randn(8, 3)
+    idx = xp.asarray([[1, 4, 1, 1], [0, 1, 4, 2]])  # repeated ids: the backward must accumulate
+    dout = randn(2, 4, 3)
+
+    def backward_of(d):
+        _, g = embedding.backward(d, embedding.forward(idx, wte, wpe)[1])
+        return {"wte": g["wte"], "wpe": g["wpe"]}
+
+    check(lambda: embedding.forward(idx, wte, wpe)[0], {"wte": wte, "wpe": wpe}, backward_of, dout)
+
+
+def test_embedding_with_offset(device):
+    xp, rng, randn = setup(device)
+    wte, wpe = randn(5, 3), randn(8, 3)
+    idx = xp.asarray([[2, 3]])
+    x, _ = embedding.forward(idx, wte, wpe, offset=5)
+    np.testing.assert_array_equal(to_host(x)[0, 1], to_host(wte)[3] + to_host(wpe)[6])
+
+
+def test_lm_head(device):
+    xp, rng, randn = setup(device)
+    x, wte = randn(2, 3, 4), randn(7, 4)
+    dout = randn(2, 3, 7)
+
+    def backward_of(d):
+        dx, g = lm_head.backward(d, lm_head.forward(x, wte)[1])
+        return {"x": dx, "wte": g["weight"]}
+
+    check(lambda: lm_head.forward(x, wte)[0], {"x": x, "wte": wte}, backward_of, dout)
+
+
+@pytest.mark.parametrize("t_q,t_k", [(5, 5), (3, 7), (1, 4)])
+def test_causal_softmax_mask(device, t_q, t_k):
+    xp, rng, randn = setup(device)
+    probs = to_host(causal_softmax_forward(randn(2, t_q, t_k), 0.5))
+    for i in range(t_q):
+        visible = i + t_k - t_q + 1
+        assert np.all(probs[:, i, visible:] == 0.0)
+        assert np.all(probs[:, i, :visible] > 0.0)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("attn_pdrop", [0.0, 0.2])
+def test_attention(device, attn_pdrop):
+    xp, rng, randn = setup(device)
+    B, T, C, H = 2, 5, 6, 2
+    x = randn(B, T, C)
+    w_attn, b_attn, w_proj, b_proj = randn(C, 3 * C, scale=0.5), randn(3 * C), randn(C, C, scale=0.5), randn(C)
+    dout = randn(B, T, C)
+
+    def fwd():
+        return attention.forward(x, w_attn, b_attn, w_proj, b_proj, H, attn_pdrop, xp.random.default_rng(3), True)
+
+    def backward_of(d):
+        dx, g = attention.backward(d, fwd()[1])
+        return {"x": dx, "w_attn": g["c_attn.weight"], "b_attn": g["c_attn.bias"],
+                "w_proj": g["c_proj.weight"], "b_proj": g["c_proj.bias"]}
+
+    inputs = {"x": x, "w_attn": w_attn, "b_attn": b_attn, "w_proj": w_proj, "b_proj": b_proj}
+    check(lambda: fwd()[0], inputs, backward_of, dout)
+
+
+def test_attention_is_causal(device):
+    """Changing a later token never changes an earlier output."""
+    xp, rng, randn = setup(device)
+    B, T, C, H = 1, 6, 8, 2
+    x = randn(B, T, C)
+    params = (randn(C, 3 * C), randn(3 * C), randn(C, C), randn(C))
+    y1, _ = attention.forward(x, *params, H)
+    x2 = x.copy()
+    x2[:, 4] += 1.0
+    y2, _ = attention.forward(x2, *params, H)
+    np.testing.assert_array_equal(to_host(y1)[:, :4], to_host(y2)[:, :4])
+    assert not np.allclose(to_host(y1)[:, 4:], to_host(y2)[:, 4:])
+
+
+def test_mlp(device):
+    xp, rng, randn = setup(device)
+    C = 4
+    x = randn(2, 3, C)
+    w_fc, b_fc, w_proj, b_proj = randn(C, 4 * C), randn(4 * C), randn(4 * C, C), randn(C)
+    dout = randn(2, 3, C)
+
+    def backward_of(d):
+        dx, g = mlp.backward(d, mlp.forward(x, w_fc, b_fc, w_proj, b_proj)[1])
+        return {"x": dx, "w_fc": g["c_fc.weight"], "b_fc": g["c_fc.bias"], "w_proj": g["c_proj.weight"], "b_proj": g["c_proj.bias"]}
+
+    check(lambda: mlp.forward(x, w_fc, b_fc, w_proj, b_proj)[0],
+          {"x": x, "w_fc": w_fc, "b_fc": b_fc, "w_proj": w_proj, "b_proj": b_proj}, backward_of, dout)
+
+
+@pytest.mark.parametrize("p_drop", [0.0, 0.1])
+def test_block(device, p_drop):
+    xp, rng, randn = setup(device)
+    C, H = 4, 2
+    shapes = {
+        "ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+        "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+        "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,),
+    }
+    p = {k: randn(*s, scale=0.5) for k, s in shapes.items()}
+    x, dout = randn(2, 3, C), randn(2, 3, C)
+
+    def fwd():
+        return block.forward(x, p, H, p_drop, xp.random.default_rng(11), True)
+
+    def backward_of(d):
+        dx, g = block.backward(d, fwd()[1])
+        return {"x": dx, **g}
+
+    check(lambda: fwd()[0], {"x": x, **p}, backward_of, dout)
+
+
+def test_cross_entropy_with_ignored_targets(device):
+    xp, rng, randn = setup(device)
+    logits = randn(2, 4, 7, scale=2.0)
+    targets = xp.asarray([[1, -1, 6, 0], [-1, 3, 3, 2]])
+
+    def loss():
+        return cross_entropy.forward(logits, targets)[0]
+
+    dlogits = cross_entropy.backward(1.0, cross_entropy.forward(logits, targets)[1])
+    assert rel_error(dlogits, numerical_grad(loss, logits) if to_host(logits) is logits else
+                     _numerical_grad_device(loss, logits)) <= TOL
+    # ignored rows get no gradient, and the mean is over the 6 valid positions
+    assert not to_host(dlogits)[0, 1].any() and not to_host(dlogits)[1, 0].any()
+    z, y = to_host(logits).reshape(-1, 7), to_host(targets).ravel()
+    lse = np.log(np.exp(z).sum(1))
+    expected = np.mean([lse[n] - z[n, y[n]] for n in range(8) if y[n] != -1])
+    np.testing.assert_allclose(float(to_host(loss())), expected, rtol=1e-12)
