@@ -1,0 +1,168 @@
+"""Scaled, causal-masked attention softmax, forward and backward, as CuPy RawKernels.
+
+The GPU side of `minigpt.kernels.softmax`, with the same semantics as the NumPy
+twin. Scores (..., Tq, Tk) are viewed as n_rows = size / Tk rows; row r is query
+i = r mod Tq, which sits at absolute position i + Tk - Tq and sees the first
+
+    n_visible = i + Tk - Tq + 1
+
+keys. One warp (32 threads) owns one row: each lane walks the row with stride 32
+(neighbouring lanes read neighbouring floats, so loads coalesce), then the lanes
+combine their partial results with warp shuffles (no shared memory, no
+__syncthreads). Rows of any length work; a lane may own none of a short row.
+
+Forward, numerically stable (the row max m makes every exponent <= 0):
+
+    z_j = s * a_j,   m = max_{j < n_visible} z_j,   p_j = exp(z_j - m) / sum_{k < n_visible} exp(z_k - m)
+
+and p_j = 0 exactly for the masked keys j >= n_visible.
+
+Backward (softmax Jacobian, see the NumPy twin):
+
+    da_k = s * p_k * (dp_k - sum_j dp_j p_j),   0 for masked keys.
+"""
+
+import numpy as np
+
+from minigpt.kernels.build_cuda import RawSource, check_float_array, raw_kernel
+
+WARP_SIZE = 32
+WARPS_PER_BLOCK = 4  # 128 threads per block: four rows per block
+
+SOFTMAX_SOURCE = RawSource(
+    code=r"""
+// exp for either precision (expf for float: no silent promotion to double).
+__device__ __forceinline__ float exp_of(float z) { return expf(z); }
+__device__ __forceinline__ double exp_of(double z) { return exp(z); }
+
+// Butterfly reductions over the 32 lanes of a warp; every lane ends with the result.
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        const T other = __shfl_xor_sync(0xffffffffu, v, offset);
+        v = other > v ? other : v;
+    }
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+// probs = causal softmax of scale * scores over each row of t_k; one warp per row.
+template <typename T>
+__global__ void causal_softmax_forward(const T* scores, T* probs, T scale,
+                                       int n_rows, int t_q, int t_k) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= n_rows) return;  // the whole warp leaves together, so its shuffles stay full
+    const int n_visible = row % t_q + t_k - t_q + 1;  // >= 1 because t_k >= t_q
+    const T* a = scores + (long long)row * t_k;
+    T* p = probs + (long long)row * t_k;
+
+    // Row max over the visible keys. Every lane starts from key 0 (always
+    // visible), so lanes that own no key of a short row hold a valid value.
+    T m = scale * a[0];
+    for (int j = lane; j < n_visible; j += 32) {
+        const T z = scale * a[j];
+        m = z > m ? z : m;
+    }
+    m = warp_max(m);
+
+    T sum = T(0);
+    for (int j = lane; j < n_visible; j += 32) {
+        sum += exp_of(scale * a[j] - m);
+    }
+    sum = warp_sum(sum);
+
+    for (int j = lane; j < t_k; j += 32) {
+        p[j] = j < n_visible ? exp_of(scale * a[j] - m) / sum : T(0);
+    }
+}
+
+// dscores = scale * probs * (dprobs - rowsum(dprobs * probs)); one warp per row.
+template <typename T>
+__global__ void causal_softmax_backward(const T* dprobs, const T* probs, T* dscores, T scale,
+                                        int n_rows, int t_q, int t_k) {
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= n_rows) return;
+    const int n_visible = row % t_q + t_k - t_q + 1;
+    const long long offset = (long long)row * t_k;
+    const T* dp = dprobs + offset;
+    const T* p = probs + offset;
+    T* da = dscores + offset;
+
+    T dot = T(0);  // sum_j dp_j p_j; masked keys have p_j = 0 and add nothing
+    for (int j = lane; j < n_visible; j += 32) {
+        dot += dp[j] * p[j];
+    }
+    dot = warp_sum(dot);
+
+    for (int j = lane; j < t_k; j += 32) {
+        da[j] = j < n_visible ? (dp[j] - dot) * p[j] * scale : T(0);
+    }
+}
+""",
+    name_expressions=(
+        "causal_softmax_forward<float>",
+        "causal_softmax_forward<double>",
+        "causal_softmax_backward<float>",
+        "causal_softmax_backward<double>",
+    ),
+)
+
+CUDA_SOURCES = [SOFTMAX_SOURCE]
+
+
+def _row_layout(x):
+    """(n_rows, t_q, t_k) of scores/probs (..., Tq, Tk), checked against the kernels' limits."""
+    t_q, t_k = x.shape[-2:]
+    if t_q > t_k:
+        raise ValueError(f"causal softmax needs Tq <= Tk (each query sees itself), got Tq={t_q}, Tk={t_k}")
+    n_rows = x.size // t_k if t_k else 0
+    if n_rows >= 2**31:
+        raise ValueError(f"{n_rows} rows overflow the kernels' 32-bit row index")
+    return n_rows, t_q, t_k
+
+
+def _launch(kernel_name, dtype, n_rows, args):
+    """Run one warp per row, WARPS_PER_BLOCK rows per block."""
+    blocks = (n_rows + WARPS_PER_BLOCK - 1) // WARPS_PER_BLOCK
+    kernel = raw_kernel(SOFTMAX_SOURCE, kernel_name, dtype)
+    kernel((blocks,), (WARPS_PER_BLOCK * WARP_SIZE,), args)
+
+
+def causal_softmax_forward_cuda(scores, scale):
+    """Causal softmax of `scale * scores` over the last axis; scores (..., Tq, Tk), Tq <= Tk."""
+    import cupy
+
+    check_float_array(scores, "scores")
+    n_rows, t_q, t_k = _row_layout(scores)
+    scores = cupy.ascontiguousarray(scores)  # RawKernels see raw memory: strides are ignored
+    probs = cupy.empty_like(scores)
+    if n_rows:
+        args = (scores, probs, scores.dtype.type(scale), np.int32(n_rows), np.int32(t_q), np.int32(t_k))
+        _launch("causal_softmax_forward", scores.dtype, n_rows, args)
+    return probs
+
+
+def causal_softmax_backward_cuda(dprobs, probs, scale):
+    """dL/dscores from dL/dprobs and the forward's probs (same shape and dtype)."""
+    import cupy
+
+    check_float_array(probs, "probs")
+    if dprobs.shape != probs.shape or dprobs.dtype != probs.dtype:
+        raise ValueError(f"dprobs {dprobs.shape} {dprobs.dtype} must match probs {probs.shape} {probs.dtype}")
+    n_rows, t_q, t_k = _row_layout(probs)
+    dprobs = cupy.ascontiguousarray(dprobs)
+    probs = cupy.ascontiguousarray(probs)
+    dscores = cupy.empty_like(probs)
+    if n_rows:
+        args = (dprobs, probs, dscores, probs.dtype.type(scale), np.int32(n_rows), np.int32(t_q), np.int32(t_k))
+        _launch("causal_softmax_backward", probs.dtype, n_rows, args)
+    return dscores
