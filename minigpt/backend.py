@@ -6,6 +6,8 @@ directly: they ask `array_module(x)` for the module of the arrays they are given
 so the same code runs on both.
 """
 
+import os
+
 import numpy as np
 
 from minigpt.errors import MinigptError
@@ -16,8 +18,30 @@ DTYPES = ("float32", "float64")
 _GPU_HELP = "install the GPU extra (pip install -e '.[gpu]') on a machine with an NVIDIA GPU, or use --device cpu"
 
 
+def set_tf32(enabled: bool) -> None:
+    """Let float32 matmuls on the GPU run on TF32 tensor cores (the default) or not.
+
+    TF32 keeps float32's range and accumulation but rounds the matmul inputs to
+    a 10-bit mantissa (about 1e-3 relative); tensor cores run it at several times
+    the plain float32 rate on A100/H100. CuPy reads CUPY_TF32 at its first
+    float32 matmul and never again, so call this before any GPU work (a CLI
+    flag such as --no-tf32 calls it while parsing options). The environment
+    variable MINIGPT_TF32=0 turns it off as well. CuPy applies
+    TF32 only to 2-D products, which is why the linear layers fold (B, T, C)
+    into (B*T, C).
+    """
+    os.environ["CUPY_TF32"] = "1" if enabled else "0"
+
+
+def tf32_enabled() -> bool:
+    """Whether float32 GPU matmuls use TF32 (as CuPy will read it at its first matmul)."""
+    return int(os.environ.get("CUPY_TF32", "0")) > 0
+
+
 def _import_cupy():
     """Return the cupy module, or raise a MinigptError that says how to get one."""
+    if "CUPY_TF32" not in os.environ:  # set_tf32 or the user's own CUPY_TF32 win over the default
+        set_tf32(os.environ.get("MINIGPT_TF32", "1") != "0")
     try:
         import cupy
     except ImportError:

@@ -14,6 +14,7 @@ Three layers of checks:
 
 import importlib
 import math
+import os
 import pkgutil
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 
 import minigpt.kernels
-from minigpt.backend import get_xp, gpu_available
+from minigpt.backend import get_xp, gpu_available, set_tf32, tf32_enabled
 from minigpt.errors import MinigptError
 from minigpt.kernels import gelu, softmax
 from minigpt.kernels.build_cuda import CTYPES, ElementwiseSource, RawSource
@@ -333,3 +334,45 @@ def test_causal_softmax_cuda_accepts_non_contiguous_scores():
     probs = softmax.causal_softmax_forward(scores.transpose(0, 2, 1), 0.25)
     expected = softmax.causal_softmax_forward_numpy(np.ascontiguousarray(scores_host.transpose(0, 2, 1)), 0.25)
     np.testing.assert_allclose(probs.get(), expected, **TOLERANCE["float32"])
+
+
+# ---------------------------------------------------------------------------
+# TF32 on the GPU: on by default, off on request
+# ---------------------------------------------------------------------------
+
+
+ORIGINAL_CUPY_TF32 = os.environ.get("CUPY_TF32")
+
+
+@pytest.fixture
+def fake_cupy_with_a_device(monkeypatch):
+    """A stand-in cupy that reports one device, so get_xp("gpu") runs its setup without a GPU."""
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for name in ("CUPY_TF32", "MINIGPT_TF32"):
+        monkeypatch.setenv(name, "")  # records the original value, so whatever a test sets is undone
+        monkeypatch.delenv(name)
+    return fake
+
+
+def test_tf32_is_on_by_default_on_the_gpu(fake_cupy_with_a_device):
+    assert get_xp("gpu") is fake_cupy_with_a_device
+    assert os.environ["CUPY_TF32"] == "1" and tf32_enabled()
+
+
+def test_tf32_off_by_environment(fake_cupy_with_a_device, monkeypatch):
+    monkeypatch.setenv("MINIGPT_TF32", "0")
+    get_xp("gpu")
+    assert os.environ["CUPY_TF32"] == "0" and not tf32_enabled()
+
+
+def test_tf32_off_by_set_tf32_before_first_use(fake_cupy_with_a_device):
+    set_tf32(False)
+    get_xp("gpu")
+    assert not tf32_enabled()
+
+
+def test_tf32_fixture_leaves_no_environment_behind():
+    """Runs after the tests above: their CUPY_TF32 must not leak into the rest of the suite."""
+    assert os.environ.get("CUPY_TF32") == ORIGINAL_CUPY_TF32
