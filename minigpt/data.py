@@ -194,13 +194,13 @@ def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
     raise MinigptError(f"unknown --tokenizer {spec!r}: use char, gpt2 or bpe:N (train a BPE of N tokens)")
 
 
-def build_tokenizer(spec: str, train_text: str):
-    """The tokenizer named by `spec`, trained on `train_text` when it needs training."""
+def build_tokenizer(spec: str, text: str, train_text: str):
+    """The tokenizer named by `spec`: char over all of `text`, bpe:N trained on `train_text`."""
     from minigpt.tokenizer import BPETokenizer, CharTokenizer
 
     kind, size = parse_tokenizer_spec(spec)
     if kind == "char":
-        return CharTokenizer.train(train_text)
+        return CharTokenizer.train(text)
     if kind == "gpt2":
         return BPETokenizer.from_pretrained("gpt2")
     return BPETokenizer.train(train_text, size)
@@ -251,8 +251,10 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None, out_di
     """Tokenize `corpus` into `data/<corpus>_<tokenizer>/`, or reuse it when its meta matches.
 
     `tokenizer` (a checkpoint's tokenizer, when fine-tuning or resuming) replaces
-    the one `tokenizer_spec` would build. A char or bpe:N tokenizer is trained on
-    the first 90% of the characters, so the validation text stays unseen.
+    the one `tokenizer_spec` would build. A bpe:N tokenizer is trained on the
+    first 90% of the characters, so its merges never see the validation text; a
+    char tokenizer takes every character of the corpus (as nanoGPT's
+    shakespeare_char), so that no validation character is unknown.
     """
     from minigpt.tokenizer import load_tokenizer
 
@@ -275,7 +277,7 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None, out_di
     if not quiet:
         print(f"preparing {out} from {corpus.source} ({len(corpus.text):,} characters)")
     if tokenizer is None:
-        tokenizer = build_tokenizer(tokenizer_spec, train_chars)
+        tokenizer = build_tokenizer(tokenizer_spec, corpus.text, train_chars)
     tokens = np.asarray(tokenizer.encode(corpus.text), dtype=np.int64)
     cut = split_point(tokens.size)
     meta = {

@@ -1,0 +1,251 @@
+"""The options of a training run: defaults, a TOML file, the command line, checked before any work.
+
+Names follow nanoGPT (`--max_iters`, `--learning_rate`, ...). Each option is
+accepted as `--key value` or `--key=value`, with underscores or hyphens
+(`--max-iters`). Values are merged in this order, later ones winning:
+
+    defaults  <  the resumed run's options (--init_from resume)  <  --config file.toml  <  command line
+
+Every impossible value is a one-line MinigptError raised here, before any data
+is prepared or any model built.
+"""
+
+import argparse
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from minigpt.errors import MinigptError
+
+PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of scripts/train.py. The defaults train nanoGPT's CPU recipe on the pydoc text."""
+
+    # model (ignored when starting from a checkpoint, whose config wins)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    dropout: float = 0.0
+    bias: bool = True
+    # data
+    dataset: str = "pydoc"
+    data: str | None = None
+    tokenizer: str = "char"
+    # optimisation
+    batch_size: int = 12
+    gradient_accumulation_steps: int = 1
+    max_iters: int = 2000
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # None: decay until max_iters
+    decay_lr: bool = True
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 turns clipping off
+    # evaluation, logging, checkpoints
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    sample_tokens: int = 200  # length of the sample printed after each evaluation; 0 turns it off
+    out_dir: str = "out"
+    init_from: str = "scratch"
+    # system
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 1337
+
+    MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
+
+    @property
+    def decay_iters(self) -> int:
+        return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
+
+    @property
+    def tokens_per_iter(self) -> int:
+        return self.gradient_accumulation_steps * self.batch_size * self.block_size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+# ---------------------------------------------------------------------------
+# Converting and checking values
+
+
+def _base_type(annotation) -> type:
+    """int for `int`, and also for `int | None`."""
+    return next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
+
+
+_FIELD_KINDS = {f.name: _base_type(f.type) for f in fields(TrainConfig)}
+_OPTIONAL = {f.name for f in fields(TrainConfig) if type(None) in typing.get_args(f.type)}
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _from_text(name: str, text: str):
+    """Convert a command-line string to the field's type."""
+    kind = _FIELD_KINDS[name]
+    if name in _OPTIONAL and text.strip().lower() == "none":
+        return None
+    try:
+        if kind is bool:
+            return _parse_bool(text)
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        return text
+    except ValueError:
+        raise MinigptError(f"--{name} expects {_describe(name)}, got {text!r}") from None
+
+
+def _from_toml(name: str, value, source: str):
+    """Check a TOML value's type (an int is a fine float; a bool is not an int)."""
+    kind = _FIELD_KINDS[name]
+    ok = (
+        (kind is bool and isinstance(value, bool))
+        or (kind is int and isinstance(value, int) and not isinstance(value, bool))
+        or (kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (kind is str and isinstance(value, str))
+    )
+    if not ok:
+        raise MinigptError(f"{source}: {name} expects {_describe(name)}, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def _describe(name: str) -> str:
+    kind = _FIELD_KINDS[name]
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Raise a one-line MinigptError for the first impossible value."""
+    from minigpt.backend import DEVICES, DTYPES
+    from minigpt.data import DATASETS, parse_tokenizer_spec
+
+    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
+                "eval_interval", "eval_iters", "log_interval")
+    for name in positive:
+        if getattr(cfg, name) < 1:
+            raise MinigptError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens"):
+        value = getattr(cfg, name)
+        if value is not None and value < 0:
+            raise MinigptError(f"--{name} must be 0 or more, got {value}")
+    for name in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise MinigptError(f"--{name} must be a finite number >= 0, got {value}")
+    if cfg.n_embd % cfg.n_head:
+        raise MinigptError(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: each head gets n_embd / n_head channels")
+    if not 0 <= cfg.dropout < 1:
+        raise MinigptError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise MinigptError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.device not in DEVICES:
+        raise MinigptError(f"--device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
+    if cfg.dtype not in DTYPES:
+        raise MinigptError(f"--dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    if cfg.data is None and cfg.dataset not in DATASETS:
+        raise MinigptError(f"unknown --dataset {cfg.dataset!r}: use one of {', '.join(DATASETS)}, or --data PATH")
+    parse_tokenizer_spec(cfg.tokenizer)
+    if cfg.init_from not in ("scratch", "resume", *PRETRAINED) and not Path(cfg.init_from).is_dir():
+        raise MinigptError(
+            f"--init_from {cfg.init_from!r} is neither scratch, resume, one of {', '.join(PRETRAINED)} nor a checkpoint directory"
+        )
+    return cfg
+
+
+# ---------------------------------------------------------------------------
+# The command line
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises a one-line MinigptError instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise MinigptError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="train.py",
+        description="Train a GPT on a text corpus (nanoGPT's options). Defaults: "
+        + ", ".join(f"{k}={v}" for k, v in TrainConfig().to_dict().items()),
+        allow_abbrev=False,
+        argument_default=argparse.SUPPRESS,  # only options actually given appear in the namespace
+    )
+    parser.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file (the command line wins)")
+    for name in _FIELDS:
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        parser.add_argument(*flags, dest=name, metavar=_FIELD_KINDS[name].__name__.upper())
+    return parser
+
+
+def read_toml(path) -> dict:
+    """The options in a TOML file, checked against the known names and types."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise MinigptError(f"--config {path} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise MinigptError(f"--config {path} is not valid TOML ({err})") from None
+    options = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            raise MinigptError(f"{path}: unknown option {key!r} (see train.py --help)")
+        options[name] = _from_toml(name, value, str(path))
+    return options
+
+
+def parse_args(argv=None) -> tuple[TrainConfig, dict]:
+    """(config, explicit): the merged, checked options and those the user gave (file or command line).
+
+    Resuming merges the saved run's options under the explicit ones: see `merge_resumed`.
+    """
+    namespace = vars(build_parser().parse_args(argv))
+    config_file = namespace.pop("config", None)
+    explicit = read_toml(config_file) if config_file else {}
+    explicit.update({name: _from_text(name, text) for name, text in namespace.items()})
+    cfg = validate(dataclasses.replace(TrainConfig(), **explicit))
+    return cfg, explicit
+
+
+def merge_resumed(saved_options: dict, explicit: dict) -> TrainConfig:
+    """The resumed run's options, with the explicitly given ones on top (init_from stays resume).
+
+    Changing the model's shape on resume makes no sense: an explicit value that
+    differs from the checkpoint's is an error.
+    """
+    base = {k: v for k, v in saved_options.items() if k in _FIELDS}
+    for name in TrainConfig.MODEL_FIELDS:
+        if name in explicit and name in base and explicit[name] != base[name] and name != "dropout":
+            raise MinigptError(
+                f"--{name} {explicit[name]} differs from the checkpoint's {base[name]}; a resumed run keeps its model shape"
+            )
+    merged = {**base, **explicit, "init_from": "resume"}
+    return validate(dataclasses.replace(TrainConfig(), **merged))

@@ -1,0 +1,399 @@
+"""The training loop behind scripts/train.py: nanoGPT's loop on the hand-written model and optimizer.
+
+One iteration (gradient_accumulation_steps = A micro-batches of B x T tokens):
+
+    for each micro-batch:  loss_a = model.forward(x_a, y_a);  g += model.backward() / A
+    g = clip(g, grad_clip);  p = AdamW(p, g, lr(it))
+
+Dividing by A makes g the gradient of the mean loss over all A*B*T tokens, the
+same as one big batch. Every eval_interval iterations the train and val losses
+are estimated on eval_iters batches each, a short sample is printed, and the
+checkpoints `out_dir/latest` (and `out_dir/best`, when val loss improved) are
+written.
+
+Exact resume: everything that decides the next iterations is in the
+checkpoint (weights, AdamW moments and step count, the batch sampler's and the
+dropout's RNG states). Evaluation and sampling draw from their own generators,
+seeded by (seed, iteration), so they never shift the training randomness.
+
+The loop stays device-agnostic: batches go to the model's device, and the loss
+and the gradient norm are read back to the host only at log intervals.
+"""
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from minigpt.backend import get_xp, scalar, to_device
+from minigpt.checkpoint import is_checkpoint, load_optimizer_state, load_trainer_state, save_checkpoint
+from minigpt.config import PRETRAINED, TrainConfig, merge_resumed, parse_args
+from minigpt.data import check_block_size, get_batch, load_corpus, prepare
+from minigpt.errors import MinigptError
+from minigpt.optim import AdamW, clip_grad_norm, cosine_lr
+
+LOG_FILE = "log.jsonl"
+PLOT_FILE = "loss.png"
+
+
+class TrainingDiverged(MinigptError):
+    """The loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------------------
+# Setting a run up
+
+
+def resolve_config(argv=None) -> TrainConfig:
+    """The run's options; with --init_from resume, the checkpoint's options under the given ones."""
+    cfg, explicit = parse_args(argv)
+    if cfg.init_from != "resume":
+        return cfg
+    latest = Path(cfg.out_dir) / "latest"
+    if not is_checkpoint(latest):
+        raise MinigptError(
+            f"--init_from resume found no checkpoint in {latest}; train without --init_from resume first, "
+            "or point --out_dir at the run to continue"
+        )
+    return merge_resumed(load_trainer_state(latest).get("options", {}), explicit)
+
+
+def rng_state(rng):
+    """A JSON-serialisable state of a NumPy Generator (None for CuPy's, which has none to give)."""
+    state = getattr(rng.bit_generator, "state", None)
+    return state if isinstance(state, dict) else None
+
+
+class Trainer:
+    """Holds a run's model, tokenizer, data, optimizer and RNGs; `run()` trains."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out_dir = Path(cfg.out_dir)
+        get_xp(cfg.device)  # fail now if --device gpu cannot work
+        self.start_iter = 0
+        self.best_val_loss = None
+        self.last_eval_iter = None
+        self.elapsed_before = 0.0  # wall time of the earlier runs this one resumes
+        self.batch_rng = np.random.default_rng(cfg.seed)
+        if cfg.init_from == "scratch":
+            self._init_scratch()
+        else:
+            self._init_from_checkpoint()
+        self.model.config.dropout = cfg.dropout  # a fine-tuning run picks its own dropout
+        if cfg.block_size > self.model.config.block_size:
+            raise MinigptError(
+                f"--block_size {cfg.block_size} exceeds the model's context of {self.model.config.block_size} tokens"
+            )
+        check_block_size(self.data, cfg.block_size)
+        self.optimizer = AdamW(
+            self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+        )
+        if cfg.init_from == "resume":
+            self._restore_training_state(self.out_dir / "latest")
+
+    def _init_scratch(self):
+        from minigpt.model import GPT, GPTConfig
+
+        cfg = self.cfg
+        self.data = prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
+        self.tokenizer = self.data.tokenizer
+        model_config = GPTConfig(
+            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+            vocab_size=self.data.meta["vocab_size"], dropout=cfg.dropout, bias=cfg.bias,
+        )
+        self.model = GPT(model_config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+
+    def _init_from_checkpoint(self):
+        """Weights and tokenizer from out_dir/latest (resume), a GPT-2 name or a directory."""
+        from minigpt.model import GPT
+        from minigpt.tokenizer import BPETokenizer, load_tokenizer
+
+        cfg = self.cfg
+        source = self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from
+        self.model = GPT.from_pretrained(source, dtype=cfg.dtype, device=cfg.device)
+        if cfg.init_from in PRETRAINED:
+            self.tokenizer = BPETokenizer.from_pretrained("gpt2")
+        else:
+            self.tokenizer = load_tokenizer(source)
+        if self.tokenizer.vocab_size > self.model.config.vocab_size:
+            raise MinigptError(
+                f"{source}: the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
+                f"{self.model.config.vocab_size}"
+            )
+        self.data = prepare(load_corpus(cfg.dataset, cfg.data), tokenizer=self.tokenizer)
+
+    def _restore_training_state(self, path: Path):
+        state = load_trainer_state(path)
+        self.optimizer.load_state_dict(*load_optimizer_state(path))
+        self.start_iter = int(state["iter"])
+        self.best_val_loss = state.get("best_val_loss")
+        self.last_eval_iter = state.get("last_eval_iter")
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        if state.get("batch_rng"):
+            self.batch_rng.bit_generator.state = state["batch_rng"]
+        if state.get("model_rng") and rng_state(self.model.rng) is not None:
+            self.model.rng.bit_generator.state = state["model_rng"]
+
+    # -- one iteration -----------------------------------------------------------
+
+    def lr_at(self, it: int) -> float:
+        cfg = self.cfg
+        if not cfg.decay_lr:
+            return cfg.learning_rate
+        return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
+
+    def train_step(self, it: int):
+        """One optimizer step; returns (mean loss, gradient norm before clipping or None), on the device."""
+        cfg, model = self.cfg, self.model
+        model.train()
+        steps = cfg.gradient_accumulation_steps
+        total_loss, grads = 0.0, None
+        for _ in range(steps):
+            x, y = get_batch(self.data.train, cfg.batch_size, cfg.block_size, self.batch_rng)
+            _, loss = model.forward(to_device(x, cfg.device), to_device(y, cfg.device))
+            micro_grads = model.backward()
+            total_loss = total_loss + loss
+            if grads is None:
+                grads = micro_grads if steps == 1 else {k: g.copy() for k, g in micro_grads.items()}
+            else:
+                for name, g in micro_grads.items():
+                    grads[name] += g
+        if steps > 1:
+            for g in grads.values():
+                g *= 1.0 / steps
+        grad_norm = clip_grad_norm(grads, cfg.grad_clip) if cfg.grad_clip > 0 else None
+        self.optimizer.step(grads, lr=self.lr_at(it))
+        return total_loss / steps, grad_norm
+
+    # -- evaluation ----------------------------------------------------------------
+
+    def estimate_loss(self, it: int) -> dict:
+        """Mean loss over eval_iters batches of each split, with the model in eval mode (no dropout)."""
+        cfg, model = self.cfg, self.model
+        rng = np.random.default_rng([cfg.seed, it, 1])  # its own stream: training randomness is untouched
+        model.eval()
+        losses = {}
+        for split, tokens in (("train", self.data.train), ("val", self.data.val)):
+            total = 0.0
+            for _ in range(cfg.eval_iters):
+                x, y = get_batch(tokens, cfg.batch_size, cfg.block_size, rng)
+                _, loss = model.forward(to_device(x, cfg.device), to_device(y, cfg.device))
+                total += scalar(loss)
+            losses[split] = total / cfg.eval_iters
+        model.train()
+        return losses
+
+    def sample(self, it: int) -> str:
+        """A short text sampled from the model (temperature 0.8, top-k 200, as nanoGPT's sample.py)."""
+        tokenizer = self.tokenizer
+        eot = tokenizer.eot_token
+        prompt = [eot] if eot is not None else [int(self.data.val[0])]
+        idx = np.array([prompt], dtype=np.int64)
+        out = self.model.generate(idx, self.cfg.sample_tokens, temperature=0.8, top_k=200, seed=[self.cfg.seed, it, 2])
+        ids = [int(t) for t in np.asarray(out.get() if hasattr(out, "get") else out)[0]]
+        return tokenizer.decode(ids[1:] if eot is not None else ids)
+
+    # -- the loop ------------------------------------------------------------------
+
+    def trainer_state(self, it: int, elapsed: float) -> dict:
+        return {
+            "iter": it,
+            "best_val_loss": self.best_val_loss,
+            "last_eval_iter": self.last_eval_iter,
+            "elapsed_s": elapsed,
+            "batch_rng": rng_state(self.batch_rng),
+            "model_rng": rng_state(self.model.rng),
+            "data": str(self.data.dir),
+            "options": self.cfg.to_dict(),
+        }
+
+    def save(self, name: str, it: int, elapsed: float) -> Path:
+        return save_checkpoint(
+            self.out_dir / name, self.model, self.tokenizer, self.optimizer, self.trainer_state(it, elapsed)
+        )
+
+    def run(self) -> int:
+        """Train from start_iter to max_iters; returns the exit status (0, or 130 after Ctrl-C)."""
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        log = RunLog(self.out_dir / LOG_FILE, keep_before=self.start_iter if cfg.init_from == "resume" else 0)
+        print(
+            f"model: {self.model.num_params():,} parameters ({self.model.config.n_layer} layers), "
+            f"data: {self.data.dir} ({self.data.train.size:,} train / {self.data.val.size:,} val tokens, "
+            f"vocab {self.tokenizer.vocab_size}), {cfg.tokens_per_iter:,} tokens per iteration, device {cfg.device}"
+        )
+        if self.start_iter:
+            print(f"resuming {self.out_dir / 'latest'} at iteration {self.start_iter}")
+
+        stop = StopFlag()
+        run_start = time.perf_counter()
+        window_start, window_tokens, tokens_per_sec = run_start, 0, 0.0
+        bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True)
+        loss = None
+        it = self.start_iter
+        with stop:
+            while True:
+                elapsed = self.elapsed_before + time.perf_counter() - run_start
+                if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != self.last_eval_iter:
+                    paused = time.perf_counter()
+                    self.evaluate(it, elapsed, log, bar, tokens_per_sec)
+                    window_start += time.perf_counter() - paused  # evaluation time is not training throughput
+                if it >= cfg.max_iters:
+                    break
+                if stop.requested:
+                    self._check_finite(loss, it)
+                    self.save("latest", it, elapsed)
+                    bar.close()
+                    print(f"interrupted: saved {self.out_dir / 'latest'} at iteration {it}; "
+                          f"continue with --init_from resume --out_dir {cfg.out_dir}")
+                    return 130
+
+                loss, grad_norm = self.train_step(it)
+                window_tokens += cfg.tokens_per_iter
+                it += 1
+                bar.update(1)
+                if (it - 1) % cfg.log_interval == 0:
+                    train_loss = self._check_finite(loss, it - 1)
+                    now = time.perf_counter()  # after the loss read, so the device has finished
+                    tokens_per_sec = window_tokens / max(now - window_start, 1e-9)
+                    window_start, window_tokens = now, 0
+                    lr = self.lr_at(it - 1)
+                    record = {"iter": it - 1, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec,
+                              "elapsed_s": self.elapsed_before + now - run_start}
+                    if grad_norm is not None:
+                        record["grad_norm"] = scalar(grad_norm)
+                    log.write(record)
+                    bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
+        bar.close()
+        print(f"done: {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f} in {self.out_dir / 'best'}, "
+              f"last checkpoint {self.out_dir / 'latest'}")
+        return 0
+
+    def evaluate(self, it: int, elapsed: float, log: "RunLog", bar, tokens_per_sec: float) -> None:
+        """Estimate both losses, print them and a sample, log them, write the checkpoints."""
+        losses = self.estimate_loss(it)
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise TrainingDiverged(self._diverged_message(f"the evaluation loss is {losses['val']}", it))
+        self.last_eval_iter = it
+        record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": self.lr_at(it),
+                  "tokens_per_sec": tokens_per_sec, "elapsed_s": elapsed}
+        log.write(record)
+        bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if self.cfg.sample_tokens:
+            bar.write("sample: " + self.sample(it).replace("\n", "\n        ")[:2000])
+        improved = self.best_val_loss is None or losses["val"] < self.best_val_loss
+        if improved:
+            self.best_val_loss = losses["val"]
+        self.save("latest", it, elapsed)
+        if improved:
+            self.save("best", it, elapsed)
+        plot_losses(log.records, self.out_dir / PLOT_FILE)
+
+    def _check_finite(self, loss, it: int) -> float | None:
+        """The loss as a float; a NaN or infinite one stops training, keeping the last good checkpoint."""
+        if loss is None:
+            return None
+        value = scalar(loss)
+        if not math.isfinite(value):
+            raise TrainingDiverged(self._diverged_message(f"the training loss is {value}", it))
+        return value
+
+    def _diverged_message(self, what: str, it: int) -> str:
+        kept = self.out_dir / "latest"
+        keep = f"the last good checkpoint is {kept}" if is_checkpoint(kept) else "no checkpoint was written"
+        return f"training diverged at iteration {it}: {what}; {keep}; try a lower --learning_rate or --grad_clip 1.0"
+
+
+# ---------------------------------------------------------------------------
+# Helpers: Ctrl-C, the JSON-lines log, the loss plot
+
+
+class StopFlag:
+    """While active, the first Ctrl-C (or SIGTERM) asks the loop to stop after the current iteration.
+
+    The loop then saves `latest` and exits cleanly; a second Ctrl-C interrupts at once.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+        tqdm.write("stopping after this iteration (Ctrl-C again to stop at once, without a checkpoint)")
+
+    def __enter__(self):
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class RunLog:
+    """out_dir/log.jsonl: one JSON record per logged iteration, flushed as it is written.
+
+    A resumed run first drops the records at or after the iteration it resumes
+    from (a crashed run may have logged past its last checkpoint), so the file
+    reads as one uninterrupted run; a fresh run starts an empty file.
+    """
+
+    def __init__(self, path: Path, keep_before: int = 0):
+        self.path = path
+        self.records = []
+        if keep_before and path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                if isinstance(record, dict) and record.get("iter", keep_before) < keep_before:
+                    self.records.append(record)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        os.replace(tmp, path)
+
+    def write(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def plot_losses(records: list, path: Path) -> None:
+    """Train and val loss against iteration as a PNG, when matplotlib is installed (the `plot` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    train = [(r["iter"], r["train_loss"]) for r in records if "val_loss" not in r]
+    val = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for points, label in ((train, "train (batch)"), (val, "val")):
+        if points:
+            ax.plot(*zip(*points), label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    tmp = path.with_name(".tmp-" + path.name)
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    return Trainer(resolve_config(argv)).run()
