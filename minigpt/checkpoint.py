@@ -11,7 +11,9 @@ Everything is safetensors or JSON, so loading a checkpoint can never run code.
 
 A checkpoint is first written into a temporary directory beside its final place
 (`out_dir/.latest.tmp-XXXX`), then swapped in with renames: a crash or a kill
-during the write leaves the previous checkpoint intact.
+during the write leaves the previous checkpoint intact (in the instant between
+the two renames, as `out_dir/.latest.old-XXXX`, which the next save or resume
+renames back).
 """
 
 import json
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from safetensors.numpy import load_file, save_file
 
-from minigpt.data import replace_dir
+from minigpt.data import recover_dir, replace_dir
 from minigpt.errors import MinigptError
 
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -33,6 +35,7 @@ def save_checkpoint(path, model, tokenizer, optimizer, trainer_state: dict) -> P
     """Write a complete checkpoint to directory `path`, replacing any previous one atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         model.save_pretrained(tmp)
@@ -47,8 +50,9 @@ def save_checkpoint(path, model, tokenizer, optimizer, trainer_state: dict) -> P
 
 
 def is_checkpoint(path) -> bool:
-    """True when `path` holds all the files of a training checkpoint."""
+    """True when `path` holds all the files of a training checkpoint (after undoing an interrupted write)."""
     path = Path(path)
+    recover_dir(path)
     return all((path / name).is_file() for name in (*MODEL_FILES, OPTIMIZER_FILE, STATE_FILE))
 
 

@@ -159,7 +159,8 @@ def path_corpus(path) -> Corpus:
     text = "\n\n".join(read_text_file(f) for f in files)
     if not text.strip():
         raise MinigptError(f"--data {path} holds no text (empty or only whitespace)")
-    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in path.resolve().name) or "data"
+    stem = path.resolve().name if path.is_dir() else path.stem  # corpus.txt -> data/corpus_<tokenizer>/
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "data"
     return Corpus(name, text, str(path.resolve()))
 
 
@@ -268,6 +269,7 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None, out_di
         fingerprint = tokenizer_fingerprint(tokenizer)
     out = Path(out_dir) if out_dir is not None else data_dir() / f"{corpus.name}_{label}"
 
+    recover_dir(out)
     meta = _read_meta(out)
     if meta is not None and meta["source_sha256"] == corpus.sha256 and (
         meta["tokenizer_sha256"] == fingerprint if fingerprint else meta["tokenizer"] == tokenizer_spec
@@ -310,6 +312,7 @@ def _read_meta(folder: Path) -> dict | None:
 def _write_dataset(out: Path, meta: dict, tokenizer, train, val) -> None:
     """Write the folder next to its final place, then swap it in: nothing is ever half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         write_tokens(tmp / "train.bin", train, meta["vocab_size"])
@@ -325,9 +328,10 @@ def _write_dataset(out: Path, meta: dict, tokenizer, train, val) -> None:
 def replace_dir(new: Path, dest: Path) -> None:
     """Move directory `new` to `dest`, replacing what is there with two renames.
 
-    The old directory is renamed aside before the new one is renamed in, so at
-    every moment `dest` is either the complete old or the complete new version
-    (or, for the instant between the renames, absent with the old one aside).
+    The old directory is renamed aside (`.<name>.old-XXXX`) before the new one is
+    renamed in, so `dest` is always either the complete old or the complete new
+    version; a kill in the instant between the renames leaves it absent with the
+    old one aside, which `recover_dir` puts back.
     """
     aside = None
     if dest.exists():
@@ -337,6 +341,22 @@ def replace_dir(new: Path, dest: Path) -> None:
     os.replace(new, dest)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover_dir(dest: Path) -> None:
+    """Undo a replacement that a kill interrupted: rename the old version back, drop the leftovers.
+
+    Leftovers are `.<name>.tmp-*` (unfinished new versions) and `.<name>.old-*`
+    (old versions whose deletion was cut short).
+    """
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return
+    asides = sorted(dest.parent.glob(f".{dest.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not dest.exists() and asides:
+        os.replace(asides.pop(), dest)
+    for leftover in asides + list(dest.parent.glob(f".{dest.name}.tmp-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _open(folder: Path, meta: dict, tokenizer) -> PreparedData:
