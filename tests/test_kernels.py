@@ -376,3 +376,16 @@ def test_tf32_off_by_set_tf32_before_first_use(fake_cupy_with_a_device):
 def test_tf32_fixture_leaves_no_environment_behind():
     """Runs after the tests above: their CUPY_TF32 must not leak into the rest of the suite."""
     assert os.environ.get("CUPY_TF32") == ORIGINAL_CUPY_TF32
+
+
+# ---------------------------------------------------------------------------
+# scripts/bench_gpu.py without a GPU
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_bench_gpu_without_cupy_is_one_clear_error():
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_gpu.py"
+    result = subprocess.run([sys.executable, str(script), "--no-torch"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --device gpu needs CuPy") and "Traceback" not in result.stderr
