@@ -21,6 +21,7 @@ every byte is a visible character (a space is `Ġ`, a newline `Ċ`).
 
 import json
 import sys
+from itertools import chain
 from pathlib import Path
 
 import regex
@@ -41,7 +42,7 @@ GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 VOCAB_FILE_NAMES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 MERGES_HEADER = "#version: 0.2"
 # Pieces remembered by the per-piece cache before it is emptied, which bounds
-# its memory on huge corpora; frequent words come straight back.
+# its memory across many calls; frequent words come straight back.
 CACHE_LIMIT = 1 << 17
 NO_MERGE = sys.maxsize  # the "rank" of a pair that has no merge
 
@@ -91,9 +92,20 @@ class BPETokenizer(Tokenizer):
         # byte value -> id, and id -> the bytes it stands for
         self._byte_ids = [vocab[byte_to_char[b]] for b in range(256)]
         self._id_to_bytes = {vocab[char]: bytes([b]) for b, char in byte_to_char.items()}
-        # (left id, right id) -> rank, and rank -> id of the merged token
-        self._pair_rank = {}
-        self._merged_id = []
+        self._pair_rank, self._merged_id = self._index_merges()
+        self._special_tokens = {token: i for token, i in vocab.items() if i not in self._id_to_bytes}
+        for token, i in self._special_tokens.items():
+            self._id_to_bytes[i] = token.encode("utf-8")
+        self._vocab_size = max(vocab.values()) + 1
+        self._pattern = regex.compile(GPT2_SPLIT_PATTERN)
+        self._cache: dict[str, list[int]] = {}
+
+    def _index_merges(self) -> tuple[dict[tuple[int, int], int], list[int]]:
+        """(left id, right id) -> rank, and rank -> id of the merged token.
+
+        Also records the bytes of every merged token in `_id_to_bytes`.
+        """
+        vocab, pair_rank, merged_ids = self._vocab, {}, []
         for rank, (left, right) in enumerate(self._merges):
             for token in (left, right, left + right):
                 if token not in vocab:
@@ -103,15 +115,10 @@ class BPETokenizer(Tokenizer):
             if left_id not in self._id_to_bytes or right_id not in self._id_to_bytes:
                 raise MinigptError(f"merge {rank} ({left} {right}) uses a token before a merge "
                                    f"makes it; the merges file is out of order or corrupt")
-            self._pair_rank.setdefault((left_id, right_id), rank)
-            self._merged_id.append(merged_id)
+            pair_rank.setdefault((left_id, right_id), rank)
+            merged_ids.append(merged_id)
             self._id_to_bytes[merged_id] = self._id_to_bytes[left_id] + self._id_to_bytes[right_id]
-        self._special_tokens = {token: i for token, i in vocab.items() if i not in self._id_to_bytes}
-        for token, i in self._special_tokens.items():
-            self._id_to_bytes[i] = token.encode("utf-8")
-        self._vocab_size = max(vocab.values()) + 1
-        self._pattern = regex.compile(GPT2_SPLIT_PATTERN)
-        self._cache: dict[str, list[int]] = {}
+        return pair_rank, merged_ids
 
     # ---- construction from files -------------------------------------------
 
@@ -243,18 +250,19 @@ class BPETokenizer(Tokenizer):
     # ---- the algorithm -----------------------------------------------------
 
     def _encode_pieces(self, text: str) -> list[int]:
-        """Pre-tokenize, then merge each piece, remembering the ids of pieces seen before."""
+        """Pre-tokenize, merge each distinct piece not seen before, then concatenate.
+
+        Only the merge loop of new pieces runs in Python; looking up and
+        joining the ids of all pieces runs at C speed.
+        """
+        pieces = self._pattern.findall(text)
         cache = self._cache
-        ids = []
-        for piece in self._pattern.findall(text):
-            piece_ids = cache.get(piece)
-            if piece_ids is None:
-                piece_ids = self._bpe(piece)
-                if len(cache) >= CACHE_LIMIT:
-                    cache.clear()
-                cache[piece] = piece_ids
-            ids += piece_ids
-        return ids
+        new = {piece: self._bpe(piece) for piece in set(pieces).difference(cache)}
+        if new:
+            if len(cache) + len(new) > CACHE_LIMIT:
+                cache.clear()
+            cache.update(new)
+        return list(chain.from_iterable(map(cache.__getitem__, pieces)))
 
     def _bpe(self, piece: str) -> list[int]:
         """The merge loop: apply the lowest-ranked merge, leftmost first, until none applies.
