@@ -305,7 +305,8 @@ def main(argv=None):
 
     set_tf32(not args.no_tf32)  # before CuPy's first matmul
     cupy = get_xp("gpu")  # a clear MinigptError without CuPy or a device
-    device_name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()
+    device_name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+    device_name = device_name.decode() if isinstance(device_name, bytes) else device_name
     versions = f"CuPy {cupy.__version__}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
     matmul_tflops = measure_matmul_tflops(cupy)
     nominal = args.peak_tflops or nominal_peak_tflops(device_name, tf32_enabled())

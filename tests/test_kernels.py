@@ -26,10 +26,12 @@ import numpy as np
 import pytest
 
 import minigpt.kernels
-from minigpt.backend import get_xp, gpu_available, set_tf32, tf32_enabled
+from minigpt.backend import get_xp, gpu_available, set_tf32, tf32_enabled, to_host
 from minigpt.errors import MinigptError
 from minigpt.kernels import gelu, softmax
 from minigpt.kernels.build_cuda import CTYPES, ElementwiseSource, RawSource
+from minigpt.model import GPT, GPTConfig
+from minigpt.optim import AdamW, clip_grad_norm
 
 # ---------------------------------------------------------------------------
 # NumPy twins
@@ -394,3 +396,43 @@ def test_bench_gpu_without_cupy_is_one_clear_error():
     result = subprocess.run([sys.executable, str(script), "--no-torch"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("error: --device gpu needs CuPy") and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# Training on the GPU against the CPU (needs a GPU)
+# ---------------------------------------------------------------------------
+
+
+def short_training_run(device, params, config, batches, steps=5):
+    """Losses of `steps` AdamW steps from `params` (host arrays); also the final model, optimizer, grads."""
+    model = GPT(config, dtype="float32", device=device, seed=0).train()
+    for name, value in params.items():
+        model.params[name][...] = model.xp.asarray(value)
+    optimizer = AdamW(model.params, lr=1e-2)
+    losses = []
+    for idx, targets in batches[:steps]:
+        _, loss = model.forward(model.xp.asarray(idx), model.xp.asarray(targets))
+        grads = model.backward()
+        clip_grad_norm(grads, 1.0)
+        optimizer.step(grads)
+        losses.append(loss)  # kept on the device: one sync at the end, as the trainer does
+    return [float(to_host(loss)) for loss in losses], model, optimizer, grads
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_short_training_run_on_gpu_matches_cpu():
+    config = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=97)
+    params = {name: to_host(p) for name, p in GPT(config, device="cpu", seed=0).params.items()}
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (4, config.block_size + 1))
+    batches = [(tokens[:, :-1], tokens[:, 1:])] * 5  # one batch, learnt by heart: the loss must fall
+
+    cpu_losses, *_ = short_training_run("cpu", params, config, batches)
+    gpu_losses, model, optimizer, grads = short_training_run("gpu", params, config, batches)
+
+    # TF32 rounds matmul inputs to 10 mantissa bits (~1e-3); plain float32 agrees far closer.
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=2e-3 if tf32_enabled() else 1e-5)
+    assert gpu_losses[-1] < gpu_losses[0]  # it did learn something
+    cupy = get_xp("gpu")
+    on_device = [*model.params.values(), *grads.values(), *optimizer.m.values(), *optimizer.v.values()]
+    assert all(isinstance(a, cupy.ndarray) for a in on_device)
