@@ -27,6 +27,7 @@ over them, so every step sees exactly what a full forward over
 """
 
 import codecs
+from pathlib import Path
 
 import numpy as np
 
@@ -253,3 +254,76 @@ class StreamDecoder:
         text = self.tokenizer.decode(self.ids)
         new, self.emitted = text[self.emitted :], len(text)
         return new
+
+
+# ---------------------------------------------------------------------------
+# Loading a model and its tokenizer, and turning a prompt into ids.
+# ---------------------------------------------------------------------------
+
+
+def resolve_checkpoint(checkpoint) -> "str | Path":
+    """The directory (or GPT-2 name) that `--checkpoint` points at.
+
+    Accepts a checkpoint directory (config.json + model.safetensors, as written
+    by training or by Hugging Face), a training out_dir (its best/, else its
+    latest/), or a name gpt2, gpt2-medium, gpt2-large, gpt2-xl.
+    """
+    from minigpt.weights import PRETRAINED_NAMES
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        for candidate in (path, path / "best", path / "latest"):
+            if (candidate / "config.json").is_file():
+                return candidate
+        raise MinigptError(f"{path} holds no checkpoint: expected config.json + model.safetensors in it, "
+                           f"or a training out_dir with best/ or latest/")
+    if str(checkpoint) in PRETRAINED_NAMES:
+        return str(checkpoint)
+    if path.exists():
+        raise MinigptError(f"{path} is a file: give the checkpoint directory that holds it")
+    raise MinigptError(f"checkpoint {path} does not exist: give a checkpoint directory, a training out_dir, "
+                       f"or one of {', '.join(PRETRAINED_NAMES)}")
+
+
+def load_model_and_tokenizer(checkpoint, device="cpu", dtype="float32"):
+    """(model in eval mode, tokenizer, resolved checkpoint) for `checkpoint` (see `resolve_checkpoint`).
+
+    The tokenizer is the one saved beside the weights; a Hugging Face GPT-2
+    directory or name without tokenizer files gets GPT-2's own tokenizer.
+    """
+    from minigpt.model import GPT
+    from minigpt.tokenizer import BPETokenizer, load_tokenizer
+    from minigpt.tokenizer.bpe import find_vocab_files
+    from minigpt.tokenizer.char import CHAR_FILE_NAME
+
+    source = resolve_checkpoint(checkpoint)
+    model = GPT.from_pretrained(source, dtype=dtype, device=device).eval()
+    directory = Path(source) if isinstance(source, Path) else None
+    if directory is not None and (find_vocab_files(directory) or (directory / CHAR_FILE_NAME).is_file()):
+        tokenizer = load_tokenizer(directory)
+    else:
+        tokenizer = BPETokenizer.from_pretrained("gpt2")
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise MinigptError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}: "
+                           f"the tokenizer files in {source} do not belong to these weights")
+    return model, tokenizer, source
+
+
+def encode_prompt(tokenizer, text: str, block_size: int, note=print):
+    """The prompt's token ids, at most block_size of them, saying (via `note`) what was changed.
+
+    An empty prompt starts from `<|endoftext|>` (BPE) or a newline (characters),
+    as GPT-2 and nanoGPT do. "<|endoftext|>" written in a prompt is the special
+    token. A prompt longer than the context keeps its last block_size tokens.
+    """
+    if not text:
+        if tokenizer.eot_token is not None:
+            note("empty prompt: starting from <|endoftext|>")
+            return [tokenizer.eot_token]
+        note("empty prompt: starting from a newline")
+        text = "\n"
+    ids = tokenizer.encode(text, allowed_special="all") if tokenizer.eot_token is not None else tokenizer.encode(text)
+    if len(ids) > block_size:
+        note(f"the prompt is {len(ids)} tokens, longer than the model's context of {block_size}: keeping its last {block_size}")
+        ids = ids[-block_size:]
+    return ids

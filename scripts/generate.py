@@ -1,0 +1,148 @@
+"""Generate text from a minigpt checkpoint or from OpenAI's GPT-2 weights, streamed as it comes.
+
+    python scripts/generate.py --checkpoint out --prompt "ROMEO:" --max-new-tokens 200
+    python scripts/generate.py --checkpoint gpt2 --prompt "The meaning of life is" --top-p 0.9 --seed 1
+    python scripts/generate.py --checkpoint gpt2 --interactive
+
+--checkpoint is a checkpoint directory (ours or a Hugging Face GPT-2 one), a
+training out_dir (its best/, else latest/), or gpt2 / gpt2-medium / gpt2-large /
+gpt2-xl (downloaded once into checkpoints/). Without it the training default
+out_dir is used. Options take hyphens or underscores (--max-new-tokens,
+--max_new_tokens). Text goes to stdout, notes to stderr.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from minigpt.cli import ArgumentParser, add_option  # noqa: E402
+from minigpt.errors import MinigptError, run_cli  # noqa: E402
+from minigpt.generation import (  # noqa: E402
+    StreamDecoder,
+    check_sampling_args,
+    encode_prompt,
+    generate_stream,
+    load_model_and_tokenizer,
+)
+
+SAMPLE_SEPARATOR = "\n" + "-" * 40
+
+
+def build_parser():
+    parser = ArgumentParser(description="Generate text with a GPT model, streaming tokens as they are produced.")
+    add_option(parser, "--checkpoint", default=None,
+               help="checkpoint dir, training out_dir, Hugging Face GPT-2 dir, or gpt2/gpt2-medium/gpt2-large/gpt2-xl "
+                    "(default: the training out_dir)")
+    prompt = parser.add_mutually_exclusive_group()
+    add_option(prompt, "--prompt", default="", help="text to continue (default: empty, start from <|endoftext|>)")
+    add_option(prompt, "--prompt-file", default=None, help="read the prompt from this UTF-8 file")
+    add_option(parser, "--max-new-tokens", type=int, default=256, help="tokens to generate per sample (default 256)")
+    add_option(parser, "--temperature", type=float, default=0.8, help="0 is greedy; higher is more random (default 0.8)")
+    add_option(parser, "--top-k", type=int, default=200, help="sample among the k most likely tokens (default 200; 0 turns it off)")
+    add_option(parser, "--top-p", type=float, default=None, help="nucleus sampling: the smallest set of tokens reaching this mass")
+    add_option(parser, "--num-samples", type=int, default=1, help="independent samples per prompt (default 1)")
+    add_option(parser, "--seed", type=int, default=None, help="makes sampling reproducible (default: a fresh random seed, printed)")
+    add_option(parser, "--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
+    add_option(parser, "--interactive", action="store_true", help="keep the model loaded and read prompts from stdin")
+    return parser
+
+
+def note(message):
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def parse_options(argv):
+    args = build_parser().parse_args(argv)
+    if args.top_k == 0:
+        args.top_k = None
+    check_sampling_args(args.temperature, args.top_k, args.top_p)
+    if args.max_new_tokens < 0:
+        raise MinigptError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise MinigptError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.prompt_file is not None:
+        args.prompt = read_prompt_file(args.prompt_file)
+    return args
+
+
+def read_prompt_file(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise MinigptError(f"prompt file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise MinigptError(f"prompt file {path} is not UTF-8 text") from None
+    except OSError as err:
+        raise MinigptError(f"cannot read prompt file {path} ({err.strerror})") from None
+
+
+def stream_sample(model, tokenizer, prompt_ids, args, rng, out):
+    """Write one sample to `out` token by token; `<|endoftext|>` ends it and is not printed."""
+    decoder = StreamDecoder(tokenizer)
+    eot = tokenizer.eot_token
+    for (token,) in generate_stream(model, np.array([prompt_ids]), args.max_new_tokens, args.temperature,
+                                    args.top_k, args.top_p, seed=rng, stop_token=eot):
+        if token == eot:
+            break
+        out.write(decoder.push([token]))
+        out.flush()
+    out.write(decoder.flush())
+
+
+def respond(model, tokenizer, prompt, args, rng, out):
+    """The prompt, then num_samples continuations of it, separated by a line of dashes."""
+    prompt_ids = encode_prompt(tokenizer, prompt, model.config.block_size, note=note)
+    for i in range(args.num_samples):
+        if i > 0:
+            out.write(SAMPLE_SEPARATOR + "\n")
+        out.write(prompt)
+        stream_sample(model, tokenizer, prompt_ids, args, rng, out)
+        out.write("\n")
+        out.flush()
+
+
+def interactive_loop(model, tokenizer, args, rng, out):
+    note("interactive: type a prompt and press Enter (an empty line starts from nothing); Ctrl-D quits")
+    while True:
+        try:
+            prompt = input("> ")
+        except EOFError:
+            out.write("\n")
+            return
+        respond(model, tokenizer, prompt, args, rng, out)
+
+
+def main(argv=None):
+    args = parse_options(argv)
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        from minigpt.config import TrainConfig
+
+        checkpoint = TrainConfig().out_dir
+        if not Path(checkpoint).exists():
+            raise MinigptError(f"no --checkpoint given and the training out_dir {checkpoint!r} does not exist: "
+                               f"train a model first (python scripts/train.py) or pass --checkpoint gpt2")
+        note(f"no --checkpoint given: using the training out_dir {checkpoint!r}")
+    model, tokenizer, source = load_model_and_tokenizer(checkpoint, device=args.device)
+    if args.seed is None and args.temperature > 0:
+        args.seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
+        note(f"sampling with seed {args.seed} (pass --seed {args.seed} to repeat)")
+    rng = np.random.default_rng(args.seed)
+    out = sys.stdout
+    out.reconfigure(errors="replace")  # a terminal that cannot show a character gets "?", not a crash
+    if args.interactive:
+        interactive_loop(model, tokenizer, args, rng, out)
+    else:
+        respond(model, tokenizer, args.prompt, args, rng, out)
+
+
+if __name__ == "__main__":
+    try:
+        run_cli(main, sys.argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C while generating: stop quietly, like `head` does
+        print(file=sys.stderr)
+        sys.exit(130)
