@@ -21,7 +21,6 @@ every byte is a visible character (a space is `Ġ`, a newline `Ċ`).
 
 import json
 import sys
-from itertools import chain
 from pathlib import Path
 
 import regex
@@ -250,19 +249,18 @@ class BPETokenizer(Tokenizer):
     # ---- the algorithm -----------------------------------------------------
 
     def _encode_pieces(self, text: str) -> list[int]:
-        """Pre-tokenize, merge each distinct piece not seen before, then concatenate.
-
-        Only the merge loop of new pieces runs in Python; looking up and
-        joining the ids of all pieces runs at C speed.
-        """
-        pieces = self._pattern.findall(text)
+        """Pre-tokenize, then merge each piece, remembering the ids of pieces seen before."""
         cache = self._cache
-        new = {piece: self._bpe(piece) for piece in set(pieces).difference(cache)}
-        if new:
-            if len(cache) + len(new) > CACHE_LIMIT:
-                cache.clear()
-            cache.update(new)
-        return list(chain.from_iterable(map(cache.__getitem__, pieces)))
+        ids = []
+        for piece in self._pattern.findall(text):
+            piece_ids = cache.get(piece)
+            if piece_ids is None:
+                piece_ids = self._bpe(piece)
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[piece] = piece_ids
+            ids += piece_ids
+        return ids
 
     def _bpe(self, piece: str) -> list[int]:
         """The merge loop: apply the lowest-ranked merge, leftmost first, until none applies.
@@ -270,7 +268,8 @@ class BPETokenizer(Tokenizer):
         `ranks[i]` is the rank of merging ids[i] and ids[i+1]; a merge changes
         only its two neighbours' ranks. Taking one occurrence at a time gives
         the same result as merging every occurrence of the pair left to right,
-        because a pair involving the new token always has a higher rank.
+        because a pair involving the new token has a higher rank (a merge is
+        listed after the merges that make its tokens).
         """
         ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
         pair_rank = self._pair_rank
