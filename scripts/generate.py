@@ -93,9 +93,8 @@ def stream_sample(model, tokenizer, prompt_ids, args, rng, out):
     out.write(decoder.flush())
 
 
-def respond(model, tokenizer, prompt, args, rng, out):
+def respond(model, tokenizer, prompt, prompt_ids, args, rng, out):
     """The prompt, then num_samples continuations of it, separated by a line of dashes."""
-    prompt_ids = encode_prompt(tokenizer, prompt, model.config.block_size, note=note)
     for i in range(args.num_samples):
         if i > 0:
             out.write(SAMPLE_SEPARATOR + "\n")
@@ -106,6 +105,7 @@ def respond(model, tokenizer, prompt, args, rng, out):
 
 
 def interactive_loop(model, tokenizer, args, rng, out):
+    """Read a prompt per line until end of input; a bad prompt is reported and the loop goes on."""
     note("interactive: type a prompt and press Enter (an empty line starts from nothing); Ctrl-D quits")
     while True:
         try:
@@ -113,7 +113,12 @@ def interactive_loop(model, tokenizer, args, rng, out):
         except EOFError:
             out.write("\n")
             return
-        respond(model, tokenizer, prompt, args, rng, out)
+        try:
+            prompt_ids = encode_prompt(tokenizer, prompt, model.config.block_size, note=note)
+        except MinigptError as err:
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            continue
+        respond(model, tokenizer, prompt, prompt_ids, args, rng, out)
 
 
 def main(argv=None):
@@ -128,6 +133,8 @@ def main(argv=None):
                                f"train a model first (python scripts/train.py) or pass --checkpoint gpt2")
         note(f"no --checkpoint given: using the training out_dir {checkpoint!r}")
     model, tokenizer, source = load_model_and_tokenizer(checkpoint, device=args.device)
+    if not args.interactive:
+        prompt_ids = encode_prompt(tokenizer, args.prompt, model.config.block_size, note=note)
     if args.seed is None and args.temperature > 0:
         args.seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
         note(f"sampling with seed {args.seed} (pass --seed {args.seed} to repeat)")
@@ -137,7 +144,7 @@ def main(argv=None):
     if args.interactive:
         interactive_loop(model, tokenizer, args, rng, out)
     else:
-        respond(model, tokenizer, args.prompt, args, rng, out)
+        respond(model, tokenizer, args.prompt, prompt_ids, args, rng, out)
 
 
 if __name__ == "__main__":
