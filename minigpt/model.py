@@ -202,8 +202,8 @@ class GPT:
             grads.update({f"transformer.h.{i}.{k}": v for k, v in g.items()})
             block_caches[i] = None
         dx, _ = dropout.backward(dx, emb_drop_cache)
-        _, g = embedding.backward(dx, emb_cache)
-        g["wte"] += dwte_head  # the tied head and the embedding read the same matrix
+        # the tied head and the embedding read the same matrix: their gradients add
+        _, g = embedding.backward(dx, emb_cache, dwte=dwte_head)
         grads["transformer.wte.weight"] = g["wte"]
         grads["transformer.wpe.weight"] = g["wpe"]
         return {name: grads[name] for name in self.params}  # the params' order

@@ -2,7 +2,7 @@
 
 Forward, for row n with logits z (V entries) and target y:
 
-    loss_n = logsumexp(z) - z_y,      logsumexp(z) = m + log sum_v exp(z_v - m),  m = max z
+    loss_n = logsumexp(z) - z_y,      logsumexp(z) = m + log S,   S = sum_v exp(z_v - m),  m = max z
     loss   = sum_{n valid} loss_n / N_valid
 
 Backward (fused with the softmax, so the probabilities are formed once):
@@ -10,6 +10,8 @@ Backward (fused with the softmax, so the probabilities are formed once):
     dloss_n / dz_v = softmax(z)_v - [v == y]
 
 so dz = (softmax(z) - onehot(y)) * dloss / N_valid on valid rows, and 0 on ignored rows.
+The forward already computes e = exp(z - m) to get S; it is kept, and the
+backward turns it into softmax(z) = e / S in place instead of exponentiating again.
 """
 
 from minigpt.backend import array_module
@@ -26,19 +28,22 @@ def forward(logits, targets):
     valid = y != IGNORE_INDEX
     n_valid = valid.sum()
     m = z.max(axis=1, keepdims=True)  # (N, 1)
-    lse = xp.log(xp.exp(z - m).sum(axis=1, keepdims=True)) + m  # (N, 1)
+    e = z - m  # (N, V), a new array
+    xp.exp(e, out=e)
+    s = e.sum(axis=1, keepdims=True)  # (N, 1)
+    rows = xp.arange(z.shape[0])
     y_safe = xp.where(valid, y, 0)  # ignored rows read column 0, then get weight 0
-    z_y = z[xp.arange(z.shape[0]), y_safe]  # (N,)
-    loss = ((lse[:, 0] - z_y) * valid).sum() / n_valid
-    return loss, (z, lse, y_safe, valid, n_valid, logits.shape)
+    loss_rows = xp.log(s[:, 0]) + m[:, 0] - z[rows, y_safe]  # logsumexp(z) - z_y, (N,)
+    loss = (loss_rows * valid).sum() / n_valid
+    return loss, (e, s, y_safe, valid, n_valid, logits.shape)
 
 
 def backward(dloss, cache):
-    """Returns dlogits with the shape of the logits."""
-    z, lse, y_safe, valid, n_valid, shape = cache
-    xp = array_module(z)
-    dz = z - lse
-    xp.exp(dz, out=dz)  # softmax(z), (N, V)
-    dz[xp.arange(z.shape[0]), y_safe] -= 1.0
+    """Returns dlogits with the shape of the logits (written over the cached exponentials)."""
+    e, s, y_safe, valid, n_valid, shape = cache
+    xp = array_module(e)
+    dz = e
+    dz /= s  # softmax(z), (N, V)
+    dz[xp.arange(dz.shape[0]), y_safe] -= 1.0
     dz *= (valid * (dloss / n_valid)).astype(dz.dtype)[:, None]
     return dz.reshape(shape)

@@ -19,12 +19,17 @@ def forward(idx, wte, wpe, offset=0):
     return x, (idx, wte.shape, wpe.shape, offset)
 
 
-def backward(dx, cache):
-    """Returns None (ids have no gradient) and {"wte": dwte, "wpe": dwpe}."""
+def backward(dx, cache, dwte=None):
+    """Returns None (ids have no gradient) and {"wte": dwte, "wpe": dwpe}.
+
+    With `dwte` given (the tied LM head's gradient of the same matrix), the rows
+    are added into it in place rather than into a fresh (V, C) array of zeros.
+    """
     idx, wte_shape, wpe_shape, offset = cache
     xp = array_module(dx)
     C = dx.shape[-1]
-    dwte = xp.zeros(wte_shape, dtype=dx.dtype)
+    if dwte is None:
+        dwte = xp.zeros(wte_shape, dtype=dx.dtype)
     scatter_add(xp, dwte, idx.reshape(-1), dx.reshape(-1, C))
     dwpe = xp.zeros(wpe_shape, dtype=dx.dtype)
     dwpe[offset : offset + idx.shape[1]] = dx.sum(axis=0)
