@@ -140,7 +140,8 @@ def _as_rng(seed):
     return np.random.default_rng(seed)
 
 
-def _check_prompt(idx, block_size):
+def _check_prompt(idx) -> np.ndarray:
+    """The prompt as a (B, T) int64 NumPy array, T >= 1."""
     idx = to_host(idx)
     if idx.ndim != 2 or idx.shape[1] == 0:
         raise MinigptError(f"the prompt must be a (batch, length) array of token ids with length >= 1, got shape {idx.shape}")
@@ -167,7 +168,7 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     if max_new_tokens < 0:
         raise MinigptError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     block_size = model.config.block_size
-    context = _check_prompt(idx, block_size)
+    context = _check_prompt(idx)
     xp = model.xp
     rng = _as_rng(seed)
     finished = np.zeros(context.shape[0], dtype=bool)
@@ -188,7 +189,7 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
             context = np.concatenate([context, next_ids[:, None]], axis=1)
             if cache.length < block_size:
                 logits = _next_logits(model, next_ids[:, None], cache, xp)
-            else:  # the window slides: rebuild the cache over the last block_size tokens
+            else:  # the window slides: every position changes, so rebuild the cache (a block_size-token pass per step)
                 cache = model.new_kv_cache()
                 logits = _next_logits(model, context[:, -block_size:], cache, xp)
     finally:
@@ -205,7 +206,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     result is shorter than T + max_new_tokens (n < max_new_tokens) only when
     every sequence stopped early.
     """
-    prompt = _check_prompt(idx, model.config.block_size)
+    prompt = _check_prompt(idx)
     steps = list(generate_stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_token))
     out = np.concatenate([prompt] + [ids[:, None] for ids in steps], axis=1)
     return model.xp.asarray(out)

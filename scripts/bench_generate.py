@@ -6,7 +6,8 @@ Hugging Face format and loaded by both. Greedy decoding of a 32-token prompt,
 threads. Reports tokens/s (new tokens over the whole generate call, prefill
 included; best of --repeats) and whether both produced the same tokens.
 
-    python scripts/bench_generate.py [--threads 2] [--repeats 3] [--batch-sizes 1 8]
+    python scripts/bench_generate.py [--repeats 3] [--batch-sizes 1 8]
+    OPENBLAS_NUM_THREADS=1 python scripts/bench_generate.py      # both libraries on one thread
 
 Needs torch and transformers (reference only: minigpt itself never imports them).
 """
@@ -26,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (NumPy's BLAS reads OMP_NUM_THREADS)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -51,13 +51,15 @@ def main():
 
     from minigpt.model import GPT
 
-    torch.set_num_threads(args.threads)
+    # NumPy's OpenBLAS reads its thread count from the environment at import; give torch the same
+    threads = int(os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     reference = GPT2LMHeadModel(GPT2Config()).eval()  # 124M, random init
     with tempfile.TemporaryDirectory() as directory:
         reference.save_pretrained(directory)
         model = GPT.from_pretrained(directory)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}, "
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads {threads}, "
           f"torch {torch.__version__}, numpy {np.__version__}")
     print(f"GPT-2 124M shapes, random weights; prompt {args.prompt_tokens} tokens, {args.new_tokens} new, greedy")
 
