@@ -35,6 +35,7 @@ VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 VAL_FRACTION = 0.1
+PREPARE_VERSION = 2  # bumped whenever prepare() would write different files for the same inputs
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -244,8 +245,8 @@ class PreparedData:
 
 
 def split_point(n: int) -> int:
-    """Index of the first validation token: the last 10% of the tokens is validation."""
-    return n - int(round(n * VAL_FRACTION))
+    """Index of the first validation token: the first 90% is training, the rest validation (as nanoGPT)."""
+    return int(n * (1 - VAL_FRACTION))
 
 
 def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None, out_dir=None, quiet=False) -> PreparedData:
@@ -271,9 +272,7 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None, out_di
 
     recover_dir(out)
     meta = _read_meta(out)
-    if meta is not None and meta["source_sha256"] == corpus.sha256 and (
-        meta["tokenizer_sha256"] == fingerprint if fingerprint else meta["tokenizer"] == tokenizer_spec
-    ):
+    if _reusable(meta, corpus, tokenizer_spec, fingerprint):
         return _open(out, meta, load_tokenizer(out / "tokenizer"))
 
     if not quiet:
@@ -283,6 +282,7 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None, out_di
     tokens = np.asarray(tokenizer.encode(corpus.text), dtype=np.int64)
     cut = split_point(tokens.size)
     meta = {
+        "version": PREPARE_VERSION,
         "name": out.name,
         "tokenizer": tokenizer_spec if fingerprint is None else f"checkpoint:{label}",
         "tokenizer_kind": type(tokenizer).__name__,
@@ -298,6 +298,15 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None, out_di
     }
     _write_dataset(out, meta, tokenizer, tokens[:cut], tokens[cut:])
     return _open(out, meta, tokenizer)
+
+
+def _reusable(meta: dict | None, corpus: Corpus, tokenizer_spec: str, fingerprint: str | None) -> bool:
+    """Prepared data can be reused when it came from the same text, by the same tokenizer and code."""
+    if meta is None or meta.get("version") != PREPARE_VERSION or meta["source_sha256"] != corpus.sha256:
+        return False
+    if fingerprint is not None:  # a given tokenizer: compare the tokenizers themselves
+        return meta.get("tokenizer_sha256") == fingerprint
+    return meta.get("tokenizer") == tokenizer_spec  # a spec builds the same tokenizer from the same text
 
 
 def _read_meta(folder: Path) -> dict | None:

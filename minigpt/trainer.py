@@ -24,6 +24,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -396,4 +397,9 @@ def plot_losses(records: list, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    return Trainer(resolve_config(argv)).run()
+    """scripts/train.py: parse the options, set the run up, train. Returns the exit status."""
+    try:
+        return Trainer(resolve_config(argv)).run()
+    except KeyboardInterrupt:  # before the loop, or a second Ctrl-C inside it: no new checkpoint
+        print("\ninterrupted; no checkpoint was written by this interruption", file=sys.stderr)
+        return 130

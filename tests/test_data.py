@@ -81,7 +81,7 @@ def test_prepare_char_splits_last_tenth_for_validation(text_file, data_dir):
     assert meta["source_sha256"] == hashlib.sha256(TEXT.encode()).hexdigest()
     n = data.train.size + data.val.size
     assert n == len(TEXT)  # one token per character
-    assert data.val.size == round(0.1 * n)
+    assert data.train.size == int(0.9 * n)
     tok = data.tokenizer
     assert tok.decode(data.train.tolist()) + tok.decode(data.val.tolist()) == TEXT  # the split is the tail
 
