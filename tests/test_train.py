@@ -104,6 +104,17 @@ def test_script_error_is_one_line_and_no_work(tmp_path):
     assert "Traceback" not in result.stderr and not out.exists()
 
 
+def test_script_trains_on_the_default_offline_corpus(tmp_path, data_dir):
+    """`python scripts/train.py` needs no network: the default corpus ships with Python."""
+    out = tmp_path / "out"
+    result = run_script(*TINY, "--max_iters", 2, "--eval_interval", 2, "--out_dir", out,
+                        env_extra={"MINIGPT_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    assert "iter 2: train loss" in result.stdout and "sample: " in result.stdout
+    assert (data_dir / "pydoc_char" / "meta.json").is_file()
+    assert is_checkpoint(out / "latest")
+
+
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     with pytest.raises(MinigptError, match="found no checkpoint"):
         resolve_config(["--init_from", "resume", "--out_dir", str(tmp_path / "empty")])
