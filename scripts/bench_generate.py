@@ -4,7 +4,7 @@ GPT-2 124M shapes with random weights (transformers' own init), written once in
 Hugging Face format and loaded by both. Greedy decoding of a 32-token prompt,
 64 new tokens, batch 1 (then batch 8), both in this process, the same number of
 threads. Reports tokens/s (new tokens over the whole generate call, prefill
-included; best of --repeats) and whether both produced the same tokens.
+included; best of --repeats rounds, the two taking turns) and whether both produced the same tokens.
 
     python scripts/bench_generate.py [--repeats 3] [--batch-sizes 1 8]
     OPENBLAS_NUM_THREADS=1 python scripts/bench_generate.py      # both libraries on one thread
@@ -34,14 +34,19 @@ def parse_args():
     return parser.parse_args()
 
 
-def best_time(fn, repeats):
-    """(smallest wall time of `repeats` calls, the last call's result)."""
-    best, result = float("inf"), None
+def interleaved_best_times(fns, repeats):
+    """Smallest wall time of each function over `repeats` rounds, and each one's last result.
+
+    The functions take turns within every round, so a burst of load from other
+    processes slows both sides rather than one of them.
+    """
+    best, results = [float("inf")] * len(fns), [None] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            results[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best, results
 
 
 def main():
@@ -77,8 +82,7 @@ def main():
         def run_minigpt():
             return model.generate(prompt, args.new_tokens, temperature=0)
 
-        t_hf, out_hf = best_time(run_transformers, args.repeats)
-        t_mg, out_mg = best_time(run_minigpt, args.repeats)
+        (t_hf, t_mg), (out_hf, out_mg) = interleaved_best_times([run_transformers, run_minigpt], args.repeats)
         new = batch_size * args.new_tokens
         same = np.array_equal(out_hf, out_mg)
         agree = (out_hf[:, args.prompt_tokens:] == out_mg[:, args.prompt_tokens:]).mean()

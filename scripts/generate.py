@@ -11,6 +11,7 @@ out_dir is used. Options take hyphens or underscores (--max-new-tokens,
 --max_new_tokens). Text goes to stdout, notes to stderr.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def main(argv=None):
             raise MinigptError(f"no --checkpoint given and the training out_dir {checkpoint!r} does not exist: "
                                f"train a model first (python scripts/train.py) or pass --checkpoint gpt2")
         note(f"no --checkpoint given: using the training out_dir {checkpoint!r}")
-    model, tokenizer, source = load_model_and_tokenizer(checkpoint, device=args.device)
+    model, tokenizer, _ = load_model_and_tokenizer(checkpoint, device=args.device)
     if not args.interactive:
         prompt_ids = encode_prompt(tokenizer, args.prompt, model.config.block_size, note=note)
     if args.seed is None and args.temperature > 0:
@@ -150,6 +151,9 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         run_cli(main, sys.argv[1:])
-    except KeyboardInterrupt:  # Ctrl-C while generating: stop quietly, like `head` does
+    except KeyboardInterrupt:  # Ctrl-C while generating: stop quietly
         print(file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        sys.stdout = open(os.devnull, "w")  # so that the interpreter's final flush does not fail again
+        sys.exit(0)

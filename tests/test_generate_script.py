@@ -306,3 +306,13 @@ def test_evaluate_bad_input_is_a_one_line_error(ckpts, tmp_path, argv, fragment)
     paths = dict(root=ckpts, text=tmp_path / "ok.txt", odd=tmp_path / "odd.txt")
     proc = run_script("evaluate.py", "--checkpoint", ckpts / "char", *[a.format(**paths) for a in argv])
     assert_one_line_error(proc, fragment)
+
+
+def test_a_closed_pipe_ends_generation_quietly(ckpts):
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "generate.py"), "--checkpoint", str(ckpts / "char"),
+                             "--max-new-tokens", "100000", "--seed", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(5)) == 5
+    proc.stdout.close()  # like `| head -c 5`
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert b"Traceback" not in stderr
