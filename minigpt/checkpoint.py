@@ -18,12 +18,11 @@ renames back).
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.numpy import load_file, save_file
 
-from minigpt.data import recover_dir, replace_dir
+from minigpt.data import make_temp_dir, recover_dir, replace_dir
 from minigpt.errors import MinigptError
 
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -36,7 +35,7 @@ def save_checkpoint(path, model, tokenizer, optimizer, trainer_state: dict) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = make_temp_dir(path)
     try:
         model.save_pretrained(tmp)
         tokenizer.save(tmp)

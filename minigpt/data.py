@@ -322,7 +322,7 @@ def _write_dataset(out: Path, meta: dict, tokenizer, train, val) -> None:
     """Write the folder next to its final place, then swap it in: nothing is ever half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out)
     try:
         write_tokens(tmp / "train.bin", train, meta["vocab_size"])
         write_tokens(tmp / "val.bin", val, meta["vocab_size"])
@@ -332,6 +332,13 @@ def _write_dataset(out: Path, meta: dict, tokenizer, train, val) -> None:
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_temp_dir(dest: Path) -> Path:
+    """An empty directory beside `dest` to build its next version in (readable like a normal directory)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private (0700); the result is an ordinary data folder
+    return tmp
 
 
 def replace_dir(new: Path, dest: Path) -> None:
