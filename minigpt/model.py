@@ -113,6 +113,10 @@ class GPT:
         self.rng = make_rng(device, seed)  # also draws the dropout masks
         self.training = True
         self.params = self._init_params()
+        self._block_names = [  # (name inside block i, full name), looked up once
+            [(k[len(f"transformer.h.{i}."):], k) for k in self.params if k.startswith(f"transformer.h.{i}.")]
+            for i in range(config.n_layer)
+        ]
         self._caches = None
 
     def _init_params(self):
@@ -147,8 +151,8 @@ class GPT:
         return n - int(self.params["transformer.wpe.weight"].size) if non_embedding else n
 
     def block_params(self, i):
-        prefix = f"transformer.h.{i}."
-        return {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+        """Block i's parameters under their names inside the block (`ln_1.weight`, ...)."""
+        return {local: self.params[full] for local, full in self._block_names[i]}
 
     def _check_idx(self, idx, offset=0):
         xp = self.xp
