@@ -35,10 +35,16 @@ def split_heads(qkv, n_head):
     return qkv[0], qkv[1], qkv[2]
 
 
-def merge_heads(y):
-    """(B, H, T, D) -> (B, T, H*D), contiguous."""
-    B, H, T, D = y.shape
-    return y.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+def heads_into(xp, a, b):
+    """a @ b for (B, H, T, .) operands, written straight into a (B, T, H*D) array.
+
+    The matmul's output is a (B, H, T, D) view of that array, so merging the
+    heads back costs no extra copy.
+    """
+    B, H, T, D = a.shape[0], a.shape[1], a.shape[2], b.shape[-1]
+    y = xp.empty((B, T, H * D), dtype=a.dtype)
+    xp.matmul(a, b, out=y.reshape(B, T, H, D).transpose(0, 2, 1, 3))
+    return y
 
 
 def forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False):
@@ -48,7 +54,7 @@ def forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, r
     scale = 1.0 / math.sqrt(q.shape[-1])
     probs = causal_softmax_forward(q @ k.transpose(0, 1, 3, 2), scale)  # (B, H, T, T)
     probs_dropped, drop_cache = dropout.forward(probs, attn_pdrop, rng, training)
-    y = merge_heads(probs_dropped @ v)  # (B, T, C)
+    y = heads_into(array_module(x), probs_dropped, v)  # (B, T, C)
     out, proj_cache = linear.forward(y, c_proj_w, c_proj_b)
     return out, (attn_cache, qkv, probs, probs_dropped, drop_cache, proj_cache, n_head, scale)
 
@@ -64,11 +70,11 @@ def backward(dout, cache):
 
     dqkv = xp.empty_like(qkv)  # (B, T, 3C), filled head by head below
     dq, dk, dv = split_heads(dqkv, n_head)  # writable views into dqkv
-    dv[...] = probs_dropped.transpose(0, 1, 3, 2) @ dy
+    xp.matmul(probs_dropped.transpose(0, 1, 3, 2), dy, out=dv)
     dprobs, _ = dropout.backward(dy @ v.transpose(0, 1, 3, 2), drop_cache)  # (B, H, T, T)
     dscores = causal_softmax_backward(dprobs, probs, scale)
-    dq[...] = dscores @ k
-    dk[...] = dscores.transpose(0, 1, 3, 2) @ q
+    xp.matmul(dscores, k, out=dq)
+    xp.matmul(dscores.transpose(0, 1, 3, 2), q, out=dk)
 
     dx, attn_grads = linear.backward(dqkv, attn_cache)
     grads = {f"c_attn.{name}": g for name, g in attn_grads.items()}
@@ -90,5 +96,5 @@ def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, valu
     values[:, :, length:end] = v
     k_all, v_all = keys[:, :, :end], values[:, :, :end]  # (B, H, end, D)
     probs = causal_softmax_forward(q @ k_all.transpose(0, 1, 3, 2), 1.0 / math.sqrt(q.shape[-1]))
-    out, _ = linear.forward(merge_heads(probs @ v_all), c_proj_w, c_proj_b)
+    out, _ = linear.forward(heads_into(array_module(x), probs, v_all), c_proj_w, c_proj_b)
     return out
