@@ -13,14 +13,17 @@ is prepared or any model built.
 import argparse
 import dataclasses
 import math
-import tomllib
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from minigpt.errors import MinigptError
+from minigpt.weights import PRETRAINED_NAMES as PRETRAINED  # the GPT-2 names --init_from takes
 
-PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+try:
+    import tomllib  # Python 3.11+
+except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (a dependency there)
+    import tomli as tomllib
 
 
 @dataclass

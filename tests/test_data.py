@@ -25,13 +25,6 @@ from minigpt.errors import MinigptError
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 40
 
 
-@pytest.fixture(autouse=True)
-def data_dir(tmp_path, monkeypatch):
-    """Every test prepares its data in its own temporary MINIGPT_DATA_DIR."""
-    folder = tmp_path / "data"
-    monkeypatch.setenv("MINIGPT_DATA_DIR", str(folder))
-    return folder
-
 
 @pytest.fixture
 def text_file(tmp_path):

@@ -23,12 +23,6 @@ TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16
         "--eval_iters", "2", "--log_interval", "1", "--sample_tokens", "8", "--warmup_iters", "2"]
 
 
-@pytest.fixture(autouse=True)
-def data_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "data"
-    monkeypatch.setenv("MINIGPT_DATA_DIR", str(folder))
-    return folder
-
 
 @pytest.fixture
 def corpus(tmp_path):
