@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minigpt.backend import get_xp, scalar, to_device
+from minigpt.backend import get_xp, scalar, to_device, to_host
 from minigpt.checkpoint import is_checkpoint, load_optimizer_state, load_trainer_state, save_checkpoint
 from minigpt.config import PRETRAINED, TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
@@ -197,7 +197,7 @@ class Trainer:
         prompt = [eot] if eot is not None else [int(self.data.val[0])]
         idx = np.array([prompt], dtype=np.int64)
         out = self.model.generate(idx, self.cfg.sample_tokens, temperature=0.8, top_k=200, seed=[self.cfg.seed, it, 2])
-        ids = [int(t) for t in np.asarray(out.get() if hasattr(out, "get") else out)[0]]
+        ids = to_host(out)[0].tolist()
         return tokenizer.decode(ids[1:] if eot is not None else ids)
 
     # -- the loop ------------------------------------------------------------------
