@@ -22,7 +22,7 @@ from pathlib import Path
 
 from safetensors.numpy import load_file, save_file
 
-from minigpt.data import make_temp_dir, recover_dir, replace_dir
+from minigpt.atomic import make_temp_dir, recover_dir, replace_dir
 from minigpt.errors import MinigptError
 
 OPTIMIZER_FILE = "optimizer.safetensors"

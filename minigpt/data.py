@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minigpt.atomic import make_temp_dir, recover_dir, replace_dir, write_file
 from minigpt.download import download, sha256_of
 from minigpt.errors import MinigptError
 from minigpt.paths import data_dir
@@ -62,11 +63,13 @@ def write_tokens(path, tokens, vocab_size: int) -> None:
         raise ValueError(f"token ids must lie in [0, {vocab_size}), got {tokens.min()}..{tokens.max()}")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:4] = (MAGIC, VERSION, tokens.size, dtype.itemsize)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(dtype.newbyteorder("<")).tobytes())
-    os.replace(tmp, path)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            f.write(tokens.astype(dtype.newbyteorder("<")).tobytes())
+
+    write_file(path, write)
 
 
 def read_tokens(path) -> np.memmap:
@@ -332,47 +335,6 @@ def _write_dataset(out: Path, meta: dict, tokenizer, train, val) -> None:
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def make_temp_dir(dest: Path) -> Path:
-    """An empty directory beside `dest` to build its next version in (readable like a normal directory)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private (0700); the result is an ordinary data folder
-    return tmp
-
-
-def replace_dir(new: Path, dest: Path) -> None:
-    """Move directory `new` to `dest`, replacing what is there with two renames.
-
-    The old directory is renamed aside (`.<name>.old-XXXX`) before the new one is
-    renamed in, so `dest` is always either the complete old or the complete new
-    version; a kill in the instant between the renames leaves it absent with the
-    old one aside, which `recover_dir` puts back.
-    """
-    aside = None
-    if dest.exists():
-        aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-        aside.rmdir()
-        os.replace(dest, aside)
-    os.replace(new, dest)
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-def recover_dir(dest: Path) -> None:
-    """Undo a replacement that a kill interrupted: rename the old version back, drop the leftovers.
-
-    Leftovers are `.<name>.tmp-*` (unfinished new versions) and `.<name>.old-*`
-    (old versions whose deletion was cut short).
-    """
-    dest = Path(dest)
-    if not dest.parent.is_dir():
-        return
-    asides = sorted(dest.parent.glob(f".{dest.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if not dest.exists() and asides:
-        os.replace(asides.pop(), dest)
-    for leftover in asides + list(dest.parent.glob(f".{dest.name}.tmp-*")):
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _open(folder: Path, meta: dict, tokenizer) -> PreparedData:

@@ -11,13 +11,12 @@ is transposed. Every problem with a file is a one-line MinigptError.
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from minigpt.atomic import write_file, write_text
 from minigpt.backend import to_device, to_host
 from minigpt.download import download, hf_url
 from minigpt.errors import MinigptError
@@ -167,18 +166,5 @@ def save_pretrained(model, directory):
 
         full = param_shapes(GPTConfig(**{**model.config.to_dict(), "bias": True}))
         tensors.update({n: np.zeros(s, dtype=model.dtype) for n, s in full.items() if n not in tensors})
-    atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    text = json.dumps(config_to_hf(model.config), indent=2) + "\n"
-    atomic_write(directory / "config.json", lambda tmp: Path(tmp).write_text(text))
-
-
-def atomic_write(dest: Path, write):
-    """Call write(tmp_path) on a temporary file beside dest, then rename it over dest."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_text(directory / "config.json", json.dumps(config_to_hf(model.config), indent=2) + "\n")

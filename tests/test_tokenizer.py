@@ -54,7 +54,7 @@ def gpt2(gpt2_dir) -> BPETokenizer:
 def tiktoken_gpt2(gpt2_dir):
     """tiktoken's GPT-2 encoding, built offline from the same ranks."""
     tiktoken = pytest.importorskip("tiktoken")
-    import tiktoken.load
+    import tiktoken.load  # noqa: F811  (the submodule is not imported by the package itself)
     ranks = tiktoken.load.load_tiktoken_bpe(str(gpt2_dir / "gpt2.tiktoken"))
     return tiktoken.Encoding("gpt2-offline", pat_str=GPT2_SPLIT_PATTERN,
                              mergeable_ranks=ranks, special_tokens={EOT: 50256})

@@ -5,7 +5,6 @@ so a character-level model and GPT-2 itself go through the same code.
 """
 
 import json
-import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -36,17 +35,6 @@ class Tokenizer(ABC):
     @abstractmethod
     def save(self, directory) -> None:
         """Write this tokenizer's files into `directory` (created if needed)."""
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` as UTF-8 to a temporary file, then rename it over `path`.
-
-    A crash mid-write never leaves a half-written vocabulary next to a checkpoint.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_json(path: Path):

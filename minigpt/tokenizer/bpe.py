@@ -25,10 +25,11 @@ from pathlib import Path
 
 import regex
 
+from minigpt.atomic import write_text
 from minigpt.download import download, hf_url
 from minigpt.errors import MinigptError
 from minigpt.paths import checkpoints_dir
-from minigpt.tokenizer.base import Tokenizer, read_json, unknown_ids_error, write_text_atomic
+from minigpt.tokenizer.base import Tokenizer, read_json, unknown_ids_error
 
 # Contractions (case-sensitive, as in GPT-2), then letters, digits and other
 # symbols each with at most one leading space, then whitespace. `\s+(?!\S)`
@@ -174,9 +175,9 @@ class BPETokenizer(Tokenizer):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         by_id = dict(sorted(self._vocab.items(), key=lambda item: item[1]))
-        write_text_atomic(directory / "vocab.json", json.dumps(by_id, ensure_ascii=False))
+        write_text(directory / "vocab.json", json.dumps(by_id, ensure_ascii=False))
         lines = [MERGES_HEADER, *(f"{left} {right}" for left, right in self._merges)]
-        write_text_atomic(directory / "merges.txt", "\n".join(lines) + "\n")
+        write_text(directory / "merges.txt", "\n".join(lines) + "\n")
 
     # ---- the interface -----------------------------------------------------
 

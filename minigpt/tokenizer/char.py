@@ -7,8 +7,9 @@ sorted order, so "a" < "b" as ids too. There is no end-of-text token.
 import json
 from pathlib import Path
 
+from minigpt.atomic import write_text
 from minigpt.errors import MinigptError
-from minigpt.tokenizer.base import Tokenizer, read_json, unknown_ids_error, write_text_atomic
+from minigpt.tokenizer.base import Tokenizer, read_json, unknown_ids_error
 
 CHAR_FILE_NAME = "char_tokenizer.json"
 
@@ -48,7 +49,7 @@ class CharTokenizer(Tokenizer):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         saved = {"type": "char", "chars": self._chars}
-        write_text_atomic(directory / CHAR_FILE_NAME, json.dumps(saved, ensure_ascii=False))
+        write_text(directory / CHAR_FILE_NAME, json.dumps(saved, ensure_ascii=False))
 
     @property
     def chars(self) -> list[str]:
