@@ -22,7 +22,6 @@ and the gradient norm are read back to the host only at log intervals.
 
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from minigpt.atomic import write_file, write_text
 from minigpt.backend import get_xp, scalar, to_device, to_host
 from minigpt.checkpoint import is_checkpoint, load_optimizer_state, load_trainer_state, save_checkpoint
 from minigpt.config import PRETRAINED, TrainConfig, merge_resumed, parse_args
@@ -361,9 +361,7 @@ class RunLog:
                     continue  # a line cut short by a crash
                 if isinstance(record, dict) and record.get("iter", keep_before) < keep_before:
                     self.records.append(record)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        os.replace(tmp, path)
+        write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def write(self, record: dict) -> None:
         self.records.append(record)
@@ -390,10 +388,8 @@ def plot_losses(records: list, path: Path) -> None:
     ax.set_ylabel("cross-entropy loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, format="png", dpi=100)
+    write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
