@@ -175,8 +175,10 @@ def test_causal_softmax_mask(device, t_q, t_k):
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-12)
 
 
+@pytest.mark.parametrize("query_block", [128, 2])  # 2: T = 5 runs as blocks of rows 0-1, 2-3, 4
 @pytest.mark.parametrize("attn_pdrop", [0.0, 0.2])
-def test_attention(device, attn_pdrop):
+def test_attention(device, attn_pdrop, query_block, monkeypatch):
+    monkeypatch.setattr(attention, "QUERY_BLOCK", query_block)
     xp, rng, randn = setup(device)
     B, T, C, H = 2, 5, 6, 2
     x = randn(B, T, C)
@@ -193,6 +195,22 @@ def test_attention(device, attn_pdrop):
 
     inputs = {"x": x, "w_attn": w_attn, "b_attn": b_attn, "w_proj": w_proj, "b_proj": b_proj}
     check(lambda: fwd()[0], inputs, backward_of, dout)
+
+
+def test_causal_block_skipping_changes_nothing(device, monkeypatch):
+    """Blocks of query rows (keys after each block never scored) give the dense result and gradients."""
+    xp, rng, randn = setup(device)
+    B, T, C, H = 2, 7, 8, 2
+    x, dout = randn(B, T, C), randn(B, T, C)
+    params = (randn(C, 3 * C), randn(3 * C), randn(C, C), randn(C))
+    results = []
+    for query_block in (T, 3):
+        monkeypatch.setattr(attention, "QUERY_BLOCK", query_block)
+        out, cache = attention.forward(x, *params, H)
+        dx, grads = attention.backward(dout, cache)
+        results.append((out, dx, grads["c_attn.weight"]))
+    for dense, blocked in zip(*results):
+        np.testing.assert_allclose(to_host(blocked), to_host(dense), rtol=1e-12, atol=1e-12)
 
 
 def test_attention_is_causal(device):

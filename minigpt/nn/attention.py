@@ -18,6 +18,13 @@ Backward runs the same graph in reverse. With dy = dL/dy (B, H, T, D):
 
 and dq | dk | dv are stacked back into the (B, T, 3C) layout of qkv before the
 backward of the c_attn linear layer.
+
+Causal block skipping (as FlashAttention does): the queries are taken in blocks
+of QUERY_BLOCK rows, and the block of rows s..e-1 only ever looks at keys 0..e-1,
+so the scores of later keys, which the mask would zero anyway, are never
+computed. With n blocks this does (n + 1) / 2n of the dense work: 3/4 for
+T = 256, 5/8 for T = 512. Each block is the plain attention above with
+Tq = e - s queries and Tk = e keys; in the backward the blocks' dk and dv add up.
 """
 
 import math
@@ -25,6 +32,8 @@ import math
 from minigpt.backend import array_module
 from minigpt.kernels import causal_softmax_backward, causal_softmax_forward
 from minigpt.nn import dropout, linear
+
+QUERY_BLOCK = 128  # rows per block: large enough that each matmul stays efficient
 
 
 def split_heads(qkv, n_head):
@@ -35,46 +44,52 @@ def split_heads(qkv, n_head):
     return qkv[0], qkv[1], qkv[2]
 
 
-def heads_into(xp, a, b):
-    """a @ b for (B, H, T, .) operands, written straight into a (B, T, H*D) array.
+def heads_view(y, n_head):
+    """(B, T, C) -> its (B, H, T, D) view, to write head outputs straight into the merged layout."""
+    B, T, C = y.shape
+    return y.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
 
-    The matmul's output is a (B, H, T, D) view of that array, so merging the
-    heads back costs no extra copy.
-    """
-    B, H, T, D = a.shape[0], a.shape[1], a.shape[2], b.shape[-1]
-    y = xp.empty((B, T, H * D), dtype=a.dtype)
-    xp.matmul(a, b, out=y.reshape(B, T, H, D).transpose(0, 2, 1, 3))
-    return y
+
+def query_blocks(T):
+    """(start, end) of each block of query rows."""
+    return [(s, min(s + QUERY_BLOCK, T)) for s in range(0, T, QUERY_BLOCK)]
 
 
 def forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False):
     """x: (B, T, C) -> out: (B, T, C)."""
+    xp = array_module(x)
     qkv, attn_cache = linear.forward(x, c_attn_w, c_attn_b)  # (B, T, 3C)
     q, k, v = split_heads(qkv, n_head)  # (B, H, T, D) each
     scale = 1.0 / math.sqrt(q.shape[-1])
-    probs = causal_softmax_forward(q @ k.transpose(0, 1, 3, 2), scale)  # (B, H, T, T)
-    probs_dropped, drop_cache = dropout.forward(probs, attn_pdrop, rng, training)
-    y = heads_into(array_module(x), probs_dropped, v)  # (B, T, C)
+    y = xp.empty_like(x)  # (B, T, C), filled block by block through its (B, H, T, D) view
+    y_heads = heads_view(y, n_head)
+    blocks = []
+    for s, e in query_blocks(q.shape[2]):
+        probs = causal_softmax_forward(q[:, :, s:e] @ k[:, :, :e].transpose(0, 1, 3, 2), scale)  # (B, H, e-s, e)
+        probs_dropped, drop_cache = dropout.forward(probs, attn_pdrop, rng, training)
+        xp.matmul(probs_dropped, v[:, :, :e], out=y_heads[:, :, s:e])
+        blocks.append((s, e, probs, probs_dropped, drop_cache))
     out, proj_cache = linear.forward(y, c_proj_w, c_proj_b)
-    return out, (attn_cache, qkv, probs, probs_dropped, drop_cache, proj_cache, n_head, scale)
+    return out, (attn_cache, qkv, blocks, proj_cache, n_head, scale)
 
 
 def backward(dout, cache):
     """Returns dx (B, T, C) and the gradients of c_attn and c_proj."""
-    attn_cache, qkv, probs, probs_dropped, drop_cache, proj_cache, n_head, scale = cache
+    attn_cache, qkv, blocks, proj_cache, n_head, scale = cache
     xp = array_module(dout)
     dy, proj_grads = linear.backward(dout, proj_cache)  # (B, T, C)
-    B, T, C = dy.shape
-    dy = dy.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)  # (B, H, T, D) view
+    dy = heads_view(dy, n_head)  # (B, H, T, D) view
     q, k, v = split_heads(qkv, n_head)
 
-    dqkv = xp.empty_like(qkv)  # (B, T, 3C), filled head by head below
+    dqkv = xp.zeros_like(qkv)  # (B, T, 3C): dk and dv add up over the blocks
     dq, dk, dv = split_heads(dqkv, n_head)  # writable views into dqkv
-    xp.matmul(probs_dropped.transpose(0, 1, 3, 2), dy, out=dv)
-    dprobs, _ = dropout.backward(dy @ v.transpose(0, 1, 3, 2), drop_cache)  # (B, H, T, T)
-    dscores = causal_softmax_backward(dprobs, probs, scale)
-    xp.matmul(dscores, k, out=dq)
-    xp.matmul(dscores.transpose(0, 1, 3, 2), q, out=dk)
+    for s, e, probs, probs_dropped, drop_cache in blocks:
+        dy_block = dy[:, :, s:e]
+        dv[:, :, :e] += probs_dropped.transpose(0, 1, 3, 2) @ dy_block
+        dprobs, _ = dropout.backward(dy_block @ v[:, :, :e].transpose(0, 1, 3, 2), drop_cache)  # (B, H, e-s, e)
+        dscores = causal_softmax_backward(dprobs, probs, scale)
+        xp.matmul(dscores, k[:, :, :e], out=dq[:, :, s:e])
+        dk[:, :, :e] += dscores.transpose(0, 1, 3, 2) @ q[:, :, s:e]
 
     dx, attn_grads = linear.backward(dqkv, attn_cache)
     grads = {f"c_attn.{name}": g for name, g in attn_grads.items()}
@@ -89,6 +104,7 @@ def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, valu
     keys and values are written at [length : length + T_new] and the queries attend
     to everything up to there (the mask lets new query i see keys j <= length + i).
     """
+    xp = array_module(x)
     qkv, _ = linear.forward(x, c_attn_w, c_attn_b)
     q, k, v = split_heads(qkv, n_head)
     end = length + q.shape[2]
@@ -96,5 +112,7 @@ def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, valu
     values[:, :, length:end] = v
     k_all, v_all = keys[:, :, :end], values[:, :, :end]  # (B, H, end, D)
     probs = causal_softmax_forward(q @ k_all.transpose(0, 1, 3, 2), 1.0 / math.sqrt(q.shape[-1]))
-    out, _ = linear.forward(heads_into(array_module(x), probs, v_all), c_proj_w, c_proj_b)
+    y = xp.empty((x.shape[0], x.shape[1], q.shape[1] * q.shape[3]), dtype=x.dtype)
+    xp.matmul(probs, v_all, out=heads_view(y, n_head))
+    out, _ = linear.forward(y, c_proj_w, c_proj_b)
     return out
