@@ -159,6 +159,19 @@ def scatter_add(xp, target, indices, values):
         cupyx.scatter_add(target, indices, values)
 
 
+def matmul_into(a, b, out):
+    """out[...] = a @ b, written straight into `out` even when it is a strided view.
+
+    NumPy's matmul hands strided outputs to BLAS without a copy; CuPy's does not
+    promise to honour a non-contiguous `out`, so there the product is assigned.
+    """
+    if array_module(out) is np:
+        np.matmul(a, b, out=out)
+    else:
+        out[...] = a @ b
+    return out
+
+
 def make_rng(device: str = "cpu", seed=None):
     """A seeded random generator of the device's module (numpy or cupy `default_rng`)."""
     return get_xp(device).random.default_rng(seed)

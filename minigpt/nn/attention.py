@@ -29,7 +29,7 @@ Tq = e - s queries and Tk = e keys; in the backward the blocks' dk and dv add up
 
 import math
 
-from minigpt.backend import array_module
+from minigpt.backend import array_module, matmul_into
 from minigpt.kernels import causal_softmax_backward, causal_softmax_forward
 from minigpt.nn import dropout, linear
 
@@ -67,7 +67,7 @@ def forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, r
     for s, e in query_blocks(q.shape[2]):
         probs = causal_softmax_forward(q[:, :, s:e] @ k[:, :, :e].transpose(0, 1, 3, 2), scale)  # (B, H, e-s, e)
         probs_dropped, drop_cache = dropout.forward(probs, attn_pdrop, rng, training)
-        xp.matmul(probs_dropped, v[:, :, :e], out=y_heads[:, :, s:e])
+        matmul_into(probs_dropped, v[:, :, :e], y_heads[:, :, s:e])
         blocks.append((s, e, probs, probs_dropped, drop_cache))
     out, proj_cache = linear.forward(y, c_proj_w, c_proj_b)
     return out, (attn_cache, qkv, blocks, proj_cache, n_head, scale)
@@ -88,7 +88,7 @@ def backward(dout, cache):
         dv[:, :, :e] += probs_dropped.transpose(0, 1, 3, 2) @ dy_block
         dprobs, _ = dropout.backward(dy_block @ v[:, :, :e].transpose(0, 1, 3, 2), drop_cache)  # (B, H, e-s, e)
         dscores = causal_softmax_backward(dprobs, probs, scale)
-        xp.matmul(dscores, k[:, :, :e], out=dq[:, :, s:e])
+        matmul_into(dscores, k[:, :, :e], dq[:, :, s:e])
         dk[:, :, :e] += dscores.transpose(0, 1, 3, 2) @ q[:, :, s:e]
 
     dx, attn_grads = linear.backward(dqkv, attn_cache)
@@ -113,6 +113,6 @@ def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, valu
     k_all, v_all = keys[:, :, :end], values[:, :, :end]  # (B, H, end, D)
     probs = causal_softmax_forward(q @ k_all.transpose(0, 1, 3, 2), 1.0 / math.sqrt(q.shape[-1]))
     y = xp.empty((x.shape[0], x.shape[1], q.shape[1] * q.shape[3]), dtype=x.dtype)
-    xp.matmul(probs, v_all, out=heads_view(y, n_head))
+    matmul_into(probs, v_all, heads_view(y, n_head))
     out, _ = linear.forward(y, c_proj_w, c_proj_b)
     return out
