@@ -122,10 +122,6 @@ def array_module(x):
     return np
 
 
-def device_of(x) -> str:
-    return "gpu" if array_module(x) is not np else "cpu"
-
-
 def to_host(x) -> np.ndarray:
     """A numpy copy (or view, on the CPU) of array `x`."""
     if array_module(x) is np:

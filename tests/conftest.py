@@ -26,8 +26,9 @@ def device(request):
 def numerical_grad(f, x, h=1e-5, indices=None):
     """Central differences (f(x+h) - f(x-h)) / 2h of scalar f() w.r.t. array x, changed in place.
 
-    `indices` (flat positions) limits the check to some entries of a large x; the
-    other entries of the result are NaN.
+    x may be a NumPy or a CuPy array (entries are perturbed where x lives); the
+    result is a NumPy array. `indices` (flat positions) limits the check to some
+    entries of a large x; the other entries of the result are NaN.
     """
     flat = x.reshape(-1)
     grad = np.full(flat.shape, np.nan)
