@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 1337
+    workers: int = 0  # CPU threads that share each batch (minigpt.parallel); 0: one per core
 
     MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
 
@@ -151,7 +152,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise MinigptError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens"):
+    for name in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "workers"):
         value = getattr(cfg, name)
         if value is not None and value < 0:
             raise MinigptError(f"--{name} must be 0 or more, got {value}")

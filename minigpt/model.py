@@ -12,6 +12,7 @@ and returns one gradient per parameter. Loading and saving Hugging Face files is
 in minigpt.weights; KV-cache decoding is `new_kv_cache` + `forward_cached`.
 """
 
+import copy
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -149,6 +150,17 @@ class GPT:
         """Parameter count (the tied head counted once); non_embedding drops wpe, as in nanoGPT."""
         n = sum(int(p.size) for p in self.params.values())
         return n - int(self.params["transformer.wpe.weight"].size) if non_embedding else n
+
+    def replica(self):
+        """A GPT sharing this one's config and parameter arrays, with its own activations and dropout RNG.
+
+        minigpt.parallel gives one to each worker thread; an update to the
+        parameters (in place, as AdamW does) is seen by every replica.
+        """
+        other = copy.copy(self)  # shallow: the same config object and params dict
+        other.rng = make_rng(self.device)
+        other._caches = None
+        return other
 
     def block_params(self, i):
         """Block i's parameters under their names inside the block (`ln_1.weight`, ...)."""

@@ -17,7 +17,9 @@ dropout's RNG states). Evaluation and sampling draw from their own generators,
 seeded by (seed, iteration), so they never shift the training randomness.
 
 The loop stays device-agnostic: batches go to the model's device, and the loss
-and the gradient norm are read back to the host only at log intervals.
+and the gradient norm are read back to the host only at log intervals. On the
+CPU each batch is split over one worker thread per core (--workers, see
+minigpt.parallel); the gradients are the same up to float rounding.
 """
 
 import json
@@ -37,6 +39,7 @@ from minigpt.config import PRETRAINED, TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
 from minigpt.errors import MinigptError
 from minigpt.optim import AdamW, clip_grad_norm, cosine_lr
+from minigpt.parallel import DataParallel
 
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss.png"
@@ -92,6 +95,7 @@ class Trainer:
                 f"--block_size {cfg.block_size} exceeds the model's context of {self.model.config.block_size} tokens"
             )
         check_block_size(self.data, cfg.block_size)
+        self.parallel = DataParallel(self.model, cfg.workers or None)  # batches split over the CPU cores
         self.optimizer = AdamW(
             self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
         )
@@ -157,8 +161,7 @@ class Trainer:
         total_loss, grads = 0.0, None
         for _ in range(steps):
             x, y = get_batch(self.data.train, cfg.batch_size, cfg.block_size, self.batch_rng)
-            _, loss = model.forward(to_device(x, cfg.device), to_device(y, cfg.device))
-            micro_grads = model.backward()
+            loss, micro_grads = self.parallel.forward_backward(to_device(x, cfg.device), to_device(y, cfg.device))
             total_loss = total_loss + loss
             if grads is None:
                 grads = micro_grads if steps == 1 else {k: g.copy() for k, g in micro_grads.items()}
@@ -184,8 +187,7 @@ class Trainer:
             total = 0.0
             for _ in range(cfg.eval_iters):
                 x, y = get_batch(tokens, cfg.batch_size, cfg.block_size, rng)
-                _, loss = model.forward(to_device(x, cfg.device), to_device(y, cfg.device))
-                total += scalar(loss)
+                total += scalar(self.parallel.loss(to_device(x, cfg.device), to_device(y, cfg.device)))
             losses[split] = total / cfg.eval_iters
         model.train()
         return losses
@@ -228,6 +230,7 @@ class Trainer:
             f"model: {self.model.num_params():,} parameters ({self.model.config.n_layer} layers), "
             f"data: {self.data.dir} ({self.data.train.size:,} train / {self.data.val.size:,} val tokens, "
             f"vocab {self.tokenizer.vocab_size}), {cfg.tokens_per_iter:,} tokens per iteration, device {cfg.device}"
+            + (f" ({self.parallel.workers} worker threads)" if self.parallel.workers > 1 else "")
         )
         if self.start_iter:
             print(f"resuming {self.out_dir / 'latest'} at iteration {self.start_iter}")

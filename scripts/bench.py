@@ -2,6 +2,7 @@
 
     python scripts/bench.py                    # both shapes, minigpt only
     python scripts/bench.py --compare-torch    # also GPT2LMHeadModel + torch.optim.AdamW, same process
+    python scripts/bench.py --workers 1        # the batch on one thread (default: one per core, as train.py)
 
 Reports tokens/s, model FLOPs utilisation against a float32 matmul peak measured
 here, and the peak memory of the step's arrays (tracemalloc sees NumPy's buffers).
@@ -26,6 +27,7 @@ from minigpt.backend import get_xp, scalar  # noqa: E402
 from minigpt.errors import run_cli  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
 from minigpt.optim import AdamW, clip_grad_norm  # noqa: E402
+from minigpt.parallel import DataParallel  # noqa: E402
 
 SHAPES = {
     "char-6x384": (dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65), 8, 256),
@@ -53,9 +55,8 @@ def matmul_peak(xp, n=2048, repeats=5):
     return 2 * n**3 / best / 1e9
 
 
-def minigpt_step(model, opt, idx, targets):
-    _, loss = model.forward(idx, targets)
-    grads = model.backward()
+def minigpt_step(parallel, opt, idx, targets):
+    loss, grads = parallel.forward_backward(idx, targets)
     clip_grad_norm(grads, 1.0)
     opt.step(grads)
     return loss
@@ -81,7 +82,7 @@ def peak_memory_mb(step):
     return peak / 2**20
 
 
-def bench_minigpt(name, device, warmup, iters):
+def bench_minigpt(name, device, warmup, iters, workers):
     cfg, B, T = SHAPES[name]
     config = GPTConfig(**cfg)
     model = GPT(config, device=device, seed=0).train()
@@ -90,10 +91,12 @@ def bench_minigpt(name, device, warmup, iters):
     rng = np.random.default_rng(0)
     idx = xp.asarray(rng.integers(0, config.vocab_size, (B, T)))
     targets = xp.asarray(rng.integers(0, config.vocab_size, (B, T)))
-    step = lambda: scalar(minigpt_step(model, opt, idx, targets))  # noqa: E731 (scalar: a full sync)
+    parallel = DataParallel(model, workers)
+    step = lambda: scalar(minigpt_step(parallel, opt, idx, targets))  # noqa: E731 (scalar: a full sync)
     seconds = time_steps(step, warmup, iters)
     memory = peak_memory_mb(step) if device == "cpu" else float("nan")
-    return config, B * T / seconds, memory
+    parallel.close()
+    return config, B * T / seconds, memory, parallel.workers
 
 
 def bench_torch(name, warmup, iters):
@@ -130,6 +133,7 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=5, help="timed steps per shape (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compare-torch", action="store_true", help="also time transformers + torch.optim.AdamW")
+    parser.add_argument("--workers", type=int, default=None, help="threads sharing each batch (default: one per core)")
     args = parser.parse_args(argv)
 
     peak = matmul_peak(get_xp(args.device))
@@ -137,16 +141,16 @@ def main(argv=None):
     print(f"# {date.today()}  {platform.processor() or platform.machine()}  {os.cpu_count()} cores  "
           f"threads={threads}  numpy {np.__version__}  device={args.device}")
     print(f"# float32 matmul peak measured here: {peak:.1f} GFLOP/s")
-    header = "| shape | B x T | minigpt tokens/s | MFU | peak memory (MB) |"
+    header = "| shape | B x T | workers | minigpt tokens/s | MFU | peak memory (MB) |"
     if args.compare_torch:
         header += " PyTorch tokens/s | minigpt / PyTorch |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name in args.shapes:
-        config, tps, memory = bench_minigpt(name, args.device, args.warmup, args.iters)
+        config, tps, memory, workers = bench_minigpt(name, args.device, args.warmup, args.iters, args.workers)
         _, B, T = SHAPES[name]
         mfu = tps * flops_per_token(config, T) / (peak * 1e9)
-        row = f"| {name} | {B} x {T} | {tps:,.0f} | {mfu:.1%} | {memory:,.0f} |"
+        row = f"| {name} | {B} x {T} | {workers} | {tps:,.0f} | {mfu:.1%} | {memory:,.0f} |"
         if args.compare_torch:
             torch_tps = bench_torch(name, args.warmup, args.iters)
             row += f" {torch_tps:,.0f} | {tps / torch_tps:.2f}x |"

@@ -154,6 +154,7 @@ def test_training_lowers_the_loss(tmp_path, corpus):
 def test_resume_continues_exactly(tmp_path, corpus):
     """N iterations, then resume for N more == 2N in one run (with dropout, so its RNG must be restored)."""
     common = [*TINY, "--data", corpus, "--dropout", 0.1, "--eval_interval", 3, "--gradient_accumulation_steps", 2,
+              "--workers", 2,  # the batch split over two threads, each with its own seeded dropout
               "--lr_decay_iters", 10]  # the same schedule in both (by default it decays until max_iters)
     run_main(*common, "--max_iters", 10, "--out_dir", tmp_path / "straight")
     run_main(*common, "--max_iters", 5, "--out_dir", tmp_path / "split")
