@@ -1,17 +1,29 @@
 """Benchmark: nanoGPT's CPU recipe, character-level Tiny Shakespeare, 2000 iterations.
 
-    python scripts/bench_train.py                 # --dataset shakespeare (downloaded once)
-    python scripts/bench_train.py --device gpu    # extra options go to train.py and win
+    python scripts/bench_train.py                       # --dataset shakespeare (downloaded once), seed 1337
+    python scripts/bench_train.py --seeds 1337,1,2,3    # one run per seed, then their means
+    python scripts/bench_train.py --device gpu          # other options go to train.py and win
 
-nanoGPT (PyTorch, same recipe) reaches val loss 1.886 in 61 s of wall time on a
-2-core AMD EPYC Zen4 VM; the target is val loss <= 1.90, no slower. The report
-gives the final val loss, the wall time of the training loop (data preparation
-excluded, evaluations and checkpoints included, as nanoGPT's 61 s do) and the
-mean training throughput.
+For each run it reports the wall time of the training loop (data preparation
+excluded; evaluations and checkpoints included, as in nanoGPT's wall time), the
+mean training throughput, and two validation losses of the final model:
+
+- `val_loss`: the mean over eval_iters = 20 random batches, the number nanoGPT
+  prints. It is an estimate with a standard deviation of about 0.014 here
+  (measured over 60 draws for one trained model), as large as the gaps that
+  are compared with it.
+- `val_loss_full`: the exact mean over the whole validation split, in disjoint
+  windows of block_size tokens (minigpt.evaluate.perplexity).
+
+Reference, nanoGPT (PyTorch 2.13, CPU) on the same 2-core VM, 2026-11-25,
+seeds 1337, 1, 2, 3: 20-batch val loss 1.8857, 1.8735, 1.8962, 1.8881 (mean
+1.886); whole-split val loss 1.8982, 1.8909, 1.9081, 1.9042 (mean 1.9004).
+Wall time: see NANOGPT_SECONDS.
 """
 
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -19,7 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from minigpt.errors import run_cli  # noqa: E402
+from minigpt.errors import MinigptError, run_cli  # noqa: E402
+from minigpt.evaluate import perplexity  # noqa: E402
 from minigpt.trainer import Trainer, resolve_config  # noqa: E402
 
 RECIPE = [
@@ -30,29 +43,58 @@ RECIPE = [
     "--eval_interval", "250", "--log_interval", "10", "--sample_tokens", "0",
 ]
 TARGET_VAL_LOSS = 1.90
-NANOGPT_SECONDS = 61.0
+NANOGPT_SECONDS = 61.0  # the issue's figure for nanoGPT's wall time on this VM
 
 
-def main(argv=None) -> int:
-    argv = list(argv or [])
+def parse_seeds(argv):
+    """(seeds, the other options): --seeds 1337,1,2 is this script's own option."""
+    argv, seeds = list(argv), ["1337"]
+    if "--seeds" in argv:
+        i = argv.index("--seeds")
+        if i + 1 >= len(argv):
+            raise MinigptError("--seeds needs a comma-separated list of integers, e.g. --seeds 1337,1,2")
+        seeds = argv[i + 1].split(",")
+        del argv[i : i + 2]
+    try:
+        return [int(s) for s in seeds], argv
+    except ValueError:
+        raise MinigptError(f"--seeds needs a comma-separated list of integers, got {','.join(seeds)!r}") from None
+
+
+def run_once(seed, argv):
+    """Train the recipe with one seed; the run's measurements as a dict."""
     with tempfile.TemporaryDirectory(prefix="bench_train-") as out_dir:
-        trainer = Trainer(resolve_config(RECIPE + ["--out_dir", out_dir] + argv))  # data is prepared here
+        trainer = Trainer(resolve_config(RECIPE + ["--seed", str(seed), "--out_dir", out_dir] + argv))
         start = time.perf_counter()
         trainer.run()
         seconds = time.perf_counter() - start
         records = [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
-    val = [r for r in records if "val_loss" in r][-1]
+    last_eval = [r for r in records if "val_loss" in r][-1]
     steps = [r["tokens_per_sec"] for r in records if "val_loss" not in r and r["iter"] > 0]
+    full, _, _ = perplexity(trainer.model, trainer.data.val, batch_size=64, progress=False)
     cfg = trainer.cfg
-    print(json.dumps({
-        "iters": cfg.max_iters, "val_loss": round(val["val_loss"], 4), "train_loss": round(val["train_loss"], 4),
-        "wall_s": round(seconds, 1), "mean_tokens_per_sec": round(sum(steps) / max(len(steps), 1)),
-        "device": cfg.device, "dtype": cfg.dtype, "machine": f"{platform.machine()} {platform.processor()}".strip(),
-        "python": platform.python_version(),
-    }))
-    verdict = "PASS" if val["val_loss"] <= TARGET_VAL_LOSS else "FAIL"
-    print(f"{verdict}: val loss {val['val_loss']:.4f} (target <= {TARGET_VAL_LOSS}) in {seconds:.1f} s "
-          f"(nanoGPT/PyTorch on the 2-core reference VM: 1.886 in {NANOGPT_SECONDS:.0f} s)")
+    return {
+        "seed": seed, "iters": cfg.max_iters, "val_loss": round(last_eval["val_loss"], 4),
+        "val_loss_full": round(full, 4), "train_loss": round(last_eval["train_loss"], 4), "wall_s": round(seconds, 1),
+        "mean_tokens_per_sec": round(sum(steps) / max(len(steps), 1)), "workers": trainer.parallel.workers,
+        "device": cfg.device, "dtype": cfg.dtype,
+    }
+
+
+def main(argv=None) -> int:
+    seeds, argv = parse_seeds(argv or [])
+    runs = []
+    for seed in seeds:
+        runs.append(run_once(seed, argv))
+        print(json.dumps(runs[-1]), flush=True)
+    mean = {k: statistics.fmean(r[k] for r in runs) for k in ("val_loss", "val_loss_full", "wall_s")}
+    print(json.dumps({"seeds": seeds, **{f"mean_{k}": round(v, 4) for k, v in mean.items()},
+                      "machine": f"{platform.machine()} {platform.processor()}".strip(),
+                      "python": platform.python_version()}))
+    verdict = "PASS" if mean["val_loss"] <= TARGET_VAL_LOSS and mean["wall_s"] <= NANOGPT_SECONDS else "FAIL"
+    print(f"{verdict}: val loss {mean['val_loss']:.4f} (20 batches; whole split {mean['val_loss_full']:.4f}), "
+          f"target <= {TARGET_VAL_LOSS}, in {mean['wall_s']:.1f} s, target <= {NANOGPT_SECONDS:.0f} s "
+          f"(mean of {len(runs)} run{'s' if len(runs) > 1 else ''})")
     return 0 if verdict == "PASS" else 1
 
 

@@ -81,20 +81,31 @@ def backward(dout, cache):
     dy = heads_view(dy, n_head)  # (B, H, T, D) view
     q, k, v = split_heads(qkv, n_head)
 
-    dqkv = xp.zeros_like(qkv)  # (B, T, 3C): dk and dv add up over the blocks
+    dqkv = xp.empty_like(qkv)  # (B, T, 3C): every entry is written below
     dq, dk, dv = split_heads(dqkv, n_head)  # writable views into dqkv
-    for s, e, probs, probs_dropped, drop_cache in blocks:
+    # Blocks last to first: the last block sees every key, so it writes dk and dv
+    # in place (no zero-filled buffer); each earlier block then adds its share.
+    for s, e, probs, probs_dropped, drop_cache in reversed(blocks):
         dy_block = dy[:, :, s:e]
-        dv[:, :, :e] += probs_dropped.transpose(0, 1, 3, 2) @ dy_block
+        write = e == q.shape[2]
+        _matmul_write_or_add(probs_dropped.transpose(0, 1, 3, 2), dy_block, dv[:, :, :e], write)
         dprobs, _ = dropout.backward(dy_block @ v[:, :, :e].transpose(0, 1, 3, 2), drop_cache)  # (B, H, e-s, e)
         dscores = causal_softmax_backward(dprobs, probs, scale)
         matmul_into(dscores, k[:, :, :e], dq[:, :, s:e])
-        dk[:, :, :e] += dscores.transpose(0, 1, 3, 2) @ q[:, :, s:e]
+        _matmul_write_or_add(dscores.transpose(0, 1, 3, 2), q[:, :, s:e], dk[:, :, :e], write)
 
     dx, attn_grads = linear.backward(dqkv, attn_cache)
     grads = {f"c_attn.{name}": g for name, g in attn_grads.items()}
     grads.update({f"c_proj.{name}": g for name, g in proj_grads.items()})
     return dx, grads
+
+
+def _matmul_write_or_add(a, b, out, write):
+    """out = a @ b (written in place) when `write`, else out += a @ b."""
+    if write:
+        matmul_into(a, b, out)
+    else:
+        out += a @ b
 
 
 def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, values, length):
