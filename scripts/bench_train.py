@@ -9,16 +9,17 @@ excluded; evaluations and checkpoints included, as in nanoGPT's wall time), the
 mean training throughput, and two validation losses of the final model:
 
 - `val_loss`: the mean over eval_iters = 20 random batches, the number nanoGPT
-  prints. It is an estimate with a standard deviation of about 0.014 here
-  (measured over 60 draws for one trained model), as large as the gaps that
-  are compared with it.
+  prints. It is an estimate with a standard deviation of about 0.014 (60
+  draws on one model trained by nanoGPT), as large as the gaps that are
+  compared with it.
 - `val_loss_full`: the exact mean over the whole validation split, in disjoint
   windows of block_size tokens (minigpt.evaluate.perplexity).
 
 Reference, nanoGPT (PyTorch 2.13, CPU) on the same 2-core VM, 2026-11-25,
 seeds 1337, 1, 2, 3: 20-batch val loss 1.8857, 1.8735, 1.8962, 1.8881 (mean
 1.886); whole-split val loss 1.8982, 1.8909, 1.9081, 1.9042 (mean 1.9004).
-Wall time: see NANOGPT_SECONDS.
+Its wall time was 78.0 to 102.7 s per run that day; NANOGPT_SECONDS is the
+issue's figure, which could not be reproduced.
 """
 
 import json

@@ -73,6 +73,7 @@ def test_options_accept_both_spellings_and_a_toml_file(tmp_path):
         (["--tokenizer", "bpe:x"], "bpe:1024"),
         (["--init_from", "/no/such/dir"], "neither scratch"),
         (["--device", "tpu"], "--device must be one of"),
+        (["--workers", "-2"], "--workers must be 0 or more"),
     ],
 )
 def test_bad_options_are_one_line_errors(argv, message):
