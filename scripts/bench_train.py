@@ -9,9 +9,9 @@ excluded; evaluations and checkpoints included, as in nanoGPT's wall time), the
 mean training throughput, and two validation losses of the final model:
 
 - `val_loss`: the mean over eval_iters = 20 random batches, the number nanoGPT
-  prints. It is an estimate with a standard deviation of about 0.014 (60
-  draws on one model trained by nanoGPT), as large as the gaps that are
-  compared with it.
+  prints. It is an unbiased estimate with a standard deviation of about 0.014
+  (60 draws on one trained model, nanoGPT's or minigpt's), as large as the
+  gaps that are compared with it.
 - `val_loss_full`: the exact mean over the whole validation split, in disjoint
   windows of block_size tokens (minigpt.evaluate.perplexity).
 
