@@ -17,7 +17,7 @@ Masked entries have p_k = 0, so they get no gradient without a second mask.
 
 import numpy as np
 
-from minigpt.backend import array_module
+from minigpt.backend import array_module, row_sums
 
 
 def causal_mask(xp, t_q: int, t_k: int):
@@ -34,13 +34,13 @@ def causal_softmax_forward_numpy(scores, scale):
     probs += mask_add
     probs -= probs.max(axis=-1, keepdims=True)
     np.exp(probs, out=probs)  # exp(-inf) = 0: masked entries are exactly 0
-    probs *= 1.0 / probs.sum(axis=-1, keepdims=True)  # one division per row, not per entry
+    probs *= 1.0 / row_sums(probs)  # one division per row, not per entry
     return probs
 
 
 def causal_softmax_backward_numpy(dprobs, probs, scale):
     dscores = dprobs * probs
-    row_dot = dscores.sum(axis=-1, keepdims=True)  # sum_j dp_j p_j, (..., Tq, 1)
+    row_dot = row_sums(dscores)  # sum_j dp_j p_j, (..., Tq, 1)
     np.subtract(dprobs, row_dot, out=dscores)  # reuse the buffer: dp_k - sum_j dp_j p_j
     dscores *= probs
     dscores *= scale

@@ -14,7 +14,7 @@ The forward already computes e = exp(z - m) to get S; it is kept, and the
 backward turns it into softmax(z) = e / S in place instead of exponentiating again.
 """
 
-from minigpt.backend import array_module
+from minigpt.backend import array_module, row_sums
 
 IGNORE_INDEX = -1
 
@@ -30,7 +30,7 @@ def forward(logits, targets):
     m = z.max(axis=1, keepdims=True)  # (N, 1)
     e = z - m  # (N, V), a new array
     xp.exp(e, out=e)
-    s = e.sum(axis=1, keepdims=True)  # (N, 1)
+    s = row_sums(e)  # (N, 1)
     rows = xp.arange(z.shape[0])
     y_safe = xp.where(valid, y, 0)  # ignored rows read column 0, then get weight 0
     loss_rows = xp.log(s[:, 0]) + m[:, 0] - z[rows, y_safe]  # logsumexp(z) - z_y, (N,)

@@ -8,7 +8,7 @@ position t receives the sum over the batch:
     dwte[v] = sum_{b,t: idx[b,t] = v} dx[b, t]        dwpe[offset + t] = sum_b dx[b, t]
 """
 
-from minigpt.backend import array_module, scatter_add
+from minigpt.backend import array_module, column_sums, scatter_add
 
 
 def forward(idx, wte, wpe, offset=0):
@@ -32,5 +32,6 @@ def backward(dx, cache, dwte=None):
         dwte = xp.zeros(wte_shape, dtype=dx.dtype)
     scatter_add(xp, dwte, idx.reshape(-1), dx.reshape(-1, C))
     dwpe = xp.zeros(wpe_shape, dtype=dx.dtype)
-    dwpe[offset : offset + idx.shape[1]] = dx.sum(axis=0)
+    B, T = idx.shape
+    dwpe[offset : offset + T] = column_sums(dx.reshape(B, T * C)).reshape(T, C)  # sum over the batch
     return None, {"wte": dwte, "wpe": dwpe}

@@ -15,14 +15,17 @@ so
     dx_j = rstd * (g_j - mean(g) - xhat_j * mean(g * xhat))
 """
 
+from minigpt.backend import column_sums, row_sums
+
 EPS = 1e-5
 
 
 def forward(x, weight, bias=None, eps=EPS):
     """x: (..., C), weight/bias: (C,) -> y: (..., C)."""
-    mu = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    inv_C = 1.0 / x.shape[-1]
+    mu = row_sums(x) * inv_C  # (..., 1)
     xhat = x - mu  # (..., C)
-    var = (xhat * xhat).mean(axis=-1, keepdims=True)  # (..., 1)
+    var = row_sums(xhat * xhat) * inv_C  # (..., 1)
     rstd = 1.0 / (var + eps) ** 0.5  # only (..., 1) elements: the float power is cheap here
     xhat *= rstd
     y = xhat * weight
@@ -36,12 +39,12 @@ def backward(dy, cache):
     xhat, rstd, weight, has_bias = cache
     C = xhat.shape[-1]
     dy2 = dy.reshape(-1, C)
-    grads = {"weight": (dy2 * xhat.reshape(-1, C)).sum(axis=0)}
+    grads = {"weight": column_sums(dy2 * xhat.reshape(-1, C))}
     if has_bias:
-        grads["bias"] = dy2.sum(axis=0)
+        grads["bias"] = column_sums(dy2)
     g = dy * weight  # (..., C)
-    mean_g = g.mean(axis=-1, keepdims=True)
-    mean_gx = (g * xhat).mean(axis=-1, keepdims=True)
+    mean_g = row_sums(g) * (1.0 / C)  # (..., 1)
+    mean_gx = row_sums(g * xhat) * (1.0 / C)  # (..., 1)
     g -= mean_g
     g -= xhat * mean_gx
     g *= rstd

@@ -12,6 +12,8 @@ Backward, given dy = dL/dy:
     db = sum_n dy[n, :]                                     # (out,)
 """
 
+from minigpt.backend import column_sums
+
 
 def forward(x, weight, bias=None):
     """x: (..., in), weight: (in, out), bias: (out,) or None -> (..., out)."""
@@ -30,5 +32,5 @@ def backward(dy, cache):
     dx = (dy2 @ weight.T).reshape(*lead, weight.shape[0])
     grads = {"weight": x2.T @ dy2}
     if has_bias:
-        grads["bias"] = dy2.sum(axis=0)
+        grads["bias"] = column_sums(dy2)
     return dx, grads
