@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from minigpt.backend import blas_threads, make_rng
+from minigpt.errors import MinigptError
 from minigpt.nn.cross_entropy import IGNORE_INDEX
 
 
@@ -46,7 +47,7 @@ class DataParallel:
     def __init__(self, model, workers=None):
         workers = default_workers() if workers is None else int(workers)
         if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+            raise MinigptError(f"--workers must be at least 1 (or 0 in train.py: one per core), got {workers}")
         self.model = model
         self.workers = 1 if model.device != "cpu" else workers
         self.replicas = [model.replica() for _ in range(self.workers)] if self.workers > 1 else []

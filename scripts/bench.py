@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minigpt.backend import get_xp, scalar  # noqa: E402
-from minigpt.errors import run_cli  # noqa: E402
+from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
 from minigpt.optim import AdamW, clip_grad_norm  # noqa: E402
 from minigpt.parallel import DataParallel  # noqa: E402
@@ -91,7 +91,7 @@ def bench_minigpt(name, device, warmup, iters, workers):
     rng = np.random.default_rng(0)
     idx = xp.asarray(rng.integers(0, config.vocab_size, (B, T)))
     targets = xp.asarray(rng.integers(0, config.vocab_size, (B, T)))
-    parallel = DataParallel(model, workers)
+    parallel = DataParallel(model, workers or None)
     step = lambda: scalar(minigpt_step(parallel, opt, idx, targets))  # noqa: E731 (scalar: a full sync)
     seconds = time_steps(step, warmup, iters)
     memory = peak_memory_mb(step) if device == "cpu" else float("nan")
@@ -133,8 +133,10 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=5, help="timed steps per shape (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compare-torch", action="store_true", help="also time transformers + torch.optim.AdamW")
-    parser.add_argument("--workers", type=int, default=None, help="threads sharing each batch (default: one per core)")
+    parser.add_argument("--workers", type=int, default=None, help="threads sharing each batch (default 0: one per core)")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 0:
+        raise MinigptError(f"--workers must be 0 (one per core) or more, got {args.workers}")
 
     peak = matmul_peak(get_xp(args.device))
     threads = os.environ.get("OMP_NUM_THREADS", "default")

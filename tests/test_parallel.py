@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from minigpt.errors import MinigptError
 from minigpt.model import GPT, GPTConfig
 from minigpt.parallel import DataParallel
 
@@ -56,7 +57,7 @@ def test_one_worker_is_the_model_itself():
     loss, grads = parallel.forward_backward(idx, targets)
     _, again = model.forward(idx, targets)
     assert float(loss) == float(again) and parallel.replicas == []
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(MinigptError, match="at least 1"):
         DataParallel(model, 0)
 
 
