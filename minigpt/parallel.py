@@ -3,7 +3,8 @@
 Why: NumPy runs every elementwise pass (GELU, softmax, LayerNorm, the adds) on
 one core, and only the matmuls use them all. Splitting the batch over one
 worker per core, each with single-threaded BLAS, keeps every core busy for the
-whole step. llm.c does the same with OpenMP, nanoGPT across GPUs with DDP.
+whole step. (llm.c spreads each layer's loop over the batch with OpenMP; nanoGPT
+splits batches across GPUs with DDP, as here across cores.)
 NumPy releases the GIL inside its loops and BLAS calls, so Python threads run
 them in parallel.
 
