@@ -151,6 +151,18 @@ class GPT:
         n = sum(int(p.size) for p in self.params.values())
         return n - int(self.params["transformer.wpe.weight"].size) if non_embedding else n
 
+    def flops_per_token(self, seq_len):
+        """Training FLOPs (forward + backward) per token of a length-seq_len sequence, for MFU.
+
+        6 N for the products with the N weights (2 in the forward, 4 in the
+        backward; N without wpe, which is a lookup), plus 6 n_layer n_embd T for
+        attention's q k^T and p v. PaLM and nanoGPT count those as 12 n_layer
+        n_embd T; causal attention needs only the lower triangle, and this
+        count takes half.
+        """
+        c = self.config
+        return 6 * self.num_params(non_embedding=True) + 6 * c.n_layer * c.n_embd * seq_len
+
     def replica(self):
         """A GPT sharing this one's config and parameter arrays, with its own activations and dropout RNG.
 

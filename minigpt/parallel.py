@@ -51,6 +51,7 @@ class DataParallel:
             raise MinigptError(f"--workers must be at least 1 (or 0 in train.py: one per core), got {workers}")
         self.model = model
         self.workers = 1 if model.device != "cpu" else workers
+        self._blas_threads = max(1, default_workers() // self.workers)  # per worker: the cores are shared out
         self.replicas = [model.replica() for _ in range(self.workers)] if self.workers > 1 else []
         self._pool = ThreadPoolExecutor(self.workers - 1) if self.workers > 1 else None
 
@@ -95,7 +96,7 @@ class DataParallel:
                 replica.rng = make_rng("cpu", int(seeds[s]))
             weight = counts[s] / n_valid if n_valid else 1.0  # no valid target anywhere: NaN, as without slices
             tasks.append((replica, idx[a:b], targets[a:b], weight))
-        with blas_threads(max(1, default_workers() // self.workers)):
+        with blas_threads(self._blas_threads):
             futures = [self._pool.submit(job, *task) for task in tasks[1:]]
             first = job(*tasks[0])
             return [first] + [f.result() for f in futures]

@@ -6,8 +6,8 @@
 
 Reports tokens/s, model FLOPs utilisation against a float32 matmul peak measured
 here, and the peak memory of the step's arrays (tracemalloc sees NumPy's buffers).
-FLOPs per token: 6 N + 6 n_layer n_embd T (N without position embeddings), as in
-PaLM, nanoGPT and llm.c.
+FLOPs per token: GPT.flops_per_token, 6 N + 6 n_layer n_embd T (N without
+position embeddings; attention counted for its causal half).
 """
 
 import argparse
@@ -33,12 +33,6 @@ SHAPES = {
     "char-6x384": (dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65), 8, 256),
     "gpt2-width-2L": (dict(n_layer=2, n_head=12, n_embd=768, block_size=1024, vocab_size=50257), 4, 512),
 }
-
-
-def flops_per_token(config, T):
-    C, L = config.n_embd, config.n_layer
-    n = 12 * L * C * C + 13 * L * C + 2 * C + config.vocab_size * C  # parameters without wpe
-    return 6 * n + 6 * L * C * T
 
 
 def matmul_peak(xp, n=2048, repeats=5):
@@ -96,7 +90,7 @@ def bench_minigpt(name, device, warmup, iters, workers):
     seconds = time_steps(step, warmup, iters)
     memory = peak_memory_mb(step) if device == "cpu" else float("nan")
     parallel.close()
-    return config, B * T / seconds, memory, parallel.workers
+    return model.flops_per_token(T), B * T / seconds, memory, parallel.workers
 
 
 def bench_torch(name, warmup, iters):
@@ -149,9 +143,9 @@ def main(argv=None):
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name in args.shapes:
-        config, tps, memory, workers = bench_minigpt(name, args.device, args.warmup, args.iters, args.workers)
+        flops_per_token, tps, memory, workers = bench_minigpt(name, args.device, args.warmup, args.iters, args.workers)
         _, B, T = SHAPES[name]
-        mfu = tps * flops_per_token(config, T) / (peak * 1e9)
+        mfu = tps * flops_per_token / (peak * 1e9)
         row = f"| {name} | {B} x {T} | {workers} | {tps:,.0f} | {mfu:.1%} | {memory:,.0f} |"
         if args.compare_torch:
             torch_tps = bench_torch(name, args.warmup, args.iters)

@@ -13,9 +13,9 @@ step = forward, cross-entropy, backward, gradient clipping to 1.0, AdamW.
 
 Reported: training tokens/s (steps run back to back, one device sync at the
 end, as in a training loop), model FLOPs utilisation with FLOPs per token
-6 N + 6 n_layer n_embd T (N: parameters without position embeddings; PaLM,
-nanoGPT, llm.c) against the card's nominal dense TF32 peak and against a large
-TF32 matmul measured here, the device memory each side held at its peak
+6 N + 6 n_layer n_embd T (GPT.flops_per_token: N without position embeddings,
+attention counted for its causal half) against the card's nominal dense TF32
+peak and against a large TF32 matmul measured here, the device memory each side held at its peak
 (CuPy's pool never returns blocks, so the pool size after the run is its
 high-water mark; for PyTorch, max_memory_reserved), the first step's loss on
 both sides (the same weights and batch: a parity check), and generation
@@ -58,11 +58,6 @@ def nominal_peak_tflops(device_name: str, tf32: bool):
         if key in device_name:
             return tflops
     return None
-
-
-def flops_per_token(model: GPT, seq_len: int) -> int:
-    c = model.config
-    return 6 * model.num_params(non_embedding=True) + 6 * c.n_layer * c.n_embd * seq_len
 
 
 def random_batch(config: GPTConfig, batch_size: int, seq_len: int, seed: int = 0):
@@ -123,7 +118,7 @@ def bench_minigpt_training(cupy, config, idx_host, targets_host, warmup, steps):
         first_loss=first_loss,
         last_loss=scalar(loss),
         peak_bytes=pool.total_bytes(),
-        flops_per_token=flops_per_token(model, idx_host.shape[1]),
+        flops_per_token=model.flops_per_token(idx_host.shape[1]),
     )
     del model, optimizer, idx, targets, loss
     pool.free_all_blocks()

@@ -180,3 +180,11 @@ def test_num_params():
     model = GPT(GPTConfig(**TINY))
     assert model.num_params() == sum(math.prod(s) for s in param_shapes(model.config).values())
     assert model.num_params(non_embedding=True) == model.num_params() - 8 * 8
+
+
+def test_flops_per_token_counts_every_weight_product():
+    """6 per weight (forward 2, backward 4; wpe is a lookup, not a product) + 6 L C T for causal attention."""
+    C, L, V, T = 48, 3, 101, 32
+    model = GPT(GPTConfig(n_layer=L, n_head=4, n_embd=C, block_size=64, vocab_size=V))
+    weights = 12 * L * C * C + 13 * L * C + 2 * C + V * C  # blocks (matmuls, biases, LayerNorms), ln_f, wte
+    assert model.flops_per_token(T) == 6 * weights + 6 * L * C * T
