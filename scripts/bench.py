@@ -28,6 +28,7 @@ from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
 from minigpt.optim import AdamW, clip_grad_norm  # noqa: E402
 from minigpt.parallel import DataParallel  # noqa: E402
+from minigpt.weights import config_to_hf  # noqa: E402
 
 SHAPES = {
     "char-6x384": (dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65), 8, 256),
@@ -98,9 +99,7 @@ def bench_torch(name, warmup, iters):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg, B, T = SHAPES[name]
-    hf_config = GPT2Config(n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
-                           n_positions=cfg["block_size"], vocab_size=cfg["vocab_size"],
-                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf_config = GPT2Config.from_dict(config_to_hf(GPTConfig(**cfg)))  # dropout 0, as minigpt's side
     torch.manual_seed(0)
     model = GPT2LMHeadModel(hf_config).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)

@@ -36,6 +36,7 @@ from minigpt.backend import get_xp, scalar, set_tf32, tf32_enabled, to_host  # n
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
 from minigpt.optim import AdamW, clip_grad_norm  # noqa: E402
+from minigpt.weights import config_to_hf  # noqa: E402
 
 # Nominal dense TF32 tensor-core peaks from NVIDIA's datasheets (half the
 # "with sparsity" figure), in TFLOP/s, matched against the device name in order.
@@ -160,11 +161,7 @@ def import_torch_cuda():
 
 def torch_model(torch, transformers, config: GPTConfig, params, attn_implementation):
     """GPT2LMHeadModel on the GPU holding minigpt's weights (the same HF key names and Conv1D layout)."""
-    hf_config = transformers.GPT2Config(
-        n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd, n_positions=config.block_size,
-        vocab_size=config.vocab_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=config.vocab_size - 1, eos_token_id=config.vocab_size - 1,
-    )
+    hf_config = transformers.GPT2Config.from_dict(config_to_hf(config))
     hf_config._attn_implementation = attn_implementation
     model = transformers.GPT2LMHeadModel(hf_config)
     state = {name: torch.from_numpy(value) for name, value in params.items()}
