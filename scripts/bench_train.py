@@ -1,8 +1,8 @@
 """Benchmark: nanoGPT's CPU recipe, character-level Tiny Shakespeare, 2000 iterations.
 
-    python scripts/bench_train.py                       # --dataset shakespeare (downloaded once), seed 1337
+    python scripts/bench_train.py                               # Tiny Shakespeare (downloaded once), seed 1337
     python scripts/bench_train.py --seeds 1337,1,2,3,4,5,6,7    # one run per seed, then their means
-    python scripts/bench_train.py --device gpu          # other options go to train.py and win
+    python scripts/bench_train.py --device gpu                  # other options go to train.py and win
 
 For each run it reports the wall time of the training loop (data preparation
 excluded; evaluations and checkpoints included, as in the times nanoGPT prints), the
