@@ -61,7 +61,7 @@ def forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, r
     qkv, attn_cache = linear.forward(x, c_attn_w, c_attn_b)  # (B, T, 3C)
     q, k, v = split_heads(qkv, n_head)  # (B, H, T, D) each
     scale = 1.0 / math.sqrt(q.shape[-1])
-    y = xp.empty_like(x)  # (B, T, C), filled block by block through its (B, H, T, D) view
+    y = xp.empty(x.shape, dtype=x.dtype)  # (B, T, C), C-contiguous: filled block by block through heads_view
     y_heads = heads_view(y, n_head)
     blocks = []
     for s, e in query_blocks(q.shape[2]):
@@ -123,7 +123,7 @@ def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, valu
     values[:, :, length:end] = v
     k_all, v_all = keys[:, :, :end], values[:, :, :end]  # (B, H, end, D)
     probs = causal_softmax_forward(q @ k_all.transpose(0, 1, 3, 2), 1.0 / math.sqrt(q.shape[-1]))
-    y = xp.empty((x.shape[0], x.shape[1], q.shape[1] * q.shape[3]), dtype=x.dtype)
+    y = xp.empty(x.shape, dtype=x.dtype)  # (B, T_new, C), C-contiguous, as in forward
     matmul_into(probs, v_all, heads_view(y, n_head))
     out, _ = linear.forward(y, c_proj_w, c_proj_b)
     return out
