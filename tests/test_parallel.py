@@ -67,4 +67,3 @@ def test_replicas_share_the_parameters():
     model.params["transformer.wte.weight"][0, 0] = 3.0  # in place, as AdamW updates
     assert replica.params["transformer.wte.weight"][0, 0] == 3.0
     assert replica.rng is not model.rng
-
