@@ -31,6 +31,24 @@ def write_text(dest, text: str) -> None:
     write_file(dest, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline="\n"))
 
 
+def write_dir(dest, write) -> Path:
+    """Call write(tmp) on an empty temporary directory beside `dest`, then swap it in for `dest`.
+
+    A kill at any moment leaves `dest` either complete and old or complete and
+    new (after `recover_dir`); an exception leaves it as it was.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(dest)
+    tmp = make_temp_dir(dest)
+    try:
+        write(tmp)
+        replace_dir(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 def make_temp_dir(dest: Path) -> Path:
     """An empty directory beside `dest` to build its next version in (readable like a normal directory)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))

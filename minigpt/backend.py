@@ -17,6 +17,7 @@ DEVICES = ("cpu", "gpu")
 DTYPES = ("float32", "float64")
 
 _GPU_HELP = "install the GPU extra (pip install -e '.[gpu]') on a machine with an NVIDIA GPU, or use --device cpu"
+_NO_DEVICE_HELP = "check the driver with nvidia-smi, run on a machine with an NVIDIA GPU, or use --device cpu"
 
 
 def set_tf32(enabled: bool) -> None:
@@ -50,9 +51,11 @@ def _import_cupy():
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as err:  # CUDA driver missing or broken: CuPy raises its own types
-        raise MinigptError(f"--device gpu found no usable CUDA device ({err}): {_GPU_HELP}") from None
+        raise MinigptError(f"--device gpu found no usable CUDA device ({err}): CuPy is installed, but the NVIDIA "
+                           f"driver or the GPU is missing or does not work; {_NO_DEVICE_HELP}") from None
     if count == 0:
-        raise MinigptError(f"--device gpu found no CUDA device: {_GPU_HELP}")
+        raise MinigptError(f"--device gpu found no CUDA device: CuPy is installed, but the driver sees no GPU; "
+                           f"{_NO_DEVICE_HELP}")
     return cupy
 
 
@@ -65,25 +68,19 @@ def gpu_available() -> bool:
     return True
 
 
-_HOST_ALLOCATOR_TUNED = False
+def tune_host_allocator() -> None:
+    """Ask glibc's malloc, for the whole process, to keep freed memory instead of returning it to the OS at once.
 
-
-def _keep_freed_host_memory():
-    """Ask glibc's malloc to keep freed memory instead of returning it to the OS at once.
-
-    A training step allocates and frees the same large NumPy temporaries every
-    time. By default glibc gives memory at the top of the heap back to the OS
-    when it is freed, and the next allocation page-faults it in again, a few
-    milliseconds per 10 MB. Keeping up to 1 GiB of freed memory (M_TRIM_THRESHOLD)
-    and growing the heap 64 MiB at a time (M_TOP_PAD) measured 7-8% faster on
-    the 6-layer benchmark (scripts/bench.py). Setting either stops glibc from
-    raising its mmap threshold by itself, so it is set too, to glibc's largest
-    (32 MiB): blocks below it come from the heap. Not glibc (macOS, musl): nothing to do.
+    Training calls this once at its start, as the benchmarks do: a training step
+    allocates and frees the same large NumPy temporaries every time, and by
+    default glibc gives memory at the top of the heap back to the OS when it is
+    freed, so the next allocation page-faults it in again. This keeps up to
+    1 GiB of freed memory (M_TRIM_THRESHOLD) and grows the heap 64 MiB at a time
+    (M_TOP_PAD); setting either stops glibc from raising its mmap threshold by
+    itself, so that is set too, to glibc's largest (32 MiB): blocks below it
+    come from the heap. The measured gain is in scripts/bench/HISTORY.md. Not
+    glibc (macOS, musl): nothing to do. Calling it again changes nothing.
     """
-    global _HOST_ALLOCATOR_TUNED
-    if _HOST_ALLOCATOR_TUNED:
-        return
-    _HOST_ALLOCATOR_TUNED = True
     try:
         import ctypes
 
@@ -99,7 +96,6 @@ def _keep_freed_host_memory():
 def get_xp(device: str = "cpu"):
     """The array module for a device name: numpy for "cpu", cupy for "gpu"."""
     if device == "cpu":
-        _keep_freed_host_memory()
         return np
     if device == "gpu":
         return _import_cupy()

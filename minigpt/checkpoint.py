@@ -17,12 +17,11 @@ renames back).
 """
 
 import json
-import shutil
 from pathlib import Path
 
 from safetensors.numpy import load_file, save_file
 
-from minigpt.atomic import make_temp_dir, recover_dir, replace_dir
+from minigpt.atomic import recover_dir, write_dir
 from minigpt.errors import MinigptError
 
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -32,27 +31,31 @@ MODEL_FILES = ("config.json", "model.safetensors")
 
 def save_checkpoint(path, model, tokenizer, optimizer, trainer_state: dict) -> Path:
     """Write a complete checkpoint to directory `path`, replacing any previous one atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(path)
-    tmp = make_temp_dir(path)
-    try:
+
+    def write(tmp: Path):
         model.save_pretrained(tmp)
         tokenizer.save(tmp)
         tensors, metadata = optimizer.state_dict()
         save_file(tensors, tmp / OPTIMIZER_FILE, metadata=metadata)
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
-        replace_dir(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+
+    return write_dir(path, write)
 
 
 def is_checkpoint(path) -> bool:
-    """True when `path` holds all the files of a training checkpoint (after undoing an interrupted write)."""
+    """True when `path` holds all the files of a training checkpoint."""
     path = Path(path)
-    recover_dir(path)
     return all((path / name).is_file() for name in (*MODEL_FILES, OPTIMIZER_FILE, STATE_FILE))
+
+
+def recover_checkpoint(path) -> None:
+    """Undo a write of checkpoint `path` that a kill interrupted (see minigpt.atomic.recover_dir).
+
+    Renames and deletes directories beside `path`: only the run that writes
+    `path` calls it, before it reads or writes there (a reader elsewhere could
+    delete a save in progress).
+    """
+    recover_dir(Path(path))
 
 
 def load_trainer_state(path) -> dict:

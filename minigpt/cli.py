@@ -1,23 +1,65 @@
-"""Command-line parsing shared by scripts/generate.py and scripts/evaluate.py.
+"""Command-line parsing shared by every script (train, generate, evaluate, prepare_data).
 
-Options are spelled with hyphens and also accepted with underscores
-(`--max-new-tokens` and `--max_new_tokens`), as scripts/train.py accepts both;
-a mistake on the command line is a one-line MinigptError like any other bad input.
+Options are accepted with hyphens or underscores (`--max-new-tokens` and
+`--max_new_tokens`, `--max_iters` and `--max-iters`); a mistake on the command
+line is a one-line MinigptError like any other bad input, and a misspelled
+option is answered with the closest real one.
 """
 
 import argparse
+import difflib
 
 from minigpt.errors import MinigptError
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Ends each option's help with its default, unless the help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors are MinigptErrors (one line, exit 2 under run_cli)."""
+    """argparse whose usage errors are MinigptErrors (one line, exit 2 under run_cli), and whose --help
+    shows every option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_option(self, *names, **kwargs):
+        """Add `--some-name`, also accepted as `--some_name` (or the other way round); returns the action."""
+        return add_option(self, *names, **kwargs)
 
     def error(self, message):
-        raise MinigptError(f"{message} (see --help)")
+        raise MinigptError(f"{message}{self._suggestion(message)} (see --help)")
+
+    def _suggestion(self, message) -> str:
+        """"; did you mean --max_iters?" for an unrecognized `--max_iter`, else ""."""
+        prefix = "unrecognized arguments: "
+        if not message.startswith(prefix):
+            return ""
+        known = [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+        for word in message[len(prefix):].split():
+            if word.startswith("--"):
+                close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
 
 
-def add_option(parser, name, **kwargs):
-    """Add `--some-name`, also accepted as `--some_name`."""
-    spellings = [name] + (["--" + name[2:].replace("-", "_")] if "-" in name[2:] else [])
-    parser.add_argument(*spellings, **kwargs)
+def add_option(parser, *names, **kwargs):
+    """Add each of `names` (as `--some-name`) to `parser` with its other spelling (`--some_name`) as well.
+
+    `parser` may be an ArgumentParser or one of its groups. The first name
+    spelled as given sets the option's `dest` (`--max-new-tokens` -> max_new_tokens).
+    """
+    spellings = []
+    for name in names:
+        body = name[2:]
+        other = "--" + (body.replace("-", "_") if "-" in body else body.replace("_", "-"))
+        spellings += [name] + ([other] if other != name else [])
+    return parser.add_argument(*spellings, **kwargs)

@@ -17,8 +17,12 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from minigpt.backend import DEVICES, DTYPES
+from minigpt.cli import ArgumentParser, add_option
+from minigpt.data import DATASETS, parse_tokenizer_spec
 from minigpt.errors import MinigptError
-from minigpt.weights import PRETRAINED_NAMES as PRETRAINED  # the GPT-2 names --init_from takes
+from minigpt.hub import GPT2_NAMES as PRETRAINED  # the GPT-2 names --init_from takes
+from minigpt.model import check_shape
 
 try:
     import tomllib  # Python 3.11+
@@ -144,11 +148,8 @@ def _describe(name: str) -> str:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Raise a one-line MinigptError for the first impossible value."""
-    from minigpt.backend import DEVICES, DTYPES
-    from minigpt.data import DATASETS, parse_tokenizer_spec
-
-    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
-                "eval_interval", "eval_iters", "log_interval")
+    check_shape({name: getattr(cfg, name) for name in TrainConfig.MODEL_FIELDS}, option=lambda name: f"--{name}")
+    positive = ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval")
     for name in positive:
         if getattr(cfg, name) < 1:
             raise MinigptError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
@@ -160,10 +161,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         value = getattr(cfg, name)
         if not (math.isfinite(value) and value >= 0):
             raise MinigptError(f"--{name} must be a finite number >= 0, got {value}")
-    if cfg.n_embd % cfg.n_head:
-        raise MinigptError(f"--n_embd {cfg.n_embd} is not divisible by --n_head {cfg.n_head}: each head gets n_embd / n_head channels")
-    if not 0 <= cfg.dropout < 1:
-        raise MinigptError(f"--dropout must be in [0, 1), got {cfg.dropout}")
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(cfg, name) < 1:
             raise MinigptError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
@@ -185,25 +182,56 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 # The command line
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises a one-line MinigptError instead of printing usage and exiting."""
-
-    def error(self, message):
-        raise MinigptError(f"{message} (see --help)")
+# One line per option for --help, which adds each default.
+HELP = {
+    "n_layer": "transformer blocks",
+    "n_head": "attention heads per block",
+    "n_embd": "width of the residual stream (a multiple of n_head)",
+    "block_size": "context length in tokens",
+    "dropout": "dropout probability while training, in [0, 1)",
+    "bias": "biases in the linear layers and LayerNorms (GPT-2 has them)",
+    "dataset": f"a built-in corpus: {', '.join(DATASETS)} (shakespeare is downloaded once)",
+    "data": "a UTF-8 text file or a folder of them, used instead of --dataset",
+    "tokenizer": "char, gpt2, or bpe:N (a BPE of N tokens trained on the text)",
+    "batch_size": "sequences per micro-batch",
+    "gradient_accumulation_steps": "micro-batches per optimizer step",
+    "max_iters": "optimizer steps in the whole run",
+    "learning_rate": "peak learning rate, reached after the warmup",
+    "min_lr": "learning rate at the end of the cosine decay",
+    "warmup_iters": "steps of linear warmup from 0",
+    "lr_decay_iters": "steps until the learning rate reaches min_lr (None: max_iters)",
+    "decay_lr": "warmup then cosine decay; false keeps learning_rate throughout",
+    "weight_decay": "AdamW's decoupled weight decay, on the matrices only",
+    "beta1": "AdamW's first-moment decay",
+    "beta2": "AdamW's second-moment decay",
+    "grad_clip": "clip the gradient's global norm to this; 0 turns clipping off",
+    "eval_interval": "steps between evaluations, samples and checkpoints",
+    "eval_iters": "batches per split in each loss estimate",
+    "log_interval": "steps between records in log.jsonl",
+    "sample_tokens": "length of the sample printed after each evaluation; 0 turns it off",
+    "out_dir": "where the checkpoints (latest/, best/), log.jsonl and loss.png go",
+    "init_from": f"scratch, resume (from out_dir/latest), {', '.join(PRETRAINED)}, or a checkpoint directory",
+    "device": f"{' or '.join(DEVICES)}",
+    "dtype": f"{' or '.join(DTYPES)}",
+    "seed": "seeds the weights, the batches and the dropout",
+    "workers": "CPU threads that share each batch; 0: one per core",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    """train.py's parser: every TrainConfig field as `--name VALUE`; only the options given reach the namespace."""
+    parser = ArgumentParser(
         prog="train.py",
-        description="Train a GPT on a text corpus (nanoGPT's options). Defaults: "
-        + ", ".join(f"{k}={v}" for k, v in TrainConfig().to_dict().items()),
+        description="Train a GPT on a text corpus (nanoGPT's options). Each option also takes its "
+                    "hyphenated spelling (--max-iters) and --key=value.",
         allow_abbrev=False,
         argument_default=argparse.SUPPRESS,  # only options actually given appear in the namespace
     )
-    parser.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file (the command line wins)")
+    add_option(parser, "--config", metavar="FILE.toml", help="read options from a TOML file (the command line wins)")
+    defaults = TrainConfig().to_dict()
     for name in _FIELDS:
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        parser.add_argument(*flags, dest=name, metavar=_FIELD_KINDS[name].__name__.upper())
+        text = HELP[name].replace("%", "%%") + f" (default: {defaults[name]})"
+        add_option(parser, f"--{name}", dest=name, metavar=_FIELD_KINDS[name].__name__.upper(), help=text)
     return parser
 
 

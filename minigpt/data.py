@@ -19,17 +19,17 @@ are the inputs and last T (shifted by one) the targets.
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from minigpt.atomic import make_temp_dir, recover_dir, replace_dir, write_file
+from minigpt.atomic import recover_dir, write_dir, write_file
 from minigpt.download import download, sha256_of
 from minigpt.errors import MinigptError
 from minigpt.paths import data_dir
+from minigpt.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
 
 MAGIC = 20240520
 VERSION = 1
@@ -134,9 +134,20 @@ def shakespeare_corpus() -> Corpus:
     return Corpus("shakespeare", read_text_file(path), url)
 
 
-def read_text_file(path) -> str:
-    """The UTF-8 text of `path`; a file that is not UTF-8 is an error naming the byte and line."""
-    data = Path(path).read_bytes()
+def read_text_file(path, what="file") -> str:
+    """The UTF-8 text of `path`; a missing, unreadable or non-UTF-8 file is a one-line MinigptError.
+
+    `what` names the file in the message ("prompt file"); a file that is not
+    UTF-8 is reported with the offending byte and its line.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise MinigptError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise MinigptError(f"{what} {path} is a directory: give a text file") from None
+    except OSError as err:
+        raise MinigptError(f"cannot read {what} {path} ({err.strerror})") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -201,8 +212,6 @@ def parse_tokenizer_spec(spec: str) -> tuple[str, int | None]:
 
 def build_tokenizer(spec: str, text: str, train_text: str):
     """The tokenizer named by `spec`: char over all of `text`, bpe:N trained on `train_text`."""
-    from minigpt.tokenizer import BPETokenizer, CharTokenizer
-
     kind, size = parse_tokenizer_spec(spec)
     if kind == "char":
         return CharTokenizer.train(text)
@@ -213,8 +222,6 @@ def build_tokenizer(spec: str, text: str, train_text: str):
 
 def tokenizer_label(tokenizer) -> str:
     """A short name for a tokenizer, used in data folder names: char, gpt2 or bpeN."""
-    from minigpt.tokenizer import CharTokenizer
-
     if isinstance(tokenizer, CharTokenizer):
         return "char"
     return "gpt2" if tokenizer.vocab_size == 50257 else f"bpe{tokenizer.vocab_size}"
@@ -252,7 +259,7 @@ def split_point(n: int) -> int:
     return int(n * (1 - VAL_FRACTION))
 
 
-def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None, out_dir=None, quiet=False) -> PreparedData:
+def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None) -> PreparedData:
     """Tokenize `corpus` into `data/<corpus>_<tokenizer>/`, or reuse it when its meta matches.
 
     `tokenizer` (a checkpoint's tokenizer, when fine-tuning or resuming) replaces
@@ -261,8 +268,6 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None, out_di
     char tokenizer takes every character of the corpus (as nanoGPT's
     shakespeare_char), so that no validation character is unknown.
     """
-    from minigpt.tokenizer import load_tokenizer
-
     train_chars = corpus.text[: split_point(len(corpus.text))]
     if tokenizer is None:
         parse_tokenizer_spec(tokenizer_spec)  # a bad spec fails before any work
@@ -271,15 +276,14 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None, out_di
     else:
         label = tokenizer_label(tokenizer)
         fingerprint = tokenizer_fingerprint(tokenizer)
-    out = Path(out_dir) if out_dir is not None else data_dir() / f"{corpus.name}_{label}"
+    out = data_dir() / f"{corpus.name}_{label}"
 
     recover_dir(out)
     meta = _read_meta(out)
     if _reusable(meta, corpus, tokenizer_spec, fingerprint):
         return _open(out, meta, load_tokenizer(out / "tokenizer"))
 
-    if not quiet:
-        print(f"preparing {out} from {corpus.source} ({len(corpus.text):,} characters)")
+    print(f"preparing {out} from {corpus.source} ({len(corpus.text):,} characters)")
     if tokenizer is None:
         tokenizer = build_tokenizer(tokenizer_spec, corpus.text, train_chars)
     tokens = np.asarray(tokenizer.encode(corpus.text), dtype=np.int64)
@@ -323,18 +327,15 @@ def _read_meta(folder: Path) -> dict | None:
 
 def _write_dataset(out: Path, meta: dict, tokenizer, train, val) -> None:
     """Write the folder next to its final place, then swap it in: nothing is ever half-written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(out)
-    tmp = make_temp_dir(out)
-    try:
+
+    def write(tmp: Path):
         write_tokens(tmp / "train.bin", train, meta["vocab_size"])
         write_tokens(tmp / "val.bin", val, meta["vocab_size"])
         (tmp / "tokenizer").mkdir()
         tokenizer.save(tmp / "tokenizer")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_dir(out, write)
 
 
 def _open(folder: Path, meta: dict, tokenizer) -> PreparedData:

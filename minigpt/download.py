@@ -16,6 +16,14 @@ from tqdm import tqdm
 from minigpt.errors import MinigptError
 
 
+class DownloadError(MinigptError):
+    """A download failed: `url`, and the `reason` the network or server gave."""
+
+    def __init__(self, url: str, reason, message: str):
+        super().__init__(message)
+        self.url, self.reason = url, reason
+
+
 def hf_url(repo: str, filename: str) -> str:
     """The hub's download URL for `filename` in model repository `repo`."""
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
@@ -50,11 +58,11 @@ def download(url: str, dest, sha256: str | None = None, timeout: float = 30.0) -
     except (urllib.error.URLError, OSError, ValueError) as err:
         tmp.unlink(missing_ok=True)
         reason = getattr(err, "reason", None) or err
-        raise MinigptError(f"could not download {url} ({reason}); {manual}") from None
+        raise DownloadError(url, reason, f"could not download {url} ({reason}); {manual}") from None
     if sha256 is not None:
         got = sha256_of(tmp)
         if got != sha256:
             tmp.unlink(missing_ok=True)
-            raise MinigptError(f"{url} has sha256 {got}, expected {sha256}; {manual}")
+            raise DownloadError(url, f"sha256 {got}, expected {sha256}", f"{url} has sha256 {got}, expected {sha256}; {manual}")
     os.replace(tmp, dest)
     return dest

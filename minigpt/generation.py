@@ -27,7 +27,6 @@ over them, so every step sees exactly what a full forward over
 """
 
 import codecs
-from pathlib import Path
 
 import numpy as np
 
@@ -39,14 +38,17 @@ from minigpt.errors import MinigptError
 # ---------------------------------------------------------------------------
 
 
-def check_sampling_args(temperature=1.0, top_k=None, top_p=None):
-    """Raise a MinigptError for sampling settings that mean nothing."""
+def check_sampling_args(temperature=1.0, top_k=None, top_p=None, option=str):
+    """Raise a MinigptError for sampling settings that mean nothing.
+
+    `option` spells a parameter's name as the caller's user wrote it (a script passes `top_k` -> `--top-k`).
+    """
     if not np.isfinite(temperature) or temperature < 0:
-        raise MinigptError(f"temperature must be 0 (greedy) or positive, got {temperature}")
+        raise MinigptError(f"{option('temperature')} must be 0 (greedy) or positive, got {temperature}")
     if top_k is not None and (int(top_k) != top_k or top_k < 1):
-        raise MinigptError(f"top_k must be a whole number >= 1 (or left out), got {top_k}")
+        raise MinigptError(f"{option('top_k')} must be a whole number >= 1 (or left out), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise MinigptError(f"top_p must be in (0, 1] (or left out), got {top_p}")
+        raise MinigptError(f"{option('top_p')} must be in (0, 1] (or left out), got {top_p}")
 
 
 def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
@@ -258,56 +260,8 @@ class StreamDecoder:
 
 
 # ---------------------------------------------------------------------------
-# Loading a model and its tokenizer, and turning a prompt into ids.
+# Turning a prompt into ids.
 # ---------------------------------------------------------------------------
-
-
-def resolve_checkpoint(checkpoint) -> "str | Path":
-    """The directory (or GPT-2 name) that `--checkpoint` points at.
-
-    Accepts a checkpoint directory (config.json + model.safetensors, as written
-    by training or by Hugging Face), a training out_dir (its best/, else its
-    latest/), or a name gpt2, gpt2-medium, gpt2-large, gpt2-xl.
-    """
-    from minigpt.weights import PRETRAINED_NAMES
-
-    path = Path(checkpoint)
-    if path.is_dir():
-        for candidate in (path, path / "best", path / "latest"):
-            if (candidate / "config.json").is_file():
-                return candidate
-        raise MinigptError(f"{path} holds no checkpoint: expected config.json + model.safetensors in it, "
-                           f"or a training out_dir with best/ or latest/")
-    if str(checkpoint) in PRETRAINED_NAMES:
-        return str(checkpoint)
-    if path.exists():
-        raise MinigptError(f"{path} is a file: give the checkpoint directory that holds it")
-    raise MinigptError(f"checkpoint {path} does not exist: give a checkpoint directory, a training out_dir, "
-                       f"or one of {', '.join(PRETRAINED_NAMES)}")
-
-
-def load_model_and_tokenizer(checkpoint, device="cpu", dtype="float32"):
-    """(model in eval mode, tokenizer, resolved checkpoint) for `checkpoint` (see `resolve_checkpoint`).
-
-    The tokenizer is the one saved beside the weights; a Hugging Face GPT-2
-    directory or name without tokenizer files gets GPT-2's own tokenizer.
-    """
-    from minigpt.model import GPT
-    from minigpt.tokenizer import BPETokenizer, load_tokenizer
-    from minigpt.tokenizer.bpe import find_vocab_files
-    from minigpt.tokenizer.char import CHAR_FILE_NAME
-
-    source = resolve_checkpoint(checkpoint)
-    model = GPT.from_pretrained(source, dtype=dtype, device=device).eval()
-    directory = Path(source) if isinstance(source, Path) else None
-    if directory is not None and (find_vocab_files(directory) or (directory / CHAR_FILE_NAME).is_file()):
-        tokenizer = load_tokenizer(directory)
-    else:
-        tokenizer = BPETokenizer.from_pretrained("gpt2")
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise MinigptError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}: "
-                           f"the tokenizer files in {source} do not belong to these weights")
-    return model, tokenizer, source
 
 
 def encode_prompt(tokenizer, text: str, block_size: int, note=print):

@@ -20,7 +20,25 @@ import numpy as np
 
 from minigpt.backend import check_dtype, get_xp, make_rng
 from minigpt.errors import MinigptError
+from minigpt.generation import generate
+from minigpt.hub import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE
 from minigpt.nn import block, cross_entropy, dropout, embedding, layernorm, lm_head
+
+
+def check_shape(values: dict, option=str) -> None:
+    """Raise a MinigptError for a model minigpt cannot build, from whichever shape fields `values` has.
+
+    `option` spells a field's name as the user wrote it (train.py's `--n_head`).
+    """
+    for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+        value = values.get(name, 1)
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise MinigptError(f"{option(name)} must be a positive integer, got {value!r}")
+    if values["n_embd"] % values["n_head"]:
+        raise MinigptError(f"{option('n_embd')} {values['n_embd']} is not divisible by {option('n_head')} "
+                           f"{values['n_head']}: each head gets n_embd / n_head channels")
+    if not 0.0 <= values.get("dropout", 0.0) < 1.0:
+        raise MinigptError(f"{option('dropout')} must be in [0, 1), got {values['dropout']}")
 
 
 @dataclass
@@ -33,28 +51,16 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
 
-    PRESETS = {
-        "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M
-        "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
-        "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
-        "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-    }
+    PRESETS = GPT2_SIZES  # the shapes of OpenAI's four GPT-2 models, by name
 
     def __post_init__(self):
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise MinigptError(f"{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise MinigptError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise MinigptError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_shape(asdict(self))
 
     @classmethod
     def preset(cls, name, **overrides):
         if name not in cls.PRESETS:
             raise MinigptError(f"unknown model {name!r}: use one of {', '.join(cls.PRESETS)}")
-        return cls(**{**cls.PRESETS[name], "block_size": 1024, "vocab_size": 50257, **overrides})
+        return cls(**{**cls.PRESETS[name], "block_size": GPT2_BLOCK_SIZE, "vocab_size": GPT2_VOCAB_SIZE, **overrides})
 
     def to_dict(self):
         return asdict(self)
@@ -262,8 +268,6 @@ class GPT:
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None):
         """Sample max_new_tokens after idx (B, T); see minigpt.generation.generate."""
-        from minigpt.generation import generate
-
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         seed=seed, stop_token=stop_token)
 
@@ -271,13 +275,14 @@ class GPT:
 
     @classmethod
     def from_pretrained(cls, path, dtype="float32", device="cpu"):
-        """A GPT from a Hugging Face GPT-2 directory, or a name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)."""
-        from minigpt import weights
+        """A GPT from a checkpoint directory (ours or Hugging Face's), a training out_dir (its best/, else
+        latest/), or a name gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded once); see minigpt.loading."""
+        from minigpt.loading import load_model  # minigpt.loading builds GPTs: imported here to break the cycle
 
-        return weights.load_pretrained(cls, path, dtype=dtype, device=device)
+        return load_model(path, dtype=dtype, device=device, cls=cls)
 
     def save_pretrained(self, directory):
         """Write config.json + model.safetensors in Hugging Face's GPT-2 format."""
-        from minigpt import weights
+        from minigpt.weights import save_pretrained  # minigpt.weights builds GPTs: imported here to break the cycle
 
-        weights.save_pretrained(self, directory)
+        save_pretrained(self, directory)

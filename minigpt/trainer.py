@@ -33,11 +33,14 @@ import numpy as np
 from tqdm import tqdm
 
 from minigpt.atomic import write_file, write_text
-from minigpt.backend import get_xp, scalar, to_device, to_host
-from minigpt.checkpoint import is_checkpoint, load_optimizer_state, load_trainer_state, save_checkpoint
-from minigpt.config import PRETRAINED, TrainConfig, merge_resumed, parse_args
+from minigpt.backend import get_xp, scalar, to_device, to_host, tune_host_allocator
+from minigpt.checkpoint import (is_checkpoint, load_optimizer_state, load_trainer_state, recover_checkpoint,
+                                save_checkpoint)
+from minigpt.config import TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
 from minigpt.errors import MinigptError
+from minigpt.loading import load_checkpoint
+from minigpt.model import GPT, GPTConfig
 from minigpt.optim import AdamW, clip_grad_norm, cosine_lr
 from minigpt.parallel import DataParallel
 
@@ -59,6 +62,7 @@ def resolve_config(argv=None) -> TrainConfig:
     if cfg.init_from != "resume":
         return cfg
     latest = Path(cfg.out_dir) / "latest"
+    recover_checkpoint(latest)
     if not is_checkpoint(latest):
         raise MinigptError(
             f"--init_from resume found no checkpoint in {latest}; train without --init_from resume first, "
@@ -80,6 +84,7 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         get_xp(cfg.device)  # fail now if --device gpu cannot work
+        tune_host_allocator()
         self.start_iter = 0
         self.best_val_loss = None
         self.last_eval_iter = None
@@ -103,8 +108,6 @@ class Trainer:
             self._restore_training_state(self.out_dir / "latest")
 
     def _init_scratch(self):
-        from minigpt.model import GPT, GPTConfig
-
         cfg = self.cfg
         self.data = prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
         self.tokenizer = self.data.tokenizer
@@ -115,22 +118,10 @@ class Trainer:
         self.model = GPT(model_config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
 
     def _init_from_checkpoint(self):
-        """Weights and tokenizer from out_dir/latest (resume), a GPT-2 name or a directory."""
-        from minigpt.model import GPT
-        from minigpt.tokenizer import BPETokenizer, load_tokenizer
-
+        """Weights and tokenizer from out_dir/latest (resume), or what --init_from names (see minigpt.loading)."""
         cfg = self.cfg
         source = self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from
-        self.model = GPT.from_pretrained(source, dtype=cfg.dtype, device=cfg.device)
-        if cfg.init_from in PRETRAINED:
-            self.tokenizer = BPETokenizer.from_pretrained("gpt2")
-        else:
-            self.tokenizer = load_tokenizer(source)
-        if self.tokenizer.vocab_size > self.model.config.vocab_size:
-            raise MinigptError(
-                f"{source}: the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
-                f"{self.model.config.vocab_size}"
-            )
+        self.model, self.tokenizer, _ = load_checkpoint(source, device=cfg.device, dtype=cfg.dtype)
         self.data = prepare(load_corpus(cfg.dataset, cfg.data), tokenizer=self.tokenizer)
 
     def _restore_training_state(self, path: Path):
@@ -246,7 +237,7 @@ class Trainer:
                 elapsed = self.elapsed_before + time.perf_counter() - run_start
                 if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != self.last_eval_iter:
                     paused = time.perf_counter()
-                    self.evaluate(it, elapsed, log, bar, tokens_per_sec)
+                    self.evaluate_and_checkpoint(it, elapsed, log, bar, tokens_per_sec)
                     window_start += time.perf_counter() - paused  # evaluation time is not training throughput
                 if it >= cfg.max_iters:
                     break
@@ -279,7 +270,7 @@ class Trainer:
               f"last checkpoint {self.out_dir / 'latest'}")
         return 0
 
-    def evaluate(self, it: int, elapsed: float, log: "RunLog", bar, tokens_per_sec: float) -> None:
+    def evaluate_and_checkpoint(self, it: int, elapsed: float, log: "RunLog", bar, tokens_per_sec: float) -> None:
         """Estimate both losses, print them and a sample, log them, write the checkpoints."""
         losses = self.estimate_loss(it)
         if not all(math.isfinite(v) for v in losses.values()):

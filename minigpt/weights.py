@@ -18,39 +18,16 @@ import numpy as np
 
 from minigpt.atomic import write_file, write_text
 from minigpt.backend import to_device, to_host
-from minigpt.download import download, hf_url
 from minigpt.errors import MinigptError
-from minigpt.paths import checkpoints_dir
+from minigpt.model import GPTConfig, param_shapes
 
-PRETRAINED_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-HUB_FILES = ("config.json", "model.safetensors")
 # activations that are exactly GPT-2's tanh approximation
 TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 
 
-def resolve_pretrained_dir(path_or_name) -> Path:
-    """A directory for a path, or checkpoints/<name>/ (downloaded if missing) for a GPT-2 name."""
-    path = Path(path_or_name)
-    if path.is_dir():
-        return path
-    name = str(path_or_name)
-    if name in PRETRAINED_NAMES:
-        directory = checkpoints_dir() / name
-        for filename in HUB_FILES:
-            if not (directory / filename).is_file():
-                download(hf_url(name, filename), directory / filename)
-        return directory
-    if path.exists():
-        raise MinigptError(f"{path} is a file; give the directory holding config.json and model.safetensors")
-    raise MinigptError(f"no checkpoint at {path}: give a directory with config.json + model.safetensors "
-                       f"or one of {', '.join(PRETRAINED_NAMES)}")
-
-
 def config_from_hf(hf: dict, source):
     """GPTConfig from a Hugging Face GPT-2 config.json dict, refusing what minigpt does not implement."""
-    from minigpt.model import GPTConfig
-
     if hf.get("model_type", "gpt2") != "gpt2":
         raise MinigptError(f"{source}: model_type is {hf.get('model_type')!r}, only 'gpt2' is supported")
     act = hf.get("activation_function", "gelu_new")
@@ -116,10 +93,9 @@ def normalize_keys(tensors: dict, source) -> dict:
     return out
 
 
-def load_pretrained(cls, path_or_name, dtype="float32", device="cpu"):
-    from minigpt.model import param_shapes
-
-    directory = resolve_pretrained_dir(path_or_name)
+def load_pretrained(cls, directory, dtype="float32", device="cpu"):
+    """A `cls` (GPT) model from a directory holding config.json + model.safetensors; see minigpt.loading."""
+    directory = Path(directory)
     config_path, weights_path = directory / "config.json", directory / "model.safetensors"
     for f in (config_path, weights_path):
         if not f.is_file():
@@ -162,8 +138,6 @@ def save_pretrained(model, directory):
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: np.ascontiguousarray(to_host(p)) for name, p in model.params.items()}
     if not model.config.bias:  # GPT-2's format always has biases: zeros are the same model
-        from minigpt.model import GPTConfig, param_shapes
-
         full = param_shapes(GPTConfig(**{**model.config.to_dict(), "bias": True}))
         tensors.update({n: np.zeros(s, dtype=model.dtype) for n, s in full.items() if n not in tensors})
     write_file(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))

@@ -13,7 +13,7 @@ mean training throughput, and two validation losses of the final model:
   (60 draws on one trained model, nanoGPT's or minigpt's), as large as the
   gaps that are compared with it.
 - `val_loss_full`: the exact mean over the whole validation split, in disjoint
-  windows of block_size tokens (minigpt.evaluate.perplexity).
+  windows of block_size tokens (minigpt.perplexity.perplexity).
 
 The reference is nanoGPT itself (PyTorch 2.13, CPU, its README's command),
 run on the same 2-core VM on 2026-11-25 with seeds 1337 (its own) and 1 to 7
@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
-from minigpt.evaluate import perplexity  # noqa: E402
+from minigpt.perplexity import perplexity  # noqa: E402
 from minigpt.trainer import Trainer, resolve_config  # noqa: E402
 
 RECIPE = [

@@ -6,7 +6,7 @@
 --checkpoint takes what scripts/generate.py takes (a checkpoint directory, a
 training out_dir, a Hugging Face GPT-2 directory, or gpt2/gpt2-medium/...).
 --stride (default: the block size, disjoint windows) below the block size gives
-every scored token more context; see minigpt/evaluate.py.
+every scored token more context; see minigpt/perplexity.py.
 """
 
 import sys
@@ -14,38 +14,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from minigpt.cli import ArgumentParser, add_option  # noqa: E402
-from minigpt.errors import MinigptError, run_cli  # noqa: E402
-from minigpt.evaluate import perplexity  # noqa: E402
-from minigpt.generation import load_model_and_tokenizer  # noqa: E402
+from minigpt.cli import ArgumentParser  # noqa: E402
+from minigpt.data import read_text_file  # noqa: E402
+from minigpt.errors import run_cli  # noqa: E402
+from minigpt.loading import load_checkpoint  # noqa: E402
+from minigpt.perplexity import perplexity  # noqa: E402
 
 
 def build_parser():
     parser = ArgumentParser(description="Loss and perplexity of a GPT model on a text file.")
-    add_option(parser, "--checkpoint", required=True,
-               help="checkpoint dir, training out_dir, Hugging Face GPT-2 dir, or gpt2/gpt2-medium/gpt2-large/gpt2-xl")
-    add_option(parser, "--data", required=True, help="a UTF-8 text file")
-    add_option(parser, "--stride", type=int, default=None, help="tokens between window starts (default: the block size)")
-    add_option(parser, "--batch-size", type=int, default=4, help="windows per forward pass (default 4)")
-    add_option(parser, "--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
+    parser.add_option("--checkpoint", required=True,
+                      help="checkpoint dir, training out_dir, Hugging Face GPT-2 dir, or gpt2/gpt2-medium/gpt2-large/gpt2-xl")
+    parser.add_option("--data", required=True, help="a UTF-8 text file")
+    parser.add_option("--stride", type=int, default=None, help="tokens between window starts (default: the block size)")
+    parser.add_option("--batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_option("--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
     return parser
-
-
-def read_text(path):
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise MinigptError(f"data file {path} does not exist") from None
-    except IsADirectoryError:
-        raise MinigptError(f"{path} is a directory: give a text file") from None
-    except UnicodeDecodeError:
-        raise MinigptError(f"data file {path} is not UTF-8 text") from None
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    text = read_text(args.data)
-    model, tokenizer, source = load_model_and_tokenizer(args.checkpoint, device=args.device)
+    text = read_text_file(args.data, what="data file")
+    model, tokenizer, source = load_checkpoint(args.checkpoint, device=args.device)
     ids = tokenizer.encode(text, allowed_special="all") if tokenizer.eot_token is not None else tokenizer.encode(text)
     block_size = model.config.block_size
     stride = block_size if args.stride is None else args.stride

@@ -20,34 +20,34 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from minigpt.cli import ArgumentParser, add_option  # noqa: E402
+from minigpt.config import TrainConfig  # noqa: E402
+from minigpt.data import read_text_file  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
-from minigpt.generation import (  # noqa: E402
-    StreamDecoder,
-    check_sampling_args,
-    encode_prompt,
-    generate_stream,
-    load_model_and_tokenizer,
-)
+from minigpt.generation import StreamDecoder, check_sampling_args, encode_prompt, generate_stream  # noqa: E402
+from minigpt.loading import load_checkpoint  # noqa: E402
 
 SAMPLE_SEPARATOR = "\n" + "-" * 40
 
 
 def build_parser():
     parser = ArgumentParser(description="Generate text with a GPT model, streaming tokens as they are produced.")
-    add_option(parser, "--checkpoint", default=None,
-               help="checkpoint dir, training out_dir, Hugging Face GPT-2 dir, or gpt2/gpt2-medium/gpt2-large/gpt2-xl "
-                    "(default: the training out_dir)")
+    parser.add_option("--checkpoint", default=None,
+                      help="checkpoint dir, training out_dir, Hugging Face GPT-2 dir, or gpt2/gpt2-medium/gpt2-large/"
+                           f"gpt2-xl (default: the training out_dir, {TrainConfig().out_dir})")
     prompt = parser.add_mutually_exclusive_group()
-    add_option(prompt, "--prompt", default="", help="text to continue (default: empty, start from <|endoftext|>)")
-    add_option(prompt, "--prompt-file", default=None, help="read the prompt from this UTF-8 file")
-    add_option(parser, "--max-new-tokens", type=int, default=256, help="tokens to generate per sample (default 256)")
-    add_option(parser, "--temperature", type=float, default=0.8, help="0 is greedy; higher is more random (default 0.8)")
-    add_option(parser, "--top-k", type=int, default=200, help="sample among the k most likely tokens (default 200; 0 turns it off)")
-    add_option(parser, "--top-p", type=float, default=None, help="nucleus sampling: the smallest set of tokens reaching this mass")
-    add_option(parser, "--num-samples", type=int, default=1, help="independent samples per prompt (default 1)")
-    add_option(parser, "--seed", type=int, default=None, help="makes sampling reproducible (default: a fresh random seed, printed)")
-    add_option(parser, "--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
-    add_option(parser, "--interactive", action="store_true", help="keep the model loaded and read prompts from stdin")
+    add_option(prompt, "--prompt", default="",
+               help="text to continue (default: empty, which starts from <|endoftext|>, or a newline for characters)")
+    add_option(prompt, "--prompt-file", default=None, help="read the prompt from this UTF-8 file (default: none)")
+    parser.add_option("--max-new-tokens", type=int, default=256, help="tokens to generate per sample")
+    parser.add_option("--temperature", type=float, default=0.8, help="0 is greedy; higher is more random")
+    parser.add_option("--top-k", type=int, default=200, help="sample among the k most likely tokens; 0 turns it off")
+    parser.add_option("--top-p", type=float, default=None,
+                      help="nucleus sampling: the smallest set of tokens whose probability reaches this (default: off)")
+    parser.add_option("--num-samples", type=int, default=1, help="independent samples per prompt")
+    parser.add_option("--seed", type=int, default=None, help="makes sampling reproducible (default: a fresh seed, printed)")
+    parser.add_option("--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
+    parser.add_option("--interactive", action="store_true",
+                      help="keep the model loaded and read prompts from stdin (default: off)")
     return parser
 
 
@@ -55,30 +55,25 @@ def note(message):
     print(f"note: {message}", file=sys.stderr, flush=True)
 
 
+def option(name):
+    """A parameter's name as this script's user types it: top_k -> --top-k."""
+    return "--" + name.replace("_", "-")
+
+
 def parse_options(argv):
     args = build_parser().parse_args(argv)
+    if args.top_k < 0:
+        raise MinigptError(f"--top-k must be a whole number >= 1, or 0 to turn it off, got {args.top_k}")
     if args.top_k == 0:
         args.top_k = None
-    check_sampling_args(args.temperature, args.top_k, args.top_p)
+    check_sampling_args(args.temperature, args.top_k, args.top_p, option=option)
     if args.max_new_tokens < 0:
         raise MinigptError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise MinigptError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.prompt_file is not None:
-        args.prompt = read_prompt_file(args.prompt_file)
+        args.prompt = read_text_file(args.prompt_file, what="prompt file")
     return args
-
-
-def read_prompt_file(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise MinigptError(f"prompt file {path} does not exist") from None
-    except UnicodeDecodeError:
-        raise MinigptError(f"prompt file {path} is not UTF-8 text") from None
-    except OSError as err:
-        raise MinigptError(f"cannot read prompt file {path} ({err.strerror})") from None
 
 
 def stream_sample(model, tokenizer, prompt_ids, args, rng, out):
@@ -105,35 +100,45 @@ def respond(model, tokenizer, prompt, prompt_ids, args, rng, out):
         out.flush()
 
 
-def interactive_loop(model, tokenizer, args, rng, out):
-    """Read a prompt per line until end of input; a bad prompt is reported and the loop goes on."""
-    note("interactive: type a prompt and press Enter (an empty line starts from nothing); Ctrl-D quits")
+def interactive_loop(model, tokenizer, args, rng, out, read_line=input):
+    """Read a prompt per line and answer it, until an empty line, Ctrl-D or a Ctrl-C at the prompt.
+
+    A bad prompt is reported and the loop goes on; Ctrl-C during a sample stops
+    that sample and returns to the prompt.
+    """
+    note("interactive: type a prompt and press Enter; Ctrl-C stops a sample; "
+         "an empty line, Ctrl-D or Ctrl-C at the prompt quits")
     while True:
         try:
-            prompt = input("> ")
-        except EOFError:
+            prompt = read_line("> ")
+        except (EOFError, KeyboardInterrupt):
             out.write("\n")
+            return
+        if not prompt:
             return
         try:
             prompt_ids = encode_prompt(tokenizer, prompt, model.config.block_size, note=note)
         except MinigptError as err:
             print(f"error: {err}", file=sys.stderr, flush=True)
             continue
-        respond(model, tokenizer, prompt, prompt_ids, args, rng, out)
+        try:
+            respond(model, tokenizer, prompt, prompt_ids, args, rng, out)
+        except KeyboardInterrupt:
+            out.write("\n")
+            out.flush()
+            note("sample stopped (Ctrl-C at the prompt quits)")
 
 
 def main(argv=None):
     args = parse_options(argv)
     checkpoint = args.checkpoint
     if checkpoint is None:
-        from minigpt.config import TrainConfig
-
         checkpoint = TrainConfig().out_dir
         if not Path(checkpoint).exists():
             raise MinigptError(f"no --checkpoint given and the training out_dir {checkpoint!r} does not exist: "
                                f"train a model first (python scripts/train.py) or pass --checkpoint gpt2")
         note(f"no --checkpoint given: using the training out_dir {checkpoint!r}")
-    model, tokenizer, _ = load_model_and_tokenizer(checkpoint, device=args.device)
+    model, tokenizer, _ = load_checkpoint(checkpoint, device=args.device)
     if not args.interactive:
         prompt_ids = encode_prompt(tokenizer, args.prompt, model.config.block_size, note=note)
     if args.seed is None and args.temperature > 0:

@@ -8,26 +8,22 @@ scripts/train.py does the same on first use; prepared data is reused while its
 meta.json matches (same text, same tokenizer) and rebuilt otherwise.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
+from minigpt.cli import ArgumentParser  # noqa: E402
 from minigpt.data import DATASETS, load_corpus, prepare  # noqa: E402
-from minigpt.errors import MinigptError, run_cli  # noqa: E402
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise MinigptError(f"{message} (see --help)")
+from minigpt.errors import run_cli  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = _Parser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--dataset", "--data-set", default="pydoc", help=f"one of {', '.join(DATASETS)} (default pydoc)")
-    parser.add_argument("--data", metavar="PATH", help="a UTF-8 text file or a directory of them (overrides --dataset)")
-    parser.add_argument("--tokenizer", default="char", help="char, gpt2 or bpe:N (default char)")
+    parser = ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_option("--dataset", "--data-set", default="pydoc", help=f"one of {', '.join(DATASETS)}")
+    parser.add_option("--data", metavar="PATH",
+                      help="a UTF-8 text file or a directory of them, used instead of --dataset (default: none)")
+    parser.add_option("--tokenizer", default="char", help="char, gpt2 or bpe:N")
     args = parser.parse_args(argv)
     data = prepare(load_corpus(args.dataset, args.data), args.tokenizer)
     meta = data.meta

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt.checkpoint import is_checkpoint, load_optimizer_state, load_trainer_state, save_checkpoint
+from minigpt.checkpoint import (is_checkpoint, load_optimizer_state, load_trainer_state, recover_checkpoint,
+                                save_checkpoint)
 from minigpt.errors import MinigptError
 from minigpt.model import GPT, GPTConfig
 from minigpt.optim import AdamW
@@ -95,7 +96,8 @@ def test_kill_during_writes_leaves_a_complete_checkpoint(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert is_checkpoint(out), sorted(p.name for p in tmp_path.iterdir())  # (puts back one renamed aside)
+    recover_checkpoint(out)  # puts back a checkpoint renamed aside, if the kill came between the renames
+    assert is_checkpoint(out), sorted(p.name for p in tmp_path.iterdir())
     GPT.from_pretrained(out)
     assert load_trainer_state(out)["iter"] >= 1
 
@@ -105,6 +107,9 @@ def test_kill_between_the_renames_is_recovered(tmp_path):
     save_checkpoint(tmp_path / "latest", model, tokenizer, optimizer, {"iter": 3})
     os.replace(tmp_path / "latest", tmp_path / ".latest.old-abc")  # the old one renamed aside ...
     (tmp_path / ".latest.tmp-def").mkdir()  # ... and the new one not yet renamed in
+    assert not is_checkpoint(tmp_path / "latest")  # a predicate: it changes nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".latest.old-abc", ".latest.tmp-def"]
+    recover_checkpoint(tmp_path / "latest")
     assert is_checkpoint(tmp_path / "latest")
     assert load_trainer_state(tmp_path / "latest")["iter"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest"]

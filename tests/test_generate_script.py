@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from minigpt.errors import MinigptError
-from minigpt.generation import encode_prompt, generate_stream, resolve_checkpoint
+from minigpt.generation import encode_prompt, generate_stream
+from minigpt.loading import resolve_checkpoint
 from minigpt.model import GPT, GPTConfig
+from minigpt.paths import checkpoints_dir
 from minigpt.tokenizer import BPETokenizer, CharTokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,7 +154,8 @@ def test_resolve_checkpoint(ckpts):
     assert resolve_checkpoint(ckpts / "char") == ckpts / "char"
     assert resolve_checkpoint(ckpts / "run") == ckpts / "run" / "best"
     assert resolve_checkpoint(ckpts / "only_latest") == ckpts / "only_latest" / "latest"
-    assert resolve_checkpoint("gpt2-medium") == "gpt2-medium"
+    downloaded = save_model(checkpoints_dir() / "gpt2-medium", CharTokenizer.train(CHAR_TEXT))
+    assert resolve_checkpoint("gpt2-medium") == downloaded  # already there: nothing is fetched
     with pytest.raises(MinigptError, match="does not exist"):
         resolve_checkpoint(ckpts / "missing")
     with pytest.raises(MinigptError, match="holds no checkpoint"):
@@ -259,10 +262,11 @@ def test_damaged_checkpoints_are_one_line_errors(ckpts, tmp_path, change, fragme
     [
         (["--checkpoint", "{root}/missing"], ["does not exist"]),
         (["--checkpoint", "{root}/char", "--prompt", "Hi Zoë"], ["vocabulary", "Z", "ë"]),
-        (["--checkpoint", "{root}/char", "--temperature", "-0.5"], ["temperature"]),
-        (["--checkpoint", "{root}/char", "--top-p", "0"], ["top_p"]),
-        (["--checkpoint", "{root}/char", "--top_p", "1.5"], ["top_p"]),
-        (["--checkpoint", "{root}/char", "--top-k", "-3"], ["top_k"]),
+        (["--checkpoint", "{root}/char", "--temperature", "-0.5"], ["--temperature"]),
+        (["--checkpoint", "{root}/char", "--top-p", "0"], ["--top-p"]),
+        (["--checkpoint", "{root}/char", "--top_p", "1.5"], ["--top-p"]),
+        (["--checkpoint", "{root}/char", "--top-k", "-3"], ["--top-k", "0 to turn it off"]),
+        (["--checkpoint", "{root}/char", "--top-k", "-1"], ["--top-k", "0 to turn it off"]),
         (["--checkpoint", "{root}/char", "--max-new-tokens", "-1"], ["--max-new-tokens"]),
         (["--checkpoint", "{root}/char", "--prompt-file", "{root}/nope.txt"], ["nope.txt"]),
         (["--checkpoint", "{root}/char", "--temperature", "warm"], ["--temperature"]),
@@ -281,7 +285,7 @@ def test_bad_input_is_a_one_line_error(ckpts, argv, fragments):
 
 
 def test_evaluate_prints_loss_and_perplexity(ckpts, tmp_path):
-    from minigpt.evaluate import perplexity
+    from minigpt.perplexity import perplexity
     from minigpt.tokenizer import load_tokenizer
 
     data = tmp_path / "valid.txt"

@@ -282,7 +282,7 @@ def test_malformed_prompts_are_user_errors(bad):
 
 @pytest.mark.parametrize("n_tokens, block_size, stride", [(2, 4, 4), (9, 4, 4), (10, 4, 1), (30, 8, 3), (5, 8, 8)])
 def test_sliding_windows_score_every_target_once(n_tokens, block_size, stride):
-    from minigpt.evaluate import sliding_windows
+    from minigpt.perplexity import sliding_windows
 
     scored = []
     for begin, end, first_scored in sliding_windows(n_tokens, block_size, stride):
@@ -294,7 +294,7 @@ def test_sliding_windows_score_every_target_once(n_tokens, block_size, stride):
 
 def reference_perplexity(model, ids, stride):
     """Mean negative log-likelihood of every target, each from its own window."""
-    from minigpt.evaluate import sliding_windows
+    from minigpt.perplexity import sliding_windows
 
     nll = []
     for begin, end, first_scored in sliding_windows(len(ids), model.config.block_size, stride):
@@ -307,7 +307,7 @@ def reference_perplexity(model, ids, stride):
 
 @pytest.mark.parametrize("stride, batch_size", [(8, 1), (8, 3), (3, 2), (1, 4)])
 def test_perplexity_matches_a_direct_computation(stride, batch_size):
-    from minigpt.evaluate import perplexity
+    from minigpt.perplexity import perplexity
 
     model = tiny_model(block_size=8)
     ids = np.random.default_rng(4).integers(0, 13, size=27)
@@ -318,7 +318,7 @@ def test_perplexity_matches_a_direct_computation(stride, batch_size):
 
 
 def test_overlapping_windows_give_each_target_the_full_context():
-    from minigpt.evaluate import perplexity
+    from minigpt.perplexity import perplexity
 
     model = tiny_model(block_size=8)
     ids = np.random.default_rng(5).integers(0, 13, size=20)
@@ -332,7 +332,7 @@ def test_overlapping_windows_give_each_target_the_full_context():
 
 @pytest.mark.parametrize("kwargs", [dict(stride=0), dict(stride=9), dict(batch_size=0)])
 def test_bad_perplexity_settings_are_user_errors(kwargs):
-    from minigpt.evaluate import perplexity
+    from minigpt.perplexity import perplexity
 
     with pytest.raises(MinigptError):
         perplexity(tiny_model(block_size=8), np.arange(10) % 13, progress=False, **kwargs)

@@ -113,9 +113,34 @@ def test_name_downloads_from_hf_endpoint_once(local_hub):
     assert GPT.from_pretrained("gpt2").config.n_layer == 2  # second time: from checkpoints/gpt2/
 
 
-def test_offline_download_says_what_to_do(tmp_path, monkeypatch):
+def test_offline_download_lists_every_file_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused
-    monkeypatch.setenv("MINIGPT_CHECKPOINTS_DIR", str(tmp_path))
-    with pytest.raises(MinigptError, match=r"could not download .*yourself and save it as .*gpt2-medium"):
+    monkeypatch.setenv("MINIGPT_CHECKPOINTS_DIR", str(tmp_path / "checkpoints"))
+    with pytest.raises(MinigptError, match=r"could not download .*yourself and save each as shown") as info:
         GPT.from_pretrained("gpt2-medium")
-    assert not list(tmp_path.rglob("*.part"))
+    for name in ("config.json", "model.safetensors"):
+        url, dest = f"http://127.0.0.1:9/gpt2-medium/resolve/main/{name}", tmp_path / "checkpoints" / "gpt2-medium" / name
+        assert f"{url} as {dest}" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # no empty checkpoints/gpt2-medium/, no .part file
+
+
+def test_offline_checkpoint_name_lists_the_tokenizer_files_too(tmp_path, monkeypatch):
+    """`--checkpoint gpt2` offline: one message naming all four files and where each goes."""
+    from minigpt.loading import load_checkpoint
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("MINIGPT_CHECKPOINTS_DIR", str(tmp_path / "checkpoints"))
+    with pytest.raises(MinigptError) as info:
+        load_checkpoint("gpt2")
+    for name in ("config.json", "model.safetensors", "vocab.json", "merges.txt"):
+        assert f"/gpt2/resolve/main/{name} as {tmp_path / 'checkpoints' / 'gpt2' / name}" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_downloaded_file_is_kept_when_a_later_one_fails(local_hub, tmp_path):
+    (tmp_path / "hub" / "gpt2" / "resolve" / "main" / "model.safetensors").unlink()  # the server lacks one file
+    with pytest.raises(MinigptError, match="could not download") as info:
+        GPT.from_pretrained("gpt2")
+    assert (local_hub / "gpt2" / "config.json").is_file()  # complete: the next try fetches only the rest
+    assert "config.json as" not in str(info.value) and "model.safetensors as" in str(info.value)

@@ -9,11 +9,18 @@ from pathlib import Path
 
 from minigpt.errors import MinigptError
 from minigpt.tokenizer.base import Tokenizer
-from minigpt.tokenizer.bpe import GPT2_SPLIT_PATTERN, BPETokenizer, bytes_to_unicode, find_vocab_files
+from minigpt.tokenizer.bpe import BPETokenizer, find_vocab_files
+from minigpt.tokenizer.byte_level import GPT2_SPLIT_PATTERN, bytes_to_unicode
 from minigpt.tokenizer.char import CHAR_FILE_NAME, CharTokenizer
 
-__all__ = ["Tokenizer", "BPETokenizer", "CharTokenizer", "load_tokenizer",
+__all__ = ["Tokenizer", "BPETokenizer", "CharTokenizer", "load_tokenizer", "has_tokenizer",
            "GPT2_SPLIT_PATTERN", "bytes_to_unicode"]
+
+
+def has_tokenizer(directory) -> bool:
+    """Whether `directory` holds a tokenizer's files (BPE or character-level)."""
+    directory = Path(directory)
+    return find_vocab_files(directory) is not None or (directory / CHAR_FILE_NAME).is_file()
 
 
 def load_tokenizer(directory) -> Tokenizer:

@@ -26,49 +26,21 @@ from pathlib import Path
 import regex
 
 from minigpt.atomic import write_text
-from minigpt.download import download, hf_url
 from minigpt.errors import MinigptError
+from minigpt.hub import GPT2_NAMES, TOKENIZER_FILES, TOKENIZER_REPO, fetch, hub_files
 from minigpt.paths import checkpoints_dir
 from minigpt.tokenizer.base import Tokenizer, read_json, unknown_ids_error
+from minigpt.tokenizer.bpe_train import train_bpe
+from minigpt.tokenizer.byte_level import GPT2_SPLIT_PATTERN, bytes_to_unicode, replace_lone_surrogates
 
-# Contractions (case-sensitive, as in GPT-2), then letters, digits and other
-# symbols each with at most one leading space, then whitespace. `\s+(?!\S)`
-# leaves the last space of a run to start the next word: "a   b" -> "a", "  ", " b".
-GPT2_SPLIT_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"""
-                      r"""|\s+(?!\S)|\s+""")
 ENDOFTEXT = "<|endoftext|>"
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # (vocabulary, merges) file names: Hugging Face's first, then OpenAI's.
-VOCAB_FILE_NAMES = (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
+VOCAB_FILE_NAMES = (TOKENIZER_FILES, ("encoder.json", "vocab.bpe"))
 MERGES_HEADER = "#version: 0.2"
 # Pieces remembered by the per-piece cache before it is emptied, which bounds
 # its memory across many calls; frequent words come straight back.
 CACHE_LIMIT = 1 << 17
 NO_MERGE = sys.maxsize  # the "rank" of a pair that has no merge
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's table from each byte 0..255 to a printable character.
-
-    The 188 printable bytes `!`..`~`, `¡`..`¬`, `®`..`ÿ` stand for themselves;
-    the other 68 (control characters, space, and a few others) take
-    chr(256), chr(257), ... in increasing order. The dictionary lists bytes in
-    that order (printable first), which is also the order of ids 0..255.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    table = {b: chr(b) for b in printable}
-    table.update({b: chr(256 + n) for n, b in enumerate(others)})
-    return table
-
-
-def replace_lone_surrogates(text: str) -> str:
-    """Replace unpaired UTF-16 surrogates (which UTF-8 cannot encode) by U+FFFD.
-
-    Joins a valid high+low pair into its character, exactly as tiktoken does.
-    """
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class BPETokenizer(Tokenizer):
@@ -154,19 +126,12 @@ class BPETokenizer(Tokenizer):
         if name not in GPT2_NAMES:
             raise MinigptError(f"{name!r} is neither a directory nor one of {', '.join(GPT2_NAMES)}; "
                                f"pass a directory holding vocab.json and merges.txt")
-        for directory in (checkpoints_dir() / name, checkpoints_dir() / "gpt2"):
-            files = find_vocab_files(directory)
-            if files is not None:
-                return cls.from_files(*files)
-        destination = checkpoints_dir() / "gpt2"
-        for filename in VOCAB_FILE_NAMES[0]:
-            download(hf_url("gpt2", filename), destination / filename)
-        return cls.load(destination)
+        fetch(gpt2_tokenizer_downloads(name))
+        return cls.load(gpt2_tokenizer_dir(name))
 
     @classmethod
     def train(cls, text: str, vocab_size: int, special_tokens=(ENDOFTEXT,)) -> "BPETokenizer":
         """Learn a byte-level BPE with `vocab_size` tokens from `text`; see `bpe_train`."""
-        from minigpt.tokenizer.bpe_train import train_bpe  # imports this module: import late
         vocab, merges = train_bpe(text, vocab_size, special_tokens)
         return cls(vocab, merges)
 
@@ -302,6 +267,20 @@ class BPETokenizer(Tokenizer):
             raise MinigptError(f"{sorted(unknown)} are not special tokens of this tokenizer "
                                f"(it has {sorted(self._special_tokens)})")
         return allowed
+
+
+def gpt2_tokenizer_dir(name: str) -> Path:
+    """Where GPT-2 `name`'s tokenizer files are: checkpoints/<name>/ when they are there, else checkpoints/gpt2/."""
+    own = checkpoints_dir() / name
+    return own if find_vocab_files(own) is not None else checkpoints_dir() / TOKENIZER_REPO
+
+
+def gpt2_tokenizer_downloads(name: str) -> list[tuple[str, Path]]:
+    """The (url, destination) of each GPT-2 tokenizer file still to download for model `name` (often none)."""
+    directory = gpt2_tokenizer_dir(name)
+    if find_vocab_files(directory) is not None:
+        return []
+    return hub_files(TOKENIZER_REPO, TOKENIZER_FILES, directory)
 
 
 def find_vocab_files(directory: Path) -> tuple[Path, Path] | None:

@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 import regex
 
 from minigpt.errors import MinigptError
-from minigpt.tokenizer.bpe import GPT2_SPLIT_PATTERN, bytes_to_unicode, replace_lone_surrogates
+from minigpt.tokenizer.byte_level import GPT2_SPLIT_PATTERN, bytes_to_unicode, replace_lone_surrogates
 
 
 def train_bpe(text: str, vocab_size: int, special_tokens) -> tuple[dict[str, int], list[tuple[str, str]]]:
