@@ -1,8 +1,8 @@
 """Downloading files once, with a progress bar, atomically, and with a clear offline message.
 
 Used for Hugging Face hub files (GPT-2 weights and tokenizer) and for Tiny
-Shakespeare. `HF_ENDPOINT` is honoured as Hugging Face's own tools do, which
-also lets the tests serve the files from a local HTTP server.
+Shakespeare (minigpt.hub builds the hub's URLs, honouring `HF_ENDPOINT` as Hugging Face's own tools do,
+which also lets the tests serve the files from a local HTTP server).
 """
 
 import hashlib
@@ -22,12 +22,6 @@ class DownloadError(MinigptError):
     def __init__(self, url: str, reason, message: str):
         super().__init__(message)
         self.url, self.reason = url, reason
-
-
-def hf_url(repo: str, filename: str) -> str:
-    """The hub's download URL for `filename` in model repository `repo`."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    return f"{endpoint}/{repo}/resolve/main/{filename}"
 
 
 def sha256_of(path) -> str:
@@ -63,6 +57,29 @@ def download(url: str, dest, sha256: str | None = None, timeout: float = 30.0) -
         got = sha256_of(tmp)
         if got != sha256:
             tmp.unlink(missing_ok=True)
-            raise DownloadError(url, f"sha256 {got}, expected {sha256}", f"{url} has sha256 {got}, expected {sha256}; {manual}")
+            reason = f"sha256 {got}, expected {sha256}"
+            raise DownloadError(url, reason, f"{url} has {reason}; {manual}")
     os.replace(tmp, dest)
     return dest
+
+
+def download_all(files: list[tuple[str, Path]]) -> None:
+    """Download each (url, destination) in turn.
+
+    On a failure the error lists every file still missing with where it goes, so
+    they can all be put in place by hand at once, and the folders this call made
+    are removed again when they are empty.
+    """
+    made = sorted({p for _, dest in files for p in (dest.parent, *dest.parent.parents) if not p.exists()})
+    try:
+        for url, dest in files:
+            if not dest.is_file():
+                download(url, dest)
+    except DownloadError as err:
+        for folder in reversed(made):  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        missing = [(url, dest) for url, dest in files if not dest.is_file()]
+        listing = "; ".join(f"{url} as {dest}" for url, dest in missing)
+        raise MinigptError(f"could not download {err.url} ({err.reason}); download the {len(missing)} missing "
+                           f"file(s) yourself and save each as shown, then run again: {listing}") from None

@@ -16,7 +16,8 @@ that names the missing files.
 from pathlib import Path
 
 from minigpt.errors import MinigptError
-from minigpt.hub import GPT2_NAMES, GPT2_VOCAB_SIZE, MODEL_FILES, fetch, hub_files
+from minigpt.download import download_all
+from minigpt.hub import GPT2_NAMES, GPT2_VOCAB_SIZE, MODEL_FILES, hub_files
 from minigpt.model import GPT
 from minigpt.paths import checkpoints_dir
 from minigpt.tokenizer import BPETokenizer, has_tokenizer, load_tokenizer
@@ -43,7 +44,7 @@ def resolve_checkpoint(source, with_tokenizer=False) -> Path:
     name = str(source)
     if name in GPT2_NAMES:
         directory = checkpoints_dir() / name
-        fetch(hub_files(name, MODEL_FILES, directory) + (gpt2_tokenizer_downloads(name) if with_tokenizer else []))
+        download_all(hub_files(name, MODEL_FILES, directory) + (gpt2_tokenizer_downloads(name) if with_tokenizer else []))
         return directory
     if path.exists():
         raise MinigptError(f"{path} is a file: give the checkpoint directory that holds it")

@@ -27,7 +27,8 @@ import regex
 
 from minigpt.atomic import write_text
 from minigpt.errors import MinigptError
-from minigpt.hub import GPT2_NAMES, TOKENIZER_FILES, TOKENIZER_REPO, fetch, hub_files
+from minigpt.download import download_all
+from minigpt.hub import GPT2_NAMES, TOKENIZER_FILES, TOKENIZER_REPO, hub_files
 from minigpt.paths import checkpoints_dir
 from minigpt.tokenizer.base import Tokenizer, read_json, unknown_ids_error
 from minigpt.tokenizer.bpe_train import train_bpe
@@ -126,7 +127,7 @@ class BPETokenizer(Tokenizer):
         if name not in GPT2_NAMES:
             raise MinigptError(f"{name!r} is neither a directory nor one of {', '.join(GPT2_NAMES)}; "
                                f"pass a directory holding vocab.json and merges.txt")
-        fetch(gpt2_tokenizer_downloads(name))
+        download_all(gpt2_tokenizer_downloads(name))
         return cls.load(gpt2_tokenizer_dir(name))
 
     @classmethod
