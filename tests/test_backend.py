@@ -26,3 +26,45 @@ def test_blas_threads_limits_numpy_blas():
         info = threadpoolctl.threadpool_info()
         assert [lib for lib in info if lib["user_api"] == "blas"]
         assert all(lib["num_threads"] == 1 for lib in info if lib["user_api"] == "blas")
+
+
+def test_cupy_without_a_driver_does_not_say_install_cupy(monkeypatch):
+    """CuPy installed but getDeviceCount raises (no driver): the message says the driver or GPU is missing."""
+    import sys
+    import types
+
+    from minigpt.errors import MinigptError
+
+    def get_device_count():
+        raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setenv("CUPY_TF32", "1")  # set_tf32 leaves the environment alone
+    with pytest.raises(MinigptError) as info:
+        get_xp("gpu")
+    message = str(info.value)
+    assert "driver" in message and "--device cpu" in message
+    assert "install the GPU extra" not in message and "pip install" not in message
+
+
+def test_get_xp_leaves_the_allocator_alone(monkeypatch):
+    """Tuning glibc's malloc is process-wide: only an explicit tune_host_allocator() does it."""
+    import ctypes
+
+    from minigpt import backend
+
+    calls = []
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: calls.append(name) or types_namespace(calls))
+    get_xp("cpu")
+    assert calls == []
+    backend.tune_host_allocator()
+    assert calls[0] == "libc.so.6" and sorted(calls[1:]) == [(-3, 32 << 20), (-2, 64 << 20), (-1, 1 << 30)]
+
+
+def types_namespace(calls):
+    """A stand-in libc whose mallopt records its (option, value) calls."""
+    import types
+
+    return types.SimpleNamespace(mallopt=lambda option, value: calls.append((option, value)))

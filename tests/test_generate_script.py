@@ -320,3 +320,124 @@ def test_a_closed_pipe_ends_generation_quietly(ckpts):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert b"Traceback" not in stderr
+
+
+def test_a_character_checkpoint_without_its_tokenizer_names_the_missing_file(ckpts, tmp_path):
+    target = corrupt_copy(ckpts, tmp_path, lambda d: (d / "char_tokenizer.json").unlink())
+    proc = generate("--checkpoint", target, "--prompt", "F", env_extra={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert_one_line_error(proc, "char_tokenizer.json", str(target))
+    assert "download" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# The command line: --help, misspelled options, --interactive
+# ---------------------------------------------------------------------------
+
+
+def load_script(name):
+    """scripts/<name>.py as a module, to call its functions in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generate_help_describes_every_option_with_its_default():
+    parser = load_script("generate").build_parser()
+    proc = generate("--help")
+    assert proc.returncode == 0
+    help_text = " ".join(proc.stdout.split())  # argparse wraps lines
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, action.dest
+            line = " ".join(parser.formatter_class("x")._get_help_string(action).split())
+            assert "default" in line, action.dest
+    for fragment in ("tokens to generate per sample (default: 256)",
+                     "0 turns it off (default: 200)", "(default: 0.8)", "--top-p", "(default: off)"):
+        assert fragment in help_text, fragment
+
+
+@pytest.mark.parametrize("script, argv, suggestion", [
+    ("generate.py", ["--max-new-tokes", "5"], "--max-new-tokens"),
+    ("generate.py", ["--top_kk=5"], "--top_k"),
+    ("evaluate.py", ["--checkpoint", "x", "--data", "y", "--stirde", "4"], "--stride"),
+    ("prepare_data.py", ["--tokeniser", "char"], "--tokenizer"),
+    ("train.py", ["--max_iter", "5"], "--max_iters"),
+    ("train.py", ["--learning-rat", "1e-3"], "--learning-rate"),
+])
+def test_a_misspelled_option_suggests_the_closest_one(script, argv, suggestion):
+    proc = run_script(script, *argv)
+    assert_one_line_error(proc, "unrecognized arguments", f"did you mean {suggestion}?")
+
+
+class InterruptingStream:
+    """A stdout stand-in that raises KeyboardInterrupt (as Ctrl-C would) at its `interrupt_at`-th write."""
+
+    def __init__(self, interrupt_at):
+        self.interrupt_at, self.writes, self.text = interrupt_at, 0, ""
+
+    def write(self, text):
+        self.writes += 1
+        if self.writes == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def interactive_session(ckpts, lines, out):
+    import types
+
+    from minigpt.loading import load_checkpoint
+
+    script = load_script("generate")
+    model, tokenizer, _ = load_checkpoint(ckpts / "char")
+    args = types.SimpleNamespace(max_new_tokens=10, temperature=0, top_k=None, top_p=None, num_samples=1)
+    prompts = iter(lines)
+
+    def read_line(_):
+        value = next(prompts)
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    script.interactive_loop(model, tokenizer, args, np.random.default_rng(0), out, read_line=read_line)
+    return prompts
+
+
+def test_ctrl_c_in_interactive_mode_stops_the_sample_and_returns_to_the_prompt(ckpts, capsys):
+    out = InterruptingStream(interrupt_at=4)  # the prompt, two tokens, then Ctrl-C
+    left = interactive_session(ckpts, ["First", "hear", "", "never read"], out)
+    assert list(left) == ["never read"]  # the empty line quit
+    full = expected_text(ckpts / "char", "hear", seed=0, max_new_tokens=10, temperature=0)[0]
+    first = out.text[: out.text.index("\n")]
+    assert first.startswith("First") and len(first) == len("First") + 2  # cut after two tokens
+    assert out.text.endswith(full)  # the next prompt was answered in full
+    assert "sample stopped" in capsys.readouterr().err
+
+
+def test_ctrl_c_or_end_of_input_at_the_prompt_quits(ckpts):
+    for end in (KeyboardInterrupt(), EOFError()):
+        out = InterruptingStream(interrupt_at=None)
+        left = interactive_session(ckpts, ["hear", end, "never read"], out)
+        assert list(left) == ["never read"]
+        assert out.text == expected_text(ckpts / "char", "hear", seed=0, max_new_tokens=10, temperature=0)[0] + "\n"
+
+
+# ---------------------------------------------------------------------------
+# The Python API takes what --checkpoint takes
+# ---------------------------------------------------------------------------
+
+
+def test_from_pretrained_accepts_a_training_out_dir(ckpts):
+    from_run = GPT.from_pretrained(ckpts / "run")
+    best = GPT.from_pretrained(ckpts / "run" / "best")
+    latest = GPT.from_pretrained(ckpts / "only_latest")
+    for name in best.params:
+        np.testing.assert_array_equal(from_run.params[name], best.params[name])
+    np.testing.assert_array_equal(latest.params["transformer.wte.weight"],
+                                  GPT.from_pretrained(ckpts / "only_latest" / "latest").params["transformer.wte.weight"])
+    assert not np.array_equal(from_run.params["transformer.wte.weight"], latest.params["transformer.wte.weight"])

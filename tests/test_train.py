@@ -233,3 +233,25 @@ def test_ctrl_c_saves_latest_and_exits_cleanly(tmp_path, corpus):
     state = load_trainer_state(out / "latest")
     assert state["iter"] >= 3
     assert max(train_losses(read_log(out))) == state["iter"] - 1  # it stopped right after the saved iteration
+
+
+def test_help_describes_every_option_with_its_default():
+    from minigpt.config import build_parser
+
+    result = run_script("--help")
+    assert result.returncode == 0, result.stderr
+    shown = " ".join(result.stdout.split())  # argparse wraps the lines
+    helps = {action.dest: action.help.replace("%%", "%") for action in build_parser()._actions}
+    for name, default in TrainConfig().to_dict().items():
+        description, _, rest = helps[name].rpartition(" (default: ")
+        assert rest == f"{default})", name
+        assert len(description.split()) >= 2, f"--{name} has no description"
+        assert f"--{name} " in shown and " ".join(helps[name].split()) in shown, name
+
+
+def test_init_from_a_training_out_dir_uses_its_best_checkpoint(tmp_path, corpus):
+    run_main(*TINY, "--data", corpus, "--max_iters", 3, "--eval_interval", 3, "--out_dir", tmp_path / "base")
+    run_main(*TINY, "--data", corpus, "--max_iters", 0, "--init_from", tmp_path / "base", "--out_dir", tmp_path / "tuned")
+    base, tuned = GPT.from_pretrained(tmp_path / "base" / "best"), GPT.from_pretrained(tmp_path / "tuned" / "latest")
+    for name in base.params:
+        np.testing.assert_array_equal(tuned.params[name], base.params[name])
