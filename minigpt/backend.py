@@ -146,9 +146,9 @@ def scatter_add(xp, target, indices, values):
     """target[indices] += values for rows: indices (N,), values (N, C); repeated indices accumulate.
 
     On CuPy, cupyx.scatter_add (atomic adds). On NumPy, np.add.at works row by
-    row and is slow (0.9 ms for 768 rows of 128); sorting the indices instead
-    puts equal ones next to each other, so one np.add.reduceat sums each run and
-    one fancy-index add writes the sums: 0.15 ms for the same rows.
+    row and is slow; sorting the indices instead puts equal ones next to each
+    other, so one np.add.reduceat sums each run and one fancy-index add writes
+    the sums (timings in scripts/bench/HISTORY.md).
     """
     if xp is not np:
         import cupyx
@@ -206,7 +206,7 @@ def blas_threads(n: int):
 
     minigpt.parallel runs one worker thread per core, each making its own BLAS
     calls; a BLAS that also spread every call over all cores would have twice as
-    many threads as cores, fighting for them (measured 2-5x slower on 2 cores).
+    many threads as cores, fighting for them (scripts/bench/HISTORY.md).
     threadpoolctl finds the BLAS that NumPy loaded and sets its thread count.
     """
     global _THREADPOOL_CONTROLLER

@@ -385,13 +385,13 @@ def test_tf32_fixture_leaves_no_environment_behind():
 
 
 # ---------------------------------------------------------------------------
-# scripts/bench_gpu.py without a GPU
+# scripts/bench/bench_gpu.py without a GPU
 # ---------------------------------------------------------------------------
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
 def test_bench_gpu_without_cupy_is_one_clear_error():
-    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_gpu.py"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench" / "bench_gpu.py"
     result = subprocess.run([sys.executable, str(script), "--no-torch"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("error: --device gpu needs CuPy") and "Traceback" not in result.stderr

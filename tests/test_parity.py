@@ -1,6 +1,6 @@
 """Parity with an outside implementation: Hugging Face's GPT2LMHeadModel under torch autograd.
 
-The fixtures in tests/fixtures/ were written by scripts/make_reference.py (torch and
+The fixtures in tests/fixtures/ were written by scripts/bench/make_reference.py (torch and
 transformers are never imported here). The same weights are stored in both namings
 found in the wild; both must give the reference logits, loss and every gradient.
 """

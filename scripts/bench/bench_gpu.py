@@ -1,8 +1,8 @@
 """Benchmark the GPU path in one call: a GPT-2 training step, generation and memory, against PyTorch eager.
 
-    python scripts/bench_gpu.py                     # GPT-2 124M, B=8, T=1024, float32 with TF32
-    python scripts/bench_gpu.py --no-torch          # minigpt only
-    python scripts/bench_gpu.py --no-tf32 --steps 5
+    python scripts/bench/bench_gpu.py                     # GPT-2 124M, B=8, T=1024, float32 with TF32
+    python scripts/bench/bench_gpu.py --no-torch          # minigpt only
+    python scripts/bench/bench_gpu.py --no-tf32 --steps 5
 
 Needs CuPy and an NVIDIA GPU; the PyTorch rows need torch with CUDA and
 transformers (skipped with a note otherwise). Both sides train the same
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from minigpt.backend import get_xp, scalar, set_tf32, tf32_enabled, to_host  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402

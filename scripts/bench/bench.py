@@ -1,8 +1,8 @@
 """Benchmark a full training step: forward, backward, gradient clipping and AdamW.
 
-    python scripts/bench.py                    # both shapes, minigpt only
-    python scripts/bench.py --compare-torch    # also GPT2LMHeadModel + torch.optim.AdamW, same process
-    python scripts/bench.py --workers 1        # the batch on one thread (default: one per core, as train.py)
+    python scripts/bench/bench.py                    # both shapes, minigpt only
+    python scripts/bench/bench.py --compare-torch    # also GPT2LMHeadModel + torch.optim.AdamW, same process
+    python scripts/bench/bench.py --workers 1        # the batch on one thread (default: one per core, as train.py)
 
 Reports tokens/s, model FLOPs utilisation against a float32 matmul peak measured
 here, and the peak memory of the step's arrays (tracemalloc sees NumPy's buffers).
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from minigpt.backend import get_xp, scalar  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from minigpt.backend import get_xp, scalar, tune_host_allocator  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
 from minigpt.optim import AdamW, clip_grad_norm  # noqa: E402
@@ -128,6 +128,7 @@ def main(argv=None):
     parser.add_argument("--compare-torch", action="store_true", help="also time transformers + torch.optim.AdamW")
     parser.add_argument("--workers", type=int, default=None, help="threads sharing each batch (default 0: one per core)")
     args = parser.parse_args(argv)
+    tune_host_allocator()  # as training does
     if args.workers is not None and args.workers < 0:
         raise MinigptError(f"--workers must be 0 (one per core) or more, got {args.workers}")
 

@@ -6,8 +6,8 @@ Hugging Face format and loaded by both. Greedy decoding of a 32-token prompt,
 threads. Reports tokens/s (new tokens over the whole generate call, prefill
 included; best of --repeats rounds, the two taking turns) and whether both produced the same tokens.
 
-    python scripts/bench_generate.py [--repeats 3] [--batch-sizes 1 8]
-    OPENBLAS_NUM_THREADS=1 python scripts/bench_generate.py      # both libraries on one thread
+    python scripts/bench/bench_generate.py [--repeats 3] [--batch-sizes 1 8]
+    OPENBLAS_NUM_THREADS=1 python scripts/bench/bench_generate.py      # both libraries on one thread
 
 Needs torch and transformers (reference only: minigpt itself never imports them).
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
 
 def parse_args():
@@ -54,7 +54,10 @@ def main():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from minigpt.backend import tune_host_allocator
     from minigpt.model import GPT
+
+    tune_host_allocator()  # as training does
 
     # NumPy's OpenBLAS reads its thread count from the environment at import; give torch the same
     threads = int(os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count())

@@ -1,7 +1,7 @@
 """Write the reference fixtures in tests/fixtures/ with PyTorch + transformers (developers only).
 
     pip install torch transformers   # never needed by the tests themselves
-    python scripts/make_reference.py
+    python scripts/bench/make_reference.py
 
 Writes:
   gpt2_tiny_hub/            config.json + model.safetensors in the hub's naming (`h.0...`, mask buffers, no lm_head)
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.numpy import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 SEED = 1234
 
 

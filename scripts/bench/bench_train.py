@@ -1,8 +1,8 @@
 """Benchmark: nanoGPT's CPU recipe, character-level Tiny Shakespeare, 2000 iterations.
 
-    python scripts/bench_train.py                               # Tiny Shakespeare (downloaded once), seed 1337
-    python scripts/bench_train.py --seeds 1337,1,2,3,4,5,6,7    # one run per seed, then their means
-    python scripts/bench_train.py --device gpu                  # other options go to train.py and win
+    python scripts/bench/bench_train.py                               # Tiny Shakespeare (downloaded once), seed 1337
+    python scripts/bench/bench_train.py --seeds 1337,1,2,3,4,5,6,7    # one run per seed, then their means
+    python scripts/bench/bench_train.py --device gpu                  # other options go to train.py and win
 
 For each run it reports the wall time of the training loop (data preparation
 excluded; evaluations and checkpoints included, as in the times nanoGPT prints), the
@@ -15,24 +15,12 @@ mean training throughput, and two validation losses of the final model:
 - `val_loss_full`: the exact mean over the whole validation split, in disjoint
   windows of block_size tokens (minigpt.perplexity.perplexity).
 
-The reference is nanoGPT itself (PyTorch 2.13, CPU, its README's command),
-run on the same 2-core VM on 2026-11-25 with seeds 1337 (its own) and 1 to 7
-(passed to its torch.manual_seed in place of 1337):
-
-- 20-batch val loss 1.8857, 1.8735, 1.8962, 1.8881, 1.9194, 1.9056, 1.9326,
-  1.9153 (mean 1.9021);
-- whole-split val loss 1.8982, 1.8909, 1.9081, 1.9042, 1.9196, 1.9118, 1.9198,
-  1.9213 (mean 1.9092), over its 1,742 full windows (111,488 of the 111,539
-  targets; minigpt's count also scores the last, partial window);
-- training-loop time (the sum of the per-iteration times it prints, evaluations
-  and checkpoints included) in six quiet runs: 76.6 to 89.6 s, median 81.7 s.
-
-The verdict compares the means over the seeds run here with those figures: the
-whole-split loss, because the 20-batch estimate cannot resolve gaps this small,
-and the loop time. The issue's targets (val loss <= 1.90, 61 s) rest on a
-single nanoGPT result; half of nanoGPT's runs above miss 1.90, and none took
-61 s. This VM's speed drifts by 5 to 10% over a day: for speed, alternate runs
-of the two head to head.
+The reference is nanoGPT itself (PyTorch 2.13, CPU, its README's command) on
+the same VM, eight seeds; its figures and how they were measured are in
+scripts/bench/HISTORY.md. The verdict compares the means over the seeds run
+here with them: the whole-split loss, because the 20-batch estimate cannot
+resolve gaps this small, and the loop time. This VM's speed drifts by 5 to 10%
+over a day: for speed, alternate runs of the two head to head.
 """
 
 import json
@@ -43,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.perplexity import perplexity  # noqa: E402
@@ -56,8 +44,8 @@ RECIPE = [
     "--beta2", "0.99", "--warmup_iters", "100", "--dropout", "0.0", "--eval_iters", "20",
     "--eval_interval", "250", "--log_interval", "10", "--sample_tokens", "0",
 ]
-NANOGPT_VAL_LOSS_FULL = 1.9092  # nanoGPT's mean whole-split val loss over 8 seeds (see above)
-NANOGPT_SECONDS = 81.7  # nanoGPT's median training-loop time on this VM (see above)
+NANOGPT_VAL_LOSS_FULL = 1.9092  # nanoGPT's mean whole-split val loss over 8 seeds (HISTORY.md)
+NANOGPT_SECONDS = 81.7  # nanoGPT's median training-loop time on the development VM (HISTORY.md)
 
 
 def parse_seeds(argv):

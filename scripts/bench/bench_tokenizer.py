@@ -1,7 +1,7 @@
 """Benchmark the tokenizers: GPT-2 encode throughput and BPE training time.
 
-    MINIGPT_GPT2_TOKENIZER_DIR=../shared/data python scripts/bench_tokenizer.py
-    python scripts/bench_tokenizer.py --text input.txt --gpt2 checkpoints/gpt2
+    MINIGPT_GPT2_TOKENIZER_DIR=../shared/data python scripts/bench/bench_tokenizer.py
+    python scripts/bench/bench_tokenizer.py --text input.txt --gpt2 checkpoints/gpt2
 
 Encodes the text (Tiny Shakespeare by default) with minigpt's GPT-2 tokenizer,
 first with an empty per-word cache ("cold": what one encode of a fresh
@@ -22,7 +22,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.tokenizer import GPT2_SPLIT_PATTERN, BPETokenizer  # noqa: E402
 
