@@ -153,7 +153,7 @@ def read_text_file(path, what="file") -> str:
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         raise MinigptError(
-            f"{path} is not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} (line {line}); "
+            f"{what} {path} is not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} (line {line}); "
             "convert it to UTF-8 first"
         ) from None
 

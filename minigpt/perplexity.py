@@ -24,15 +24,16 @@ from minigpt.backend import scalar
 from minigpt.errors import MinigptError
 
 
-def sliding_windows(n_tokens: int, block_size: int, stride: int):
+def sliding_windows(n_tokens: int, block_size: int, stride: int, option=str):
     """(begin, end, first_scored) for each window over a sequence of n_tokens.
 
     The window's inputs are x[begin:end] and its targets x[begin+1:end+1];
     targets at input positions >= first_scored are the ones it scores (the
-    earlier ones belong to the previous window).
+    earlier ones belong to the previous window). `option` spells a parameter's
+    name as the caller's user wrote it (scripts/evaluate.py: stride -> --stride).
     """
     if not 1 <= stride <= block_size:
-        raise MinigptError(f"stride must be between 1 and the block size {block_size}, got {stride}")
+        raise MinigptError(f"{option('stride')} must be between 1 and the block size {block_size}, got {stride}")
     last_input = n_tokens - 1  # the final token is only ever a target
     windows, scored_until = [], 0
     for begin in range(0, max(last_input, 0), stride):
@@ -59,15 +60,15 @@ def window_batch(ids: np.ndarray, windows, block_size: int):
     return inputs, targets
 
 
-def perplexity(model, ids, stride=None, batch_size=4, progress=True):
-    """(loss, perplexity, number of scored tokens) of `model` on the token ids `ids`."""
+def perplexity(model, ids, stride=None, batch_size=4, progress=True, option=str):
+    """(loss, perplexity, number of scored tokens) of `model` on the token ids `ids` (`option`: see sliding_windows)."""
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim != 1 or len(ids) < 2:
         raise MinigptError(f"need at least 2 tokens to measure perplexity, got {ids.size}")
     if batch_size < 1:
-        raise MinigptError(f"batch size must be >= 1, got {batch_size}")
+        raise MinigptError(f"{option('batch_size')} must be >= 1, got {batch_size}")
     block_size = model.config.block_size
-    windows = sliding_windows(len(ids), block_size, block_size if stride is None else stride)
+    windows = sliding_windows(len(ids), block_size, block_size if stride is None else stride, option)
     model.eval()
     xp = model.xp
     nll_sum, n_scored = 0.0, 0

@@ -39,7 +39,8 @@ def main(argv=None):
     ids = tokenizer.encode(text, allowed_special="all") if tokenizer.eot_token is not None else tokenizer.encode(text)
     block_size = model.config.block_size
     stride = block_size if args.stride is None else args.stride
-    loss, ppl, n_scored = perplexity(model, ids, stride=stride, batch_size=args.batch_size)
+    loss, ppl, n_scored = perplexity(model, ids, stride=stride, batch_size=args.batch_size,
+                                     option=lambda name: "--" + name.replace("_", "-"))
     print(f"{source}: {args.data}: {n_scored} tokens scored, block size {block_size}, stride {stride}")
     print(f"loss {loss:.4f}  perplexity {ppl:.4f}")
 

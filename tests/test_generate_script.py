@@ -300,16 +300,19 @@ def test_evaluate_prints_loss_and_perplexity(ckpts, tmp_path):
 
 
 @pytest.mark.parametrize("argv, fragment", [(["--data", "{root}/nope.txt"], "nope.txt"),
-                                            (["--data", "{text}", "--stride", "0"], "stride"),
-                                            (["--data", "{text}", "--stride", "17"], "stride"),
+                                            (["--data", "{text}", "--stride", "0"], "--stride"),
+                                            (["--data", "{text}", "--stride", "17"], "--stride"),
+                                            (["--data", "{text}", "--batch_size", "0"], "--batch-size"),
+                                            (["--data", "{bad_utf8}"], "data file {bad_utf8} is not UTF-8 text: byte 0xff at offset 6 (line 2)"),
                                             (["--data", "{root}"], "directory"),
                                             (["--data", "{odd}"], "vocabulary")])
 def test_evaluate_bad_input_is_a_one_line_error(ckpts, tmp_path, argv, fragment):
     (tmp_path / "ok.txt").write_text(CHAR_TEXT, encoding="utf-8")
     (tmp_path / "odd.txt").write_text("Zebra", encoding="utf-8")
-    paths = dict(root=ckpts, text=tmp_path / "ok.txt", odd=tmp_path / "odd.txt")
+    (tmp_path / "bad.txt").write_bytes(b"Fine\nx\xff")
+    paths = dict(root=ckpts, text=tmp_path / "ok.txt", odd=tmp_path / "odd.txt", bad_utf8=tmp_path / "bad.txt")
     proc = run_script("evaluate.py", "--checkpoint", ckpts / "char", *[a.format(**paths) for a in argv])
-    assert_one_line_error(proc, fragment)
+    assert_one_line_error(proc, fragment.format(**paths))
 
 
 def test_a_closed_pipe_ends_generation_quietly(ckpts):
