@@ -8,8 +8,9 @@ The whole model is a composition of the layers in minigpt.nn:
     loss = cross_entropy(logits, targets)
 
 `forward` keeps every layer's cache; `backward` walks the same list in reverse
-and returns one gradient per parameter. Loading and saving Hugging Face files is
-in minigpt.weights; KV-cache decoding is `new_kv_cache` + `forward_cached`.
+and returns one gradient per parameter. Reading and writing Hugging Face files is
+in minigpt.weights, finding them in minigpt.loading; KV-cache decoding is
+`new_kv_cache` + `forward_cached`.
 """
 
 import copy
