@@ -51,6 +51,11 @@ class ArgumentParser(argparse.ArgumentParser):
         return ""
 
 
+def hyphenated(name: str) -> str:
+    """A parameter's name as an option of generate.py or evaluate.py: top_k -> --top-k."""
+    return "--" + name.replace("_", "-")
+
+
 def add_option(parser, *names, **kwargs):
     """Add each of `names` (as `--some-name`) to `parser` with its other spelling (`--some_name`) as well.
 

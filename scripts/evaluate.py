@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from minigpt.cli import ArgumentParser  # noqa: E402
+from minigpt.cli import ArgumentParser, hyphenated  # noqa: E402
 from minigpt.data import read_text_file  # noqa: E402
 from minigpt.errors import run_cli  # noqa: E402
 from minigpt.loading import load_checkpoint  # noqa: E402
@@ -39,8 +39,7 @@ def main(argv=None):
     ids = tokenizer.encode(text, allowed_special="all") if tokenizer.eot_token is not None else tokenizer.encode(text)
     block_size = model.config.block_size
     stride = block_size if args.stride is None else args.stride
-    loss, ppl, n_scored = perplexity(model, ids, stride=stride, batch_size=args.batch_size,
-                                     option=lambda name: "--" + name.replace("_", "-"))
+    loss, ppl, n_scored = perplexity(model, ids, stride=stride, batch_size=args.batch_size, option=hyphenated)
     print(f"{source}: {args.data}: {n_scored} tokens scored, block size {block_size}, stride {stride}")
     print(f"loss {loss:.4f}  perplexity {ppl:.4f}")
 

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from minigpt.cli import ArgumentParser, add_option  # noqa: E402
+from minigpt.cli import ArgumentParser, add_option, hyphenated  # noqa: E402
 from minigpt.config import TrainConfig  # noqa: E402
 from minigpt.data import read_text_file  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
@@ -55,18 +55,13 @@ def note(message):
     print(f"note: {message}", file=sys.stderr, flush=True)
 
 
-def option(name):
-    """A parameter's name as this script's user types it: top_k -> --top-k."""
-    return "--" + name.replace("_", "-")
-
-
 def parse_options(argv):
     args = build_parser().parse_args(argv)
     if args.top_k < 0:
         raise MinigptError(f"--top-k must be a whole number >= 1, or 0 to turn it off, got {args.top_k}")
     if args.top_k == 0:
         args.top_k = None
-    check_sampling_args(args.temperature, args.top_k, args.top_p, option=option)
+    check_sampling_args(args.temperature, args.top_k, args.top_p, option=hyphenated)
     if args.max_new_tokens < 0:
         raise MinigptError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
