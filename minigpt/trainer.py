@@ -138,7 +138,9 @@ class Trainer:
                 f"{source}: the tokenizer has {self.tokenizer.vocab_size} tokens but the model only "
                 f"{self.model.config.vocab_size}"
             )
-        self.data = prepare(load_corpus(cfg.dataset, cfg.data), tokenizer=self.tokenizer)
+        corpus = load_corpus(cfg.dataset, cfg.data)
+        # GPT-2's own tokenizer is what --tokenizer gpt2 builds: both share data/<corpus>_gpt2
+        self.data = prepare(corpus, "gpt2") if cfg.init_from in PRETRAINED else prepare(corpus, tokenizer=self.tokenizer)
 
     def _restore_training_state(self, path: Path):
         state = load_trainer_state(path)
