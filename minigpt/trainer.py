@@ -300,7 +300,7 @@ class Trainer:
                     window_start += time.perf_counter() - paused  # evaluation time is not training throughput
                 if it >= cfg.max_iters:
                     if self.pending_eval is not None:  # the last evaluation has no training step after it
-                        self.log_record(log, pyplot, {"iter": it, "lr": self.lr_at(it), "elapsed_s": elapsed})
+                        self.log_record(log, pyplot, {"iter": it, "lr": self.lr_at(it)}, {"elapsed_s": elapsed})
                     break
                 if stop.requested:
                     self._check_finite(loss, it)
@@ -322,21 +322,21 @@ class Trainer:
                     record = {"iter": it, "lr": lr, "train_loss": train_loss}
                     if grad_norm is not None:
                         record["grad_norm"] = scalar(grad_norm)
-                    record["tokens_per_sec"] = tokens_per_sec
-                    record["elapsed_s"] = self.elapsed_before + now - run_start
-                    self.log_record(log, pyplot, record)
+                    timing = {"tokens_per_sec": tokens_per_sec, "elapsed_s": self.elapsed_before + now - run_start}
+                    self.log_record(log, pyplot, record, timing)
                     bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
                 it += 1
         print(f"done: {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f} in {self.out_dir / 'best'}, "
               f"last checkpoint {self.out_dir / 'latest'}")
         return 0
 
-    def log_record(self, log: "RunLog", pyplot, record: dict) -> None:
-        """Append one iteration's record, with the evaluation made at that iteration if there was one."""
+    def log_record(self, log: "RunLog", pyplot, record: dict, timing: dict) -> None:
+        """Append one iteration's record: its step, the evaluation made at that iteration if any, then timing."""
         evaluated = self.pending_eval is not None
         if evaluated:
             record.update((k, v) for k, v in self.pending_eval.items() if k != "iter")
             self.pending_eval = None
+        record.update(timing)
         with self.writing(log.path):
             log.write(record)
         if evaluated and pyplot is not None:
