@@ -386,11 +386,11 @@ class Trainer:
 
 def check_out_dir(out_dir: Path) -> None:
     """Make out_dir and write a probe file in it: a path that cannot hold checkpoints fails before any work."""
-    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
-    if not existing.is_dir():
-        where = "is a file" if existing == out_dir else f"lies under {existing}, which is a file"
-        raise MinigptError(f"--out_dir {out_dir} {where}; choose another --out_dir")
     try:
+        existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+        if not existing.is_dir():
+            where = "is a file" if existing == out_dir else f"lies under {existing}, which is a file"
+            raise MinigptError(f"--out_dir {out_dir} {where}; choose another --out_dir")
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".write-probe-")
         os.close(fd)

@@ -235,7 +235,7 @@ def test_ctrl_c_saves_latest_and_exits_cleanly(tmp_path, corpus):
     try:
         deadline = time.time() + 60
         log = out / "log.jsonl"
-        while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 4):  # eval + 3 steps
+        while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 4):  # iterations 0 to 3
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
