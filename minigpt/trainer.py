@@ -9,7 +9,9 @@ Dividing by A makes g the gradient of the mean loss over all A*B*T tokens, the
 same as one big batch. Every eval_interval iterations the train and val losses
 are estimated on eval_iters batches each, a short sample is printed, and the
 checkpoints `out_dir/latest` (and `out_dir/best`, when val loss improved) are
-written.
+written. Each logged iteration appends one record to `out_dir/log.jsonl`: its
+step's batch loss, and at an evaluation also the two estimates (`val_loss`,
+`train_loss_eval`), so an iteration never has two records.
 
 Exact resume: everything that decides the next iterations is in the
 checkpoint (weights, AdamW moments and step count, the batch sampler's and the
