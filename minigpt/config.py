@@ -65,6 +65,7 @@ class TrainConfig:
     sample_tokens: int = 200  # length of the sample printed after each evaluation; 0 turns it off
     out_dir: str = "out"
     init_from: str = "scratch"
+    overwrite: bool = False  # a new run may replace the checkpoints and log already in out_dir
     # system
     device: str = "cpu"
     dtype: str = "float32"
@@ -210,6 +211,7 @@ HELP = {
     "log_interval": "steps between records in log.jsonl",
     "sample_tokens": "length of the sample printed after each evaluation; 0 turns it off",
     "out_dir": "where the checkpoints (latest/, best/), log.jsonl and loss.png go",
+    "overwrite": "let a new run replace the checkpoints and log already in out_dir (bare --overwrite: true)",
     "init_from": f"scratch, resume (from out_dir/latest), {', '.join(PRETRAINED)}, or a checkpoint directory",
     "device": f"{' or '.join(DEVICES)}",
     "dtype": f"{' or '.join(DTYPES)}",
@@ -231,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig().to_dict()
     for name in _FIELDS:  # a field without a line in HELP still parses; tests/test_train.py asks for the line
         text = f"{HELP.get(name, '')} (default: {defaults[name]})".strip().replace("%", "%%")
-        add_option(parser, f"--{name}", dest=name, metavar=_FIELD_KINDS[name].__name__.upper(), help=text)
+        bare = {"nargs": "?", "const": "true"} if _FIELD_KINDS[name] is bool else {}  # `--overwrite` = `--overwrite true`
+        add_option(parser, f"--{name}", dest=name, metavar=_FIELD_KINDS[name].__name__.upper(), help=text, **bare)
     return parser
 
 
@@ -271,9 +274,15 @@ def merge_resumed(saved_options: dict, explicit: dict) -> TrainConfig:
     """The resumed run's options, with the explicitly given ones on top (init_from stays resume).
 
     Changing the model's shape on resume makes no sense: an explicit value that
-    differs from the checkpoint's is an error.
+    differs from the checkpoint's is an error. The learning-rate schedule is the
+    saved run's: lr_decay_iters left to default (None, "until max_iters") becomes
+    the saved max_iters, so raising --max_iters continues the same decay and then
+    holds min_lr, instead of restarting a longer cosine (give --lr_decay_iters to
+    change it).
     """
     base = {k: v for k, v in saved_options.items() if k in _FIELDS}
+    if base.get("lr_decay_iters") is None and "max_iters" in base:
+        base["lr_decay_iters"] = base["max_iters"]
     for name in TrainConfig.MODEL_FIELDS:
         if name in explicit and name in base and explicit[name] != base[name] and name != "dropout":
             raise MinigptError(

@@ -1,6 +1,10 @@
 """The data pipeline: a text corpus -> tokens -> `train.bin` / `val.bin` -> random batches.
 
-A prepared dataset is a folder `data/<name>/` holding
+A prepared dataset is a folder `data/<corpus>_<tokenizer>/` (`pydoc_char`,
+`notes_bpe4096`, `notes_gpt2`; a checkpoint's own tokenizer adds 8 hex digits of
+its fingerprint, `notes_char-1f2e3d4c`, unless it is the one the plain folder
+holds), so two runs on one text with different tokenizers never share a folder.
+It holds
 
     train.bin, val.bin   a 1024-byte header, then the tokens (uint16, or uint32 when
                          the vocabulary has more than 65,536 entries)
@@ -158,17 +162,53 @@ def read_text_file(path, what="file") -> str:
         ) from None
 
 
+BINARY_PROBE_BYTES = 8000  # git's test for a binary file: a NUL byte among its first 8000 bytes
+
+
+def is_binary(path) -> bool:
+    """True for a file with a NUL byte near its start (compiled code, images, archives); text never has one."""
+    with open(path, "rb") as f:
+        return b"\0" in f.read(BINARY_PROBE_BYTES)
+
+
+def text_files(folder: Path) -> list:
+    """The text files under `folder`, in sorted order, and one line on stdout naming what was skipped.
+
+    Hidden files and folders are left out silently, as always. Files under
+    `__pycache__` and binary files (`is_binary`) are left out and counted: a
+    folder of Python sources holds both. A file that is neither binary nor UTF-8
+    is text in another encoding and stays an error (read_text_file says where),
+    so no text is dropped unseen.
+    """
+    files, cached, binary = [], 0, []
+    for p in sorted(folder.rglob("*")):
+        parts = p.relative_to(folder).parts
+        if not p.is_file() or any(part.startswith(".") for part in parts):
+            continue
+        if "__pycache__" in parts[:-1]:
+            cached += 1
+        elif is_binary(p):
+            binary.append(p.relative_to(folder).as_posix())
+        else:
+            files.append(p)
+    if cached or binary:
+        why = ([f"{cached} under __pycache__"] if cached else []) + (
+            [f"{len(binary)} binary ({', '.join(binary[:3])}{', ...' if len(binary) > 3 else ''})"] if binary else [])
+        print(f"--data {folder}: skipped {cached + len(binary)} non-text file(s): {'; '.join(why)}")
+    return files
+
+
 def path_corpus(path) -> Corpus:
-    """A UTF-8 text file, or every (non-hidden) file under a directory, in sorted order."""
+    """A UTF-8 text file, or every text file under a directory (see `text_files`), in sorted order."""
     path = Path(path).expanduser()
     if not path.exists():
         raise MinigptError(f"--data {path} does not exist; give a UTF-8 text file or a directory of them")
     if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
+        files = text_files(path)
         if not files:
-            raise MinigptError(f"--data {path} is a directory with no files in it")
+            raise MinigptError(f"--data {path} is a directory with no text files in it")
+    elif is_binary(path):
+        raise MinigptError(f"--data {path} is a binary file (it holds NUL bytes), not text; give a UTF-8 text file")
     else:
         files = [path]
     text = "\n\n".join(read_text_file(f) for f in files)
@@ -273,10 +313,11 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None) -> Pre
         parse_tokenizer_spec(tokenizer_spec)  # a bad spec fails before any work
         label = tokenizer_spec.replace(":", "")
         fingerprint = None
+        out = data_dir() / f"{corpus.name}_{label}"
     else:
         label = tokenizer_label(tokenizer)
         fingerprint = tokenizer_fingerprint(tokenizer)
-    out = data_dir() / f"{corpus.name}_{label}"
+        out = _folder_for_tokenizer(corpus, label, fingerprint)
 
     recover_dir(out)
     meta = _read_meta(out)
@@ -305,6 +346,21 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None) -> Pre
     }
     _write_dataset(out, meta, tokenizer, tokens[:cut], tokens[cut:])
     return _open(out, meta, tokenizer)
+
+
+def _folder_for_tokenizer(corpus: Corpus, label: str, fingerprint: str) -> Path:
+    """Where a given tokenizer's tokens go: the plain `<corpus>_<label>` folder only to reuse it, else its own.
+
+    The plain folder belongs to `--tokenizer <label>`; a resumed run finds its
+    own tokenizer there and reuses it. Any other tokenizer (a checkpoint's char
+    vocabulary or BPE merges from another text) gets `<corpus>_<label>-<8 hex of
+    its fingerprint>`, so the two never rebuild each other's folder in turn.
+    """
+    plain = data_dir() / f"{corpus.name}_{label}"
+    recover_dir(plain)
+    if _reusable(_read_meta(plain), corpus, None, fingerprint):
+        return plain
+    return data_dir() / f"{corpus.name}_{label}-{fingerprint[:8]}"
 
 
 def _reusable(meta: dict | None, corpus: Corpus, tokenizer_spec: str, fingerprint: str | None) -> bool:

@@ -9,7 +9,9 @@ Dividing by A makes g the gradient of the mean loss over all A*B*T tokens, the
 same as one big batch. Every eval_interval iterations the train and val losses
 are estimated on eval_iters batches each, a short sample is printed, and the
 checkpoints `out_dir/latest` (and `out_dir/best`, when val loss improved) are
-written.
+written. Each logged iteration appends one record to `out_dir/log.jsonl`: its
+step's batch loss, and at an evaluation also the two estimates (`val_loss`,
+`train_loss_eval`), so an iteration never has two records.
 
 Exact resume: everything that decides the next iterations is in the
 checkpoint (weights, AdamW moments and step count, the batch sampler's and the
@@ -24,9 +26,12 @@ minigpt.parallel); the gradients are the same up to float rounding.
 
 import json
 import math
+import os
 import signal
 import sys
+import tempfile
 import time
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +44,7 @@ from minigpt.checkpoint import (is_checkpoint, load_optimizer_state, load_traine
 from minigpt.config import TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
 from minigpt.errors import MinigptError
+from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
 from minigpt.model import GPT, GPTConfig
 from minigpt.optim import AdamW, clip_grad_norm, cosine_lr
@@ -85,9 +91,13 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         get_xp(cfg.device)  # fail now if --device gpu cannot work
         tune_host_allocator()
+        check_out_dir(self.out_dir)  # before any data is prepared: a bad out_dir fails in a second, not after it
+        if cfg.init_from != "resume" and not cfg.overwrite:
+            refuse_to_overwrite(self.out_dir)
         self.start_iter = 0
         self.best_val_loss = None
         self.last_eval_iter = None
+        self.pending_eval = None  # the evaluation at the current iteration, logged with its training step
         self.elapsed_before = 0.0  # wall time of the earlier runs this one resumes
         self.batch_rng = np.random.default_rng(cfg.seed)
         if cfg.init_from == "scratch":
@@ -122,7 +132,9 @@ class Trainer:
         cfg = self.cfg
         source = self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from
         self.model, self.tokenizer, _ = load_checkpoint(source, device=cfg.device, dtype=cfg.dtype)
-        self.data = prepare(load_corpus(cfg.dataset, cfg.data), tokenizer=self.tokenizer)
+        corpus = load_corpus(cfg.dataset, cfg.data)
+        # GPT-2's own tokenizer is what --tokenizer gpt2 builds: both share data/<corpus>_gpt2
+        self.data = prepare(corpus, "gpt2") if cfg.init_from in GPT2_NAMES else prepare(corpus, tokenizer=self.tokenizer)
 
     def _restore_training_state(self, path: Path):
         state = load_trainer_state(path)
@@ -130,6 +142,9 @@ class Trainer:
         self.start_iter = int(state["iter"])
         self.best_val_loss = state.get("best_val_loss")
         self.last_eval_iter = state.get("last_eval_iter")
+        last_eval = state.get("last_eval")
+        if isinstance(last_eval, dict) and last_eval.get("iter") == self.start_iter:
+            self.pending_eval = last_eval  # saved before its record was written: the resumed run logs it
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         if state.get("batch_rng"):
             self.batch_rng.bit_generator.state = state["batch_rng"]
@@ -200,6 +215,7 @@ class Trainer:
             "iter": it,
             "best_val_loss": self.best_val_loss,
             "last_eval_iter": self.last_eval_iter,
+            "last_eval": self.pending_eval,  # None once logged; else the record's evaluation fields
             "elapsed_s": elapsed,
             "batch_rng": rng_state(self.batch_rng),
             "model_rng": rng_state(self.model.rng),
@@ -208,38 +224,77 @@ class Trainer:
         }
 
     def save(self, name: str, it: int, elapsed: float) -> Path:
-        return save_checkpoint(
-            self.out_dir / name, self.model, self.tokenizer, self.optimizer, self.trainer_state(it, elapsed)
-        )
+        with self.writing(self.out_dir / name):
+            return save_checkpoint(
+                self.out_dir / name, self.model, self.tokenizer, self.optimizer, self.trainer_state(it, elapsed)
+            )
+
+    @contextmanager
+    def writing(self, what: Path):
+        """Turn an OSError while writing `what` (a full disk, a vanished directory) into one line."""
+        try:
+            yield
+        except OSError as err:
+            kept = [str(p) for p in (self.out_dir / "latest", self.out_dir / "best") if is_checkpoint(p)]
+            keep = f"{' and '.join(kept)} keep their last complete version" if kept else "no checkpoint was written"
+            after = f"continue with --init_from resume --out_dir {self.cfg.out_dir}" if kept else "run again"
+            raise MinigptError(
+                f"could not write {what} ({err.strerror or err}); {keep}; free some space or fix {self.out_dir}, then {after}"
+            ) from None
+
+    def schedule_summary(self) -> str:
+        """The learning-rate schedule from start_iter on, in words (printed when resuming)."""
+        cfg = self.cfg
+        if not cfg.decay_lr:
+            return f"learning rate {cfg.learning_rate:g} throughout (--decay_lr false)"
+        end = cfg.decay_iters
+        text = (f"learning rate {self.lr_at(self.start_iter):.3g} now, on a cosine from --learning_rate "
+                f"{cfg.learning_rate:g} to --min_lr {cfg.min_lr:g} at iteration {end} (--lr_decay_iters)")
+        if end < cfg.max_iters:
+            text += (f", then --min_lr until {cfg.max_iters}; --lr_decay_iters {cfg.max_iters} would stretch "
+                     "the decay over the whole run instead (the rate then rises again)")
+        return text
 
     def run(self) -> int:
         """Train from start_iter to max_iters; returns the exit status (0, or 130 after Ctrl-C)."""
         cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        log = RunLog(self.out_dir / LOG_FILE, keep_before=self.start_iter if cfg.init_from == "resume" else 0)
+        resuming = cfg.init_from == "resume"
+        if resuming and self.start_iter >= cfg.max_iters:
+            print(f"{self.out_dir / 'latest'} is already at iteration {self.start_iter} (--max_iters {cfg.max_iters}): "
+                  f"nothing to train; to continue, raise it: --init_from resume --out_dir {cfg.out_dir} "
+                  f"--max_iters N with N > {self.start_iter}")
+            return 0
+        with self.writing(self.out_dir / LOG_FILE):
+            log = RunLog(self.out_dir / LOG_FILE, keep_before=self.start_iter if resuming else 0)
         print(
             f"model: {self.model.num_params():,} parameters ({self.model.config.n_layer} layers), "
             f"data: {self.data.dir} ({self.data.train.size:,} train / {self.data.val.size:,} val tokens, "
             f"vocab {self.tokenizer.vocab_size}), {cfg.tokens_per_iter:,} tokens per iteration, device {cfg.device}"
             + (f" ({self.parallel.workers} worker threads)" if self.parallel.workers > 1 else "")
         )
-        if self.start_iter:
-            print(f"resuming {self.out_dir / 'latest'} at iteration {self.start_iter}")
+        if resuming:
+            print(f"resuming {self.out_dir / 'latest'} at iteration {self.start_iter} of {cfg.max_iters}; "
+                  + self.schedule_summary())
+        pyplot = import_pyplot()
+        if pyplot is None:
+            print(f"note: no {PLOT_FILE} (matplotlib is not installed; pip install -e '.[plot]' to draw it)")
 
         stop = StopFlag()
         run_start = time.perf_counter()
-        window_start, window_tokens, tokens_per_sec = run_start, 0, 0.0
+        window_start, window_tokens = run_start, 0
         bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True)
         loss = None
         it = self.start_iter
-        with stop:
+        with stop, closing(bar):  # an error closes the bar first, so its one line starts a line of its own
             while True:
                 elapsed = self.elapsed_before + time.perf_counter() - run_start
                 if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != self.last_eval_iter:
                     paused = time.perf_counter()
-                    self.evaluate_and_checkpoint(it, elapsed, log, bar, tokens_per_sec)
+                    self.evaluate_and_checkpoint(it, elapsed, bar)
                     window_start += time.perf_counter() - paused  # evaluation time is not training throughput
                 if it >= cfg.max_iters:
+                    if self.pending_eval is not None:  # the last evaluation has no training step after it
+                        self.log_record(log, pyplot, {"iter": it, "lr": self.lr_at(it)}, {"elapsed_s": elapsed})
                     break
                 if stop.requested:
                     self._check_finite(loss, it)
@@ -251,34 +306,49 @@ class Trainer:
 
                 loss, grad_norm = self.train_step(it)
                 window_tokens += cfg.tokens_per_iter
-                it += 1
                 bar.update(1)
-                if (it - 1) % cfg.log_interval == 0:
-                    train_loss = self._check_finite(loss, it - 1)
+                if it % cfg.log_interval == 0 or self.pending_eval is not None:
+                    train_loss = self._check_finite(loss, it)
                     now = time.perf_counter()  # after the loss read, so the device has finished
                     tokens_per_sec = window_tokens / max(now - window_start, 1e-9)
                     window_start, window_tokens = now, 0
-                    lr = self.lr_at(it - 1)
-                    record = {"iter": it - 1, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec,
-                              "elapsed_s": self.elapsed_before + now - run_start}
+                    lr = self.lr_at(it)
+                    record = {"iter": it, "lr": lr, "train_loss": train_loss}
                     if grad_norm is not None:
                         record["grad_norm"] = scalar(grad_norm)
-                    log.write(record)
+                    timing = {"tokens_per_sec": tokens_per_sec, "elapsed_s": self.elapsed_before + now - run_start}
+                    self.log_record(log, pyplot, record, timing)
                     bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
-        bar.close()
+                it += 1
         print(f"done: {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f} in {self.out_dir / 'best'}, "
               f"last checkpoint {self.out_dir / 'latest'}")
         return 0
 
-    def evaluate_and_checkpoint(self, it: int, elapsed: float, log: "RunLog", bar, tokens_per_sec: float) -> None:
-        """Estimate both losses, print them and a sample, log them, write the checkpoints."""
+    def log_record(self, log: "RunLog", pyplot, record: dict, timing: dict) -> None:
+        """Append one iteration's record: its step, the evaluation made at that iteration if any, then timing."""
+        evaluated = self.pending_eval is not None
+        if evaluated:
+            record.update((k, v) for k, v in self.pending_eval.items() if k != "iter")
+            self.pending_eval = None
+        record.update(timing)
+        with self.writing(log.path):
+            log.write(record)
+        if evaluated and pyplot is not None:
+            with self.writing(self.out_dir / PLOT_FILE):
+                plot_losses(pyplot, log.records, self.out_dir / PLOT_FILE)
+
+    def evaluate_and_checkpoint(self, it: int, elapsed: float, bar) -> None:
+        """Estimate both losses, print them and a sample, write the checkpoints.
+
+        The estimates are logged with the record of iteration `it`, after its
+        training step; until then they wait in `pending_eval`, which the
+        checkpoint also holds, so a run killed in between still logs them on resume.
+        """
         losses = self.estimate_loss(it)
         if not all(math.isfinite(v) for v in losses.values()):
             raise TrainingDiverged(self._diverged_message(f"the evaluation loss is {losses['val']}", it))
         self.last_eval_iter = it
-        record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"], "lr": self.lr_at(it),
-                  "tokens_per_sec": tokens_per_sec, "elapsed_s": elapsed}
-        log.write(record)
+        self.pending_eval = {"iter": it, "val_loss": losses["val"], "train_loss_eval": losses["train"]}
         bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         if self.cfg.sample_tokens:
             bar.write("sample: " + self.sample(it).replace("\n", "\n        ")[:2000])
@@ -288,7 +358,6 @@ class Trainer:
         self.save("latest", it, elapsed)
         if improved:
             self.save("best", it, elapsed)
-        plot_losses(log.records, self.out_dir / PLOT_FILE)
 
     def _check_finite(self, loss, it: int) -> float | None:
         """The loss as a float; a NaN or infinite one stops training, keeping the last good checkpoint."""
@@ -306,7 +375,34 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------
-# Helpers: Ctrl-C, the JSON-lines log, the loss plot
+# Helpers: out_dir, Ctrl-C, the JSON-lines log, the loss plot
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Make out_dir and write a probe file in it: a path that cannot hold checkpoints fails before any work."""
+    try:
+        existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+        if not existing.is_dir():
+            where = "is a file" if existing == out_dir else f"lies under {existing}, which is a file"
+            raise MinigptError(f"--out_dir {out_dir} {where}; choose another --out_dir")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise MinigptError(
+            f"cannot write to --out_dir {out_dir} ({err.strerror or err}); choose a writable --out_dir"
+        ) from None
+
+
+def refuse_to_overwrite(out_dir: Path) -> None:
+    """A new run never replaces an earlier one's checkpoints and log unasked (as Hugging Face's Trainer)."""
+    found = [name for name in ("latest", "best", LOG_FILE) if (out_dir / name).exists()]
+    if found:
+        raise MinigptError(
+            f"--out_dir {out_dir} already holds a run ({', '.join(found)}); continue it with --init_from resume, "
+            "choose another --out_dir, or pass --overwrite to replace it"
+        )
 
 
 class StopFlag:
@@ -337,11 +433,13 @@ class StopFlag:
 
 
 class RunLog:
-    """out_dir/log.jsonl: one JSON record per logged iteration, flushed as it is written.
+    """out_dir/log.jsonl: one JSON record per logged iteration, in order, flushed as it is written.
 
     A resumed run first drops the records at or after the iteration it resumes
-    from (a crashed run may have logged past its last checkpoint), so the file
-    reads as one uninterrupted run; a fresh run starts an empty file.
+    from (a crashed run may have logged past its last checkpoint; the resumed
+    run writes those records again, with the same values), so after any
+    interruption the file holds exactly the records of one uninterrupted run;
+    a fresh run starts an empty file.
     """
 
     def __init__(self, path: Path, keep_before: int = 0):
@@ -363,16 +461,21 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
 
 
-def plot_losses(records: list, path: Path) -> None:
-    """Train and val loss against iteration as a PNG, when matplotlib is installed (the `plot` extra)."""
+def import_pyplot():
+    """matplotlib.pyplot on its file-only backend, or None when matplotlib is not installed (the `plot` extra)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return
-    train = [(r["iter"], r["train_loss"]) for r in records if "val_loss" not in r]
+        return None
+    return plt
+
+
+def plot_losses(plt, records: list, path: Path) -> None:
+    """The training batches' loss and the evaluations' val loss against iteration, as a PNG."""
+    train = [(r["iter"], r["train_loss"]) for r in records if "train_loss" in r]
     val = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
     for points, label in ((train, "train (batch)"), (val, "val")):
@@ -382,8 +485,10 @@ def plot_losses(records: list, path: Path) -> None:
     ax.set_ylabel("cross-entropy loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    try:
+        write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,7 @@ import functools
 import hashlib
 import http.server
 import json
+import re
 import threading
 
 import numpy as np
@@ -228,3 +229,65 @@ def test_shakespeare_offline_says_how_to_supply_the_file(http_server, data_dir, 
     monkeypatch.setenv("MINIGPT_SHAKESPEARE_URL", f"{url}/missing.txt")
     with pytest.raises(MinigptError, match="save it as .*shakespeare.input.txt"):
         load_corpus("shakespeare")
+
+
+# -- folders of files, data folder names (issue 11.6) -----------------------------------------
+
+
+def test_a_folder_of_python_sources_skips_pycache_and_binary_files(tmp_path, capsys):
+    import py_compile
+
+    folder = tmp_path / "src"
+    (folder / "pkg").mkdir(parents=True)
+    (folder / "pkg" / "mod.py").write_text("def f():\n    return 'é'\n", encoding="utf-8")
+    (folder / "README").write_text("read me\n", encoding="utf-8")
+    py_compile.compile(str(folder / "pkg" / "mod.py"), doraise=True)  # pkg/__pycache__/mod.cpython-3X.pyc
+    (folder / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "index").write_bytes(b"DIRC\0\0\0\2")
+    assert list((folder / "pkg" / "__pycache__").glob("*.pyc"))
+    corpus = path_corpus(folder)
+    assert corpus.text == "read me\n\n\ndef f():\n    return 'é'\n"
+    out = capsys.readouterr().out
+    assert out.strip() == f"--data {folder}: skipped 2 non-text file(s): 1 under __pycache__; 1 binary (logo.png)"
+
+
+def test_a_folder_still_refuses_text_in_another_encoding(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("fine\n", encoding="utf-8")
+    (folder / "b.txt").write_bytes("caf\xe9\n".encode("latin-1"))  # no NUL: text, in Latin-1
+    with pytest.raises(MinigptError, match=r"b\.txt is not UTF-8 text.*convert it to UTF-8"):
+        path_corpus(folder)
+
+
+def test_a_binary_file_or_a_folder_without_text_is_an_error(tmp_path):
+    blob = tmp_path / "weights.bin"
+    blob.write_bytes(b"\0\1\2\3" * 100)
+    with pytest.raises(MinigptError, match="is a binary file"):
+        path_corpus(blob)
+    folder = tmp_path / "only_pycache" / "__pycache__"
+    folder.mkdir(parents=True)
+    (folder / "x.pyc").write_bytes(b"\xa7\r\r\n\0\0\0\0")
+    with pytest.raises(MinigptError, match="no text files in it"):
+        path_corpus(folder.parent)
+
+
+@pytest.mark.parametrize("spec", ["char", "bpe:300"])
+def test_a_checkpoints_tokenizer_never_shares_the_specs_folder(tmp_path, text_file, capsys, spec):
+    """A run on corpus.txt with a checkpoint's tokenizer (built on another text) and one with --tokenizer
+    built on corpus.txt itself each keep their own folder: neither rebuilds the other's."""
+    from minigpt.data import build_tokenizer
+
+    other_text = TEXT + "Quizzical Jove, vex'd by the wax!\n"
+    theirs = build_tokenizer(spec, other_text, other_text[: int(0.9 * len(other_text))])
+    label = spec.replace(":", "")
+    ours = prepare(load_corpus(data=str(text_file)), spec)
+    given = prepare(load_corpus(data=str(text_file)), tokenizer=theirs)
+    assert ours.dir.name == f"corpus_{label}"
+    assert re.fullmatch(rf"corpus_{label}-[0-9a-f]{{8}}", given.dir.name)
+    capsys.readouterr()
+    for _ in range(2):  # each reuses its own folder, in any order
+        assert prepare(load_corpus(data=str(text_file)), spec).dir == ours.dir
+        assert prepare(load_corpus(data=str(text_file)), tokenizer=theirs).dir == given.dir
+    assert "preparing" not in capsys.readouterr().out

@@ -1,8 +1,9 @@
 """Tokenizers: GPT-2's BPE against tiktoken, BPE training, the character tokenizer, files.
 
 The GPT-2 comparisons need OpenAI's files from the directory named by
-MINIGPT_GPT2_TOKENIZER_DIR (encoder.json, vocab.bpe, gpt2.tiktoken,
-tinyshakespeare.txt); without it they are skipped.
+MINIGPT_GPT2_TOKENIZER_DIR (GPT2_FILES: encoder.json, vocab.bpe, gpt2.tiktoken,
+tinyshakespeare.txt), absolute or relative to where pytest runs; without it
+they are skipped, and the short summary (-rs) says why.
 """
 
 import functools
@@ -31,17 +32,32 @@ EOT = "<|endoftext|>"
 
 # ---- GPT-2's files, tiktoken, and the texts to compare on ------------------
 
-@pytest.fixture(scope="module")
-def gpt2_dir() -> Path:
+GPT2_FILES = ("encoder.json", "vocab.bpe", "gpt2.tiktoken", "tinyshakespeare.txt")  # the README lists the same
+
+
+def find_gpt2_dir() -> tuple[Path | None, str]:
+    """(the absolute directory named by MINIGPT_GPT2_TOKENIZER_DIR, "") or (None, why the tests skip).
+
+    The path is resolved here, where it is read: a relative value (the README's
+    ../shared/data) would otherwise point nowhere once a test symlinks to it or
+    changes directory.
+    """
     directory = os.environ.get(ENV_VAR)
     if not directory:
-        pytest.skip(f"set {ENV_VAR} to a directory holding GPT-2's encoder.json, vocab.bpe, "
-                    f"gpt2.tiktoken and tinyshakespeare.txt (e.g. ../shared/data) to run this test")
-    directory = Path(directory)
-    missing = [name for name in ("encoder.json", "vocab.bpe", "gpt2.tiktoken", "tinyshakespeare.txt")
-               if not (directory / name).is_file()]
+        return None, (f"set {ENV_VAR} to a directory holding GPT-2's {', '.join(GPT2_FILES)} "
+                      f"(e.g. ../shared/data) to run this test")
+    directory = Path(directory).expanduser().resolve()
+    missing = [name for name in GPT2_FILES if not (directory / name).is_file()]
     if missing:
-        pytest.skip(f"{ENV_VAR}={directory} lacks {', '.join(missing)}")
+        return None, f"{ENV_VAR}={directory} lacks {', '.join(missing)}"
+    return directory, ""
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir() -> Path:
+    directory, reason = find_gpt2_dir()
+    if directory is None:
+        pytest.skip(reason)
     return directory
 
 

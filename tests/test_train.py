@@ -1,7 +1,9 @@
 """scripts/train.py and the trainer: options, the log, checkpoints, exact resume, Ctrl-C, divergence."""
 
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 
 from minigpt.checkpoint import is_checkpoint, load_trainer_state
 from minigpt.config import TrainConfig, parse_args
-from minigpt.errors import MinigptError
+from minigpt.errors import MinigptError, run_cli
 from minigpt.model import GPT
 from minigpt.trainer import Trainer, TrainingDiverged, main, resolve_config
 
@@ -40,7 +42,14 @@ def read_log(out_dir):
 
 
 def train_losses(records):
-    return {r["iter"]: r["train_loss"] for r in records if "val_loss" not in r}
+    return {r["iter"]: r["train_loss"] for r in records if "train_loss" in r}
+
+
+TIMING = ("tokens_per_sec", "elapsed_s")
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
 def run_script(*argv, env_extra=None, **kwargs):
@@ -129,13 +138,17 @@ def test_train_writes_log_and_checkpoints(tmp_path, corpus):
     out = tmp_path / "out"
     assert run_main(*TINY, "--data", corpus, "--max_iters", 6, "--eval_interval", 3, "--out_dir", out) == 0
     records = read_log(out)
-    steps = [r for r in records if "val_loss" not in r]
+    assert [r["iter"] for r in records] == list(range(7))  # one record per iteration, evaluations included
+    steps = [r for r in records if "train_loss" in r]
     evals = [r for r in records if "val_loss" in r]
     assert [r["iter"] for r in steps] == list(range(6))
     assert [r["iter"] for r in evals] == [0, 3, 6]
-    for r in records:
-        assert {"iter", "train_loss", "lr", "tokens_per_sec", "elapsed_s"} <= set(r)
-    assert all(r["tokens_per_sec"] > 0 for r in steps)
+    for r in steps:
+        assert set(r) >= {"iter", "lr", "train_loss", "grad_norm", "tokens_per_sec", "elapsed_s"}
+        assert r["tokens_per_sec"] > 0 and r["grad_norm"] > 0
+    for r in evals:  # the evaluation's two estimates, named apart from the step's batch loss
+        assert {"val_loss", "train_loss_eval", "lr", "elapsed_s"} <= set(r)
+    assert "train_loss" not in records[6]  # the final evaluation has no training step after it
     assert [r["elapsed_s"] for r in records] == sorted(r["elapsed_s"] for r in records)
     assert is_checkpoint(out / "latest") and is_checkpoint(out / "best")
     state = load_trainer_state(out / "latest")
@@ -222,7 +235,7 @@ def test_ctrl_c_saves_latest_and_exits_cleanly(tmp_path, corpus):
     try:
         deadline = time.time() + 60
         log = out / "log.jsonl"
-        while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 4):  # eval + 3 steps
+        while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 4):  # iterations 0 to 3
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
@@ -255,3 +268,253 @@ def test_init_from_a_training_out_dir_uses_its_best_checkpoint(tmp_path, corpus)
     base, tuned = GPT.from_pretrained(tmp_path / "base" / "best"), GPT.from_pretrained(tmp_path / "tuned" / "latest")
     for name in base.params:
         np.testing.assert_array_equal(tuned.params[name], base.params[name])
+
+
+# -- the log across interruptions (issue 11.2) -------------------------------------------
+
+
+class Killed(BaseException):
+    """Stands for kill -9: nothing after it runs, no handler sees it."""
+
+
+def kill_at(monkeypatch, iteration):
+    """Make train_step die as it starts `iteration`, as a kill -9 at that moment would."""
+    real_step = Trainer.train_step
+
+    def step(self, it):
+        if it == iteration:
+            raise Killed
+        return real_step(self, it)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+
+LOG_RUN = [*TINY, "--eval_interval", 3, "--max_iters", 10, "--lr_decay_iters", 10, "--dropout", 0.1]
+
+
+@pytest.mark.parametrize("killed_at, torn_line", [
+    (6, False),  # right after the checkpoint at 6, before the record of iteration 6 (which holds that evaluation)
+    (8, True),   # two records past the checkpoint, and a record cut short mid-write
+])
+def test_a_killed_run_resumes_to_the_log_of_an_uninterrupted_one(tmp_path, corpus, monkeypatch, killed_at, torn_line):
+    run_main(*LOG_RUN, "--data", corpus, "--out_dir", tmp_path / "straight")
+    out = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        kill_at(m, killed_at)
+        with pytest.raises(Killed):
+            run_main(*LOG_RUN, "--data", corpus, "--out_dir", out)
+    assert load_trainer_state(out / "latest")["iter"] == 6
+    if torn_line:
+        with open(out / "log.jsonl", "a") as f:
+            f.write('{"iter": 8, "lr": 0.0')
+    assert run_main("--init_from", "resume", "--out_dir", out) == 0
+    assert without_timing(read_log(out)) == without_timing(read_log(tmp_path / "straight"))
+
+
+def test_a_run_killed_by_sigkill_resumes_to_the_same_log(tmp_path, corpus):
+    argv = [*map(str, TINY), "--data", str(corpus), "--max_iters", "80", "--eval_interval", "7", "--sample_tokens", "0"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *argv, "--out_dir", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and (not (out / "log.jsonl").exists()
+                                          or (out / "log.jsonl").read_text().count("\n") < 10):
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL  # it was killed, not finished
+    assert run_main("--init_from", "resume", "--out_dir", out) == 0
+    assert run_main(*argv, "--out_dir", tmp_path / "straight") == 0  # in this process: the same code, the same numbers
+    assert without_timing(read_log(out)) == without_timing(read_log(tmp_path / "straight"))
+
+
+def test_raising_max_iters_of_a_finished_run_keeps_its_last_evaluation(tmp_path, corpus):
+    common = [*TINY, "--data", corpus, "--eval_interval", 2, "--lr_decay_iters", 6]
+    run_main(*common, "--max_iters", 6, "--out_dir", tmp_path / "straight")
+    run_main(*common, "--max_iters", 4, "--out_dir", tmp_path / "split")
+    finished = {r["iter"]: r for r in read_log(tmp_path / "split")}
+    run_main("--init_from", "resume", "--max_iters", 6, "--out_dir", tmp_path / "split")
+    resumed = {r["iter"]: r for r in read_log(tmp_path / "split")}
+    assert resumed[4]["val_loss"] == finished[4]["val_loss"]  # iteration 4's evaluation is still in the log
+    assert resumed[4]["train_loss_eval"] == finished[4]["train_loss_eval"] and "train_loss" in resumed[4]
+    assert without_timing(read_log(tmp_path / "split")) == without_timing(read_log(tmp_path / "straight"))
+
+
+# -- resuming: the schedule, a finished run (issue 11.5) -----------------------------------
+
+
+def test_raising_max_iters_keeps_the_saved_learning_rate_schedule(tmp_path, corpus, capsys):
+    out = tmp_path / "out"
+    run_main(*TINY, "--data", corpus, "--max_iters", 6, "--eval_interval", 3, "--out_dir", out)
+    first = {r["iter"]: r["lr"] for r in read_log(out)}
+    min_lr = TrainConfig().min_lr
+    assert first[5] > min_lr  # still decaying towards iteration 6
+    capsys.readouterr()
+    run_main("--init_from", "resume", "--max_iters", 9, "--out_dir", out)
+    printed = capsys.readouterr().out
+    lrs = {r["iter"]: r["lr"] for r in read_log(out)}
+    assert {i: lrs[i] for i in first} == first
+    assert [lrs[i] for i in (6, 7, 8)] == [min_lr] * 3  # the decay ended at 6 and holds min_lr; no restart
+    assert "resuming" in printed and "at iteration 6 (--lr_decay_iters), then --min_lr until 9" in printed
+    assert load_trainer_state(out / "latest")["options"]["lr_decay_iters"] == 6
+
+
+def test_an_explicit_lr_decay_iters_on_resume_changes_the_schedule(tmp_path, corpus):
+    out = tmp_path / "out"
+    run_main(*TINY, "--data", corpus, "--max_iters", 6, "--eval_interval", 3, "--out_dir", out)
+    run_main("--init_from", "resume", "--max_iters", 9, "--lr_decay_iters", 12, "--out_dir", out)
+    from minigpt.optim import cosine_lr
+
+    cfg = TrainConfig()
+    lrs = {r["iter"]: r["lr"] for r in read_log(out)}
+    assert lrs[7] == cosine_lr(7, cfg.learning_rate, cfg.min_lr, 2, 12) > cfg.min_lr
+
+
+def test_resuming_a_finished_run_says_so_and_how_to_continue(tmp_path, corpus, capsys):
+    out = tmp_path / "out"
+    run_main(*TINY, "--data", corpus, "--max_iters", 3, "--eval_interval", 3, "--out_dir", out)
+    log_before = (out / "log.jsonl").read_bytes()
+    capsys.readouterr()
+    assert run_main("--init_from", "resume", "--out_dir", out) == 0
+    printed = capsys.readouterr().out
+    assert "already at iteration 3 (--max_iters 3)" in printed and "raise it" in printed and "--max_iters N" in printed
+    assert "done" not in printed
+    assert (out / "log.jsonl").read_bytes() == log_before
+
+
+# -- a second run into the same out_dir (issue 11.4) --------------------------------------
+
+
+def snapshot(out):
+    return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("init", [[], ["--init_from", "base"]])
+def test_a_new_run_refuses_to_replace_an_earlier_one(tmp_path, corpus, init):
+    run_main(*TINY, "--data", corpus, "--max_iters", 2, "--eval_interval", 2, "--out_dir", tmp_path / "base")
+    out = tmp_path / "out"
+    run_main(*TINY, "--data", corpus, "--max_iters", 2, "--eval_interval", 2, "--out_dir", out)
+    before = snapshot(out)
+    init = [str(tmp_path / "base" / "latest") if a == "base" else a for a in init]
+    with pytest.raises(MinigptError, match=r"already holds a run \(latest, best, log.jsonl\); continue it with "
+                                           r"--init_from resume, choose another --out_dir, or pass --overwrite"):
+        run_main(*TINY, *init, "--data", corpus, "--max_iters", 2, "--out_dir", out)
+    assert snapshot(out) == before
+
+
+def test_overwrite_replaces_the_earlier_run(tmp_path, corpus):
+    out = tmp_path / "out"
+    run_main(*TINY, "--data", corpus, "--max_iters", 4, "--eval_interval", 2, "--out_dir", out)
+    assert run_main(*TINY, "--data", corpus, "--max_iters", 1, "--eval_interval", 1, "--out_dir", out,
+                    "--overwrite") == 0
+    assert [r["iter"] for r in read_log(out)] == [0, 1]  # a new history, not the old one's continuation
+    assert load_trainer_state(out / "latest")["iter"] == 1
+
+
+def test_overwrite_is_a_flag_or_takes_a_value():
+    assert parse_args(["--overwrite"])[0].overwrite is True
+    assert parse_args(["--overwrite", "false"])[0].overwrite is False
+    assert parse_args(["--overwrite=true", "--max_iters", "3"])[0].overwrite is True
+    assert parse_args([])[0].overwrite is False
+
+
+# -- out_dir problems are one line (issue 11.3) -------------------------------------------
+
+
+def out_dir_cases(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    return {"a file": (a_file, "is a file"),
+            "under a file": (a_file / "out", "lies under .*a_file, which is a file"),
+            "a parent that cannot be made": (Path("/proc/minigpt-no-such-dir/out"), "cannot write to --out_dir")}
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "a parent that cannot be made"])
+def test_a_bad_out_dir_is_one_line_before_any_work(tmp_path, corpus, data_dir, case):
+    out, message = out_dir_cases(tmp_path)[case]
+    if case == "a parent that cannot be made" and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux's /proc, where no directory can be made")
+    result = run_script(*TINY, "--data", corpus, "--max_iters", 2, "--out_dir", out,
+                        env_extra={"MINIGPT_DATA_DIR": str(data_dir)})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.strip().count("\n") == 0, result.stderr
+    assert re.search(message, result.stderr)
+    assert not data_dir.exists()  # checked before the data was prepared
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_out_dir_is_one_line(tmp_path, corpus):
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        with pytest.raises(MinigptError, match="cannot write to --out_dir .*choose a writable --out_dir"):
+            run_main(*TINY, "--data", corpus, "--max_iters", 2, "--out_dir", parent / "out")
+    finally:
+        parent.chmod(0o755)
+
+
+def test_a_read_only_file_system_is_one_line(tmp_path, corpus, monkeypatch, data_dir):
+    """Root writes into a 0o555 directory, so a read-only file system is simulated where the probe writes."""
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(MinigptError, match=r"cannot write to --out_dir .* \(Read-only file system\); choose a writable"):
+        run_main(*TINY, "--data", corpus, "--max_iters", 2, "--out_dir", tmp_path / "out")
+    assert not data_dir.exists()
+
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "log"])
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoints(tmp_path, corpus, monkeypatch, capsys, where):
+    import minigpt.checkpoint
+    import minigpt.trainer
+
+    out = tmp_path / "out"
+    if where == "checkpoint":  # the saves at iteration 0 (latest and best) succeed, the one at 3 finds the disk full
+        real_save, calls = minigpt.checkpoint.save_file, []
+
+        def save_file(*args, **kwargs):
+            calls.append(1)
+            return disk_full() if len(calls) > 2 else real_save(*args, **kwargs)
+
+        monkeypatch.setattr(minigpt.checkpoint, "save_file", save_file)
+        what = out / "latest"
+    else:  # the log's third record finds the disk full
+        real_write = minigpt.trainer.RunLog.write
+        monkeypatch.setattr(minigpt.trainer.RunLog, "write",
+                            lambda self, r: disk_full() if r["iter"] == 2 else real_write(self, r))
+        what = out / "log.jsonl"
+    argv = [*TINY, "--data", corpus, "--max_iters", 6, "--eval_interval", 3, "--out_dir", out]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, [str(a) for a in argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: could not write {what} (No space left on device); ")
+    assert f"{out / 'latest'} and {out / 'best'} keep their last complete version" in err
+    assert "continue with --init_from resume" in err
+    for name in ("latest", "best"):
+        assert is_checkpoint(out / name) and load_trainer_state(out / name)["iter"] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["best", "latest", "log.jsonl"]  # no temporary leftovers
+
+
+# -- loss.png without matplotlib (issue 11.8) ---------------------------------------------
+
+
+def test_a_missing_matplotlib_is_one_note_per_run(tmp_path, corpus, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    out = tmp_path / "out"
+    run_main(*TINY, "--data", corpus, "--max_iters", 4, "--eval_interval", 1, "--out_dir", out)
+    printed = capsys.readouterr().out
+    assert printed.count("no loss.png (matplotlib is not installed; pip install -e '.[plot]'") == 1
+    assert len(re.findall(r"iter \d: train loss", printed)) == 5  # five evaluations, one note
+    assert not (out / "loss.png").exists()

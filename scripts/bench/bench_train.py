@@ -72,12 +72,12 @@ def run_once(seed, argv):
         seconds = time.perf_counter() - start
         records = [json.loads(line) for line in (Path(out_dir) / "log.jsonl").read_text().splitlines()]
     last_eval = [r for r in records if "val_loss" in r][-1]
-    steps = [r["tokens_per_sec"] for r in records if "val_loss" not in r and r["iter"] > 0]
+    steps = [r["tokens_per_sec"] for r in records if "tokens_per_sec" in r and r["iter"] > 0]
     full, _, _ = perplexity(trainer.model, trainer.data.val, batch_size=64, progress=False)
     cfg = trainer.cfg
     return {
         "seed": seed, "iters": cfg.max_iters, "val_loss": round(last_eval["val_loss"], 4),
-        "val_loss_full": round(full, 4), "train_loss": round(last_eval["train_loss"], 4), "wall_s": round(seconds, 1),
+        "val_loss_full": round(full, 4), "train_loss": round(last_eval["train_loss_eval"], 4), "wall_s": round(seconds, 1),
         "mean_tokens_per_sec": round(sum(steps) / max(len(steps), 1)), "workers": trainer.parallel.workers,
         "device": cfg.device, "dtype": cfg.dtype,
     }
