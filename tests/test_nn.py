@@ -363,3 +363,57 @@ def test_cross_entropy_with_ignored_targets(device):
     lse = np.log(np.exp(z).sum(1))
     expected = np.mean([lse[n] - z[n, y[n]] for n in range(8) if y[n] != -1])
     np.testing.assert_allclose(float(to_host(loss())), expected, rtol=1e-12)
+
+
+# -- the contract of minigpt/nn/__init__.py ---------------------------------------------------------
+
+
+def arrays_in(cache):
+    """Every array inside a (nested) cache of tuples, lists and dicts."""
+    if isinstance(cache, (tuple, list)):
+        return [a for item in cache for a in arrays_in(item)]
+    if isinstance(cache, dict):
+        return [a for item in cache.values() for a in arrays_in(item)]
+    return [cache] if hasattr(cache, "shape") and hasattr(cache, "dtype") else []
+
+
+def test_every_backward_returns_dx_and_grads_and_leaves_its_cache(device):
+    xp, rng, randn = setup(device)
+    C, H = 4, 2
+    x = randn(2, 3, C)
+    block_params = {
+        "ln_1.weight": randn(C), "ln_1.bias": randn(C), "attn.c_attn.weight": randn(C, 3 * C), "attn.c_attn.bias": randn(3 * C),
+        "attn.c_proj.weight": randn(C, C), "attn.c_proj.bias": randn(C), "ln_2.weight": randn(C), "ln_2.bias": randn(C),
+        "mlp.c_fc.weight": randn(C, 4 * C), "mlp.c_fc.bias": randn(4 * C), "mlp.c_proj.weight": randn(4 * C, C),
+        "mlp.c_proj.bias": randn(C),
+    }
+    attn = (block_params["attn.c_attn.weight"], block_params["attn.c_attn.bias"],
+            block_params["attn.c_proj.weight"], block_params["attn.c_proj.bias"], H, 0.2, xp.random.default_rng(0), True)
+    mlp_params = [block_params[f"mlp.{name}"] for name in ("c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias")]
+    layers = {
+        "linear": (linear, (x, randn(C, 5), randn(5))),
+        "layernorm": (layernorm, (x, randn(C), randn(C))),
+        "gelu": (gelu, (x,)),
+        "mlp": (mlp, (x, *mlp_params)),
+        "softmax": (softmax, (randn(2, 3, 3), 0.5)),
+        "dropout": (dropout, (x, 0.5, xp.random.default_rng(0), True)),
+        "attention": (attention, (x, *attn)),
+        "embedding": (embedding, (xp.asarray([[1, 2, 1]]), randn(5, C), randn(8, C))),
+        "lm_head": (lm_head, (x, randn(7, C))),
+        "cross_entropy": (cross_entropy, (randn(2, 3, 7), xp.asarray([[1, -1, 6], [0, 3, 3]]))),
+        "block": (block, (x, block_params, H, 0.2, xp.random.default_rng(0), True)),
+    }
+    for name, (module, args) in layers.items():
+        out, cache = module.forward(*args)
+        before = [to_host(a).copy() for a in arrays_in(cache)]
+        dout = xp.asarray(rng.standard_normal(out.shape))
+        dx, grads = module.backward(dout, cache)
+        assert isinstance(grads, dict), name
+        assert dx is None if module is embedding else dx.shape == args[0].shape, name
+        for kept, now in zip(before, arrays_in(cache)):
+            np.testing.assert_array_equal(to_host(now), kept, err_msg=f"{name}.backward changed its cache")
+    blocked = attention.forward_blocked(x, *attn)[1]
+    before = [to_host(a).copy() for a in arrays_in(blocked)]
+    attention.backward_blocked(randn(2, 3, C), blocked)
+    for kept, now in zip(before, arrays_in(blocked)):
+        np.testing.assert_array_equal(to_host(now), kept, err_msg="attention.backward_blocked changed its cache")
