@@ -134,7 +134,8 @@ def check_mlp(rng):
     randn = _randn(rng)
     C = 4
     x = randn(2, 3, C)
-    p = {"c_fc.weight": randn(C, 4 * C), "c_fc.bias": randn(4 * C), "c_proj.weight": randn(4 * C, C), "c_proj.bias": randn(C)}
+    p = {"c_fc.weight": randn(C, 4 * C), "c_fc.bias": randn(4 * C),
+         "c_proj.weight": randn(4 * C, C), "c_proj.bias": randn(C)}
 
     def fwd():
         return mlp.forward(x, p["c_fc.weight"], p["c_fc.bias"], p["c_proj.weight"], p["c_proj.bias"])
@@ -242,7 +243,8 @@ def check_cross_entropy(rng):
 
 def check_model(rng, entries_per_tensor=12):
     """The whole GPT, loss = cross-entropy: a sample of entries of every parameter (tied wte included)."""
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11, dropout=0.1), dtype="float64", seed=0)
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11, dropout=0.1)
+    model = GPT(config, dtype="float64", seed=0)
     for name, p in model.params.items():
         if name.endswith(".bias") or ".ln_" in name:  # LayerNorm and bias values away from 1 and 0
             p += rng.standard_normal(p.shape) * 0.1

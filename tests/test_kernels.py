@@ -73,7 +73,8 @@ def test_layers_send_numpy_arrays_to_the_numpy_twins(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "module", ["minigpt.kernels.gelu_cuda", "minigpt.kernels.softmax_cuda", "minigpt.nn.gelu", "minigpt.nn.softmax", "minigpt.model"]
+    "module",
+    ["minigpt.kernels.gelu_cuda", "minigpt.kernels.softmax_cuda", "minigpt.nn.gelu", "minigpt.nn.softmax", "minigpt.model"],
 )
 def test_imports_first_in_a_fresh_interpreter(module):
     """Whichever side of a layer/kernel pair is imported first, the import completes (no cycle)."""
