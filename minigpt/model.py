@@ -7,9 +7,10 @@ The whole model is a composition of the layers in minigpt.nn:
     logits = ln_f(x) @ wte^T                               # (B, T, V), head tied to wte
     loss = cross_entropy(logits, targets)
 
-`forward` keeps every layer's cache; `backward` walks the same list in reverse
-and returns one gradient per parameter. Reading and writing Hugging Face files is
-in minigpt.weights, finding them in minigpt.loading; KV-cache decoding is
+`forward` keeps every layer's cache (in training mode); `backward` walks the
+same list in reverse and returns one gradient per parameter (minigpt/nn/README.md
+tells the story layer by layer). Reading and writing Hugging Face files is in
+minigpt.weights, finding them in minigpt.loading; KV-cache decoding is
 `new_kv_cache` + `forward_cached`.
 """
 
@@ -198,37 +199,52 @@ class GPT:
 
     # -- training forward and backward --------------------------------------
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, keep_for_backward=None):
         """idx, targets: (B, T) integer arrays -> (logits (B, T, V), loss or None).
 
-        With targets, every layer's cache is kept for `backward`.
+        keep_for_backward: keep every layer's activations (its cache) for
+        `backward`. None, the default, keeps them in training mode when there are
+        targets; evaluation (eval mode) keeps nothing. Either way the previous
+        forward's activations are let go first, so two forwards never hold two sets.
         """
         c, p = self.config, self.params
+        self._caches = None
+        keep = (self.training if keep_for_backward is None else keep_for_backward) and targets is not None
         idx = self._check_idx(idx)
         x, emb_cache = embedding.forward(idx, p["transformer.wte.weight"], p["transformer.wpe.weight"])
         x, emb_drop_cache = dropout.forward(x, c.dropout, self.rng, self.training)
         block_caches = []
         for i in range(c.n_layer):
             x, cache = block.forward(x, self.block_params(i), c.n_head, c.dropout, self.rng, self.training)
-            block_caches.append(cache)
+            if keep:  # otherwise this block's activations are freed here, before the next block runs
+                block_caches.append(cache)
         x, ln_f_cache = layernorm.forward(x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"))
         logits, head_cache = lm_head.forward(x, p["transformer.wte.weight"])  # (B, T, V)
         if targets is None:
-            self._caches = None
             return logits, None
         loss, ce_cache = cross_entropy.forward(logits, self.xp.asarray(targets))
-        self._caches = (emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache)
+        if keep:
+            self._caches = (emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache)
         return logits, loss
 
     def backward(self, dloss=1.0):
-        """Gradients of the last forward's loss (times dloss), keyed and shaped like `params`."""
+        """Gradients of the last forward's loss (times dloss), keyed and shaped like `params`.
+
+        The forward in reverse: each layer's backward takes the gradient of its
+        output and its cache, and returns the gradient of its input and of its parameters.
+        """
         if self._caches is None:
-            raise RuntimeError("backward() needs a forward(idx, targets) with targets first")
+            raise RuntimeError(
+                "backward() needs the activations of a forward(idx, targets) in training mode "
+                "(or with keep_for_backward=True); the last forward kept none"
+            )
         emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache = self._caches
-        self._caches = None  # free the activations as soon as they are used
+        self._caches = None  # the locals are now the only references: each one is freed once used
         grads = {}
-        dlogits = cross_entropy.backward(dloss, ce_cache)
+        dlogits, _ = cross_entropy.backward(dloss, ce_cache)
+        del ce_cache  # (N, V) exponentials
         dx, g = lm_head.backward(dlogits, head_cache)
+        del dlogits  # (N, V)
         dwte_head = g["weight"]
         dx, g = layernorm.backward(dx, ln_f_cache)
         grads.update({f"transformer.ln_f.{k}": v for k, v in g.items()})
@@ -237,9 +253,9 @@ class GPT:
             grads.update({f"transformer.h.{i}.{k}": v for k, v in g.items()})
             block_caches[i] = None
         dx, _ = dropout.backward(dx, emb_drop_cache)
-        # the tied head and the embedding read the same matrix: their gradients add
-        _, g = embedding.backward(dx, emb_cache, dwte=dwte_head)
-        grads["transformer.wte.weight"] = g["wte"]
+        _, g = embedding.backward(dx, emb_cache)
+        dwte_head += g["wte"]  # the tied head and the embedding read the same matrix: their gradients add
+        grads["transformer.wte.weight"] = dwte_head
         grads["transformer.wpe.weight"] = g["wpe"]
         return {name: grads[name] for name in self.params}  # the params' order
 

@@ -7,11 +7,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "minigpt"
 
-# Cycles another branch removes (issue 12, item 1): delete the entry once it is merged.
-KNOWN_CYCLES = {("minigpt.kernels.gelu", "minigpt.kernels.gelu_cuda")}
-# Function-level imports another branch owns (issue 12, item 1: kernels/ keeps only the CUDA twins' loading).
-KNOWN_LATE_IMPORTS = {"minigpt.kernels.gelu", "minigpt.kernels.softmax"}
-
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -81,7 +76,7 @@ def test_module_level_imports_have_no_cycle():
 
 def test_a_function_level_import_only_breaks_a_real_cycle():
     """`from minigpt.x import y` inside a function is allowed where x imports this module, and says so."""
-    for name in sorted(set(MODULES) - KNOWN_LATE_IMPORTS):
+    for name in sorted(MODULES):
         for target, line in GRAPH[name][1]:
             assert reaches(target, name), f"{name} imports {target} inside a function, but there is no cycle to break"
             assert "cycle" in line, f"{name}: say on the line that the import of {target} breaks a cycle"
@@ -92,7 +87,6 @@ def test_no_cycle_even_through_function_level_imports_that_do_not_say_so():
     weights and bpe <-> bpe_train were cycles through unmarked late imports)."""
     edges = {name: set(top) | {t for t, line in late if "cycle" not in line} for name, (top, late) in GRAPH.items()}
     cycles = {(a, b) for a in edges for b in edges[a] if reaches(b, a, edges)}
-    cycles -= KNOWN_CYCLES | {(b, a) for a, b in KNOWN_CYCLES}
     assert cycles == set()
 
 

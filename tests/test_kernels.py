@@ -1,10 +1,10 @@
-"""The hot kernels: NumPy twins against plain formulas, CUDA kernels against their twins.
+"""The CUDA twins of minigpt.nn.gelu and minigpt.nn.softmax, against their NumPy twins.
 
 Three layers of checks:
 
-* CPU, always: the NumPy twins of GELU and the causal softmax against
-  straightforward reference code and finite differences, and the dispatchers
-  send NumPy input to the twins.
+* CPU, always: the layers send NumPy input to their NumPy twins (those are
+  checked against plain formulas and finite differences in tests/test_nn.py),
+  and every module imports without a cycle.
 * CPU with the CUDA toolkit: every CUDA source in minigpt/kernels/ compiles
   with nvcc for sm_80 (A100) and sm_90 (H100). ElementwiseKernel bodies are
   wrapped the way CuPy wraps them, so this checks exactly the text that runs.
@@ -28,120 +28,65 @@ import pytest
 import minigpt.kernels
 from minigpt.backend import get_xp, gpu_available, set_tf32, tf32_enabled, to_host
 from minigpt.errors import MinigptError
-from minigpt.kernels import gelu, softmax
 from minigpt.kernels.build_cuda import CTYPES, ElementwiseSource, RawSource
 from minigpt.model import GPT, GPTConfig
+from minigpt.nn import gelu, softmax
 from minigpt.optim import AdamW, clip_grad_norm
 
 # ---------------------------------------------------------------------------
-# NumPy twins
+# The layers call the CUDA kernels for CuPy arrays only, and import without cycles
+# (the NumPy twins themselves are tested in tests/test_nn.py)
 # ---------------------------------------------------------------------------
 
 
-def gelu_reference(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-
-
-def softmax_reference(scores, scale):
-    """Row by row with Python loops: query i sees keys j <= i + Tk - Tq."""
-    t_q, t_k = scores.shape[-2:]
-    rows = scores.reshape(-1, t_q, t_k)
-    out = np.zeros_like(rows)
-    for b in range(rows.shape[0]):
-        for i in range(t_q):
-            visible = i + t_k - t_q + 1
-            z = scale * rows[b, i, :visible]
-            e = np.exp(z - z.max())
-            out[b, i, :visible] = e / e.sum()
-    return out.reshape(scores.shape)
-
-
-def test_gelu_forward_matches_formula():
-    x = np.random.default_rng(0).standard_normal((3, 7, 5)) * 4
-    np.testing.assert_allclose(gelu.gelu_forward_numpy(x), gelu_reference(x), rtol=1e-12, atol=1e-15)
-
-
-def test_gelu_backward_matches_finite_differences():
-    x = np.random.default_rng(1).standard_normal((4, 9)) * 3
-    dout = np.random.default_rng(2).standard_normal(x.shape)
-    h = 1e-6
-    numeric = (gelu_reference(x + h) - gelu_reference(x - h)) / (2 * h) * dout
-    np.testing.assert_allclose(gelu.gelu_backward_numpy(dout, x), numeric, rtol=1e-7, atol=1e-9)
-
-
-def test_gelu_backward_is_finite_for_huge_inputs():
-    x = np.array([-1e4, -50.0, 50.0, 1e4], dtype=np.float32)
-    dx = gelu.gelu_backward_numpy(np.ones_like(x), x)
-    np.testing.assert_array_equal(dx, [0.0, 0.0, 1.0, 1.0])
-
-
-@pytest.mark.parametrize("t_q, t_k", [(1, 1), (5, 5), (3, 8), (1, 33)])
-def test_causal_softmax_forward_matches_reference(t_q, t_k):
-    scores = np.random.default_rng(3).standard_normal((2, 3, t_q, t_k)) * 5
-    probs = softmax.causal_softmax_forward_numpy(scores, 0.37)
-    np.testing.assert_allclose(probs, softmax_reference(scores, 0.37), rtol=1e-12, atol=1e-15)
-    masked = softmax.causal_mask(np, t_q, t_k)
-    assert np.all(probs[..., masked] == 0.0)
-    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-12)
-
-
-def test_causal_softmax_forward_is_stable_for_huge_scores():
-    scores = np.array([[[1e4, 0.0], [1e4, 2e4]]], dtype=np.float32)
-    probs = softmax.causal_softmax_forward_numpy(scores, 1.0)
-    np.testing.assert_array_equal(probs, [[[1.0, 0.0], [0.0, 1.0]]])
-
-
-def test_causal_softmax_backward_matches_finite_differences():
-    rng = np.random.default_rng(4)
-    scores = rng.standard_normal((2, 4, 6))
-    weights = rng.standard_normal(scores.shape)  # L = sum(weights * probs), so dL/dprobs = weights
-    scale = 0.5
-    probs = softmax.causal_softmax_forward_numpy(scores, scale)
-    analytic = softmax.causal_softmax_backward_numpy(weights, probs, scale)
-    numeric = np.zeros_like(scores)
-    h = 1e-6
-    for index in np.ndindex(scores.shape):
-        bumped = scores.copy()
-        bumped[index] += h
-        up = np.sum(weights * softmax.causal_softmax_forward_numpy(bumped, scale))
-        bumped[index] -= 2 * h
-        down = np.sum(weights * softmax.causal_softmax_forward_numpy(bumped, scale))
-        numeric[index] = (up - down) / (2 * h)
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
-    assert np.all(analytic[..., softmax.causal_mask(np, 4, 6)] == 0.0)
-
-
-def test_dispatchers_send_numpy_arrays_to_the_numpy_twins(monkeypatch):
+def test_layers_send_numpy_arrays_to_the_numpy_twins(monkeypatch):
     calls = []
 
     def spy(module, twin_name):
         twin = getattr(module, twin_name)
 
         def wrapped(*args):
-            calls.append(twin_name)
+            calls.append(f"{module.__name__}.{twin_name}")
             return twin(*args)
 
         monkeypatch.setattr(module, twin_name, wrapped)
 
-    spy(gelu, "gelu_forward_numpy")
-    spy(gelu, "gelu_backward_numpy")
-    spy(softmax, "causal_softmax_forward_numpy")
-    spy(softmax, "causal_softmax_backward_numpy")
+    spy(gelu, "forward_numpy")
+    spy(gelu, "backward_numpy")
+    spy(softmax, "forward_numpy")
+    spy(softmax, "backward_numpy")
     x = np.random.default_rng(5).standard_normal((2, 3, 3)).astype(np.float32)
 
-    y = minigpt.kernels.gelu_forward(x)
-    minigpt.kernels.gelu_backward(np.ones_like(x), x)
-    p = minigpt.kernels.causal_softmax_forward(x, 0.5)
-    minigpt.kernels.causal_softmax_backward(np.ones_like(p), p, 0.5)
+    y, gelu_cache = gelu.forward(x)
+    gelu.backward(np.ones_like(x), gelu_cache)
+    p, softmax_cache = softmax.forward(x, 0.5)
+    softmax.backward(np.ones_like(p), softmax_cache)
 
     assert calls == [
-        "gelu_forward_numpy",
-        "gelu_backward_numpy",
-        "causal_softmax_forward_numpy",
-        "causal_softmax_backward_numpy",
+        "minigpt.nn.gelu.forward_numpy",
+        "minigpt.nn.gelu.backward_numpy",
+        "minigpt.nn.softmax.forward_numpy",
+        "minigpt.nn.softmax.backward_numpy",
     ]
     assert isinstance(y, np.ndarray) and isinstance(p, np.ndarray)
     assert y.dtype == np.float32 and p.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["minigpt.kernels.gelu_cuda", "minigpt.kernels.softmax_cuda", "minigpt.nn.gelu", "minigpt.nn.softmax", "minigpt.model"],
+)
+def test_imports_first_in_a_fresh_interpreter(module):
+    """Whichever side of a layer/kernel pair is imported first, the import completes (no cycle)."""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_kernels_package_holds_only_the_cuda_twins_and_their_loading():
+    names = sorted(info.name for info in pkgutil.iter_modules(minigpt.kernels.__path__))
+    assert names == ["build_cuda", "gelu_cuda", "softmax_cuda"]
 
 
 # ---------------------------------------------------------------------------
@@ -298,18 +243,18 @@ def random_pair(shape, dtype, seed):
 def test_gelu_cuda_matches_numpy_twin(shape, dtype):
     x_host, x = random_pair(shape, dtype, seed=10)
     dout_host, dout = random_pair(shape, dtype, seed=11)
-    y = gelu.gelu_forward(x)
-    dx = gelu.gelu_backward(dout, x)
+    y, _ = gelu.forward(x)
+    dx, _ = gelu.backward(dout, x)
     assert y.dtype == dtype and dx.dtype == dtype
-    np.testing.assert_allclose(y.get(), gelu.gelu_forward_numpy(x_host), **TOLERANCE[dtype])
-    np.testing.assert_allclose(dx.get(), gelu.gelu_backward_numpy(dout_host, x_host), **TOLERANCE[dtype])
+    np.testing.assert_allclose(y.get(), gelu.forward_numpy(x_host), **TOLERANCE[dtype])
+    np.testing.assert_allclose(dx.get(), gelu.backward_numpy(dout_host, x_host), **TOLERANCE[dtype])
 
 
 @needs_gpu
 @pytest.mark.gpu
 def test_gelu_cuda_accepts_non_contiguous_views():
     x_host, x = random_pair((6, 10), "float32", seed=12)
-    np.testing.assert_allclose(gelu.gelu_forward(x.T).get(), gelu.gelu_forward_numpy(x_host.T), **TOLERANCE["float32"])
+    np.testing.assert_allclose(gelu.forward(x.T)[0].get(), gelu.forward_numpy(x_host.T), **TOLERANCE["float32"])
 
 
 @needs_gpu
@@ -320,14 +265,14 @@ def test_causal_softmax_cuda_matches_numpy_twin(shape, dtype):
     scale = 1.0 / math.sqrt(64)
     scores_host, scores = random_pair(shape, dtype, seed=13)
     dprobs_host, dprobs = random_pair(shape, dtype, seed=14)
-    probs_host = softmax.causal_softmax_forward_numpy(scores_host, scale)
+    probs_host = softmax.forward_numpy(scores_host, scale)
 
-    probs = softmax.causal_softmax_forward(scores, scale)
-    dscores = softmax.causal_softmax_backward(dprobs, probs, scale)
+    probs, cache = softmax.forward(scores, scale)
+    dscores, _ = softmax.backward(dprobs, cache)
 
     assert probs.dtype == dtype and dscores.dtype == dtype
     np.testing.assert_allclose(probs.get(), probs_host, **TOLERANCE[dtype])
-    expected = softmax.causal_softmax_backward_numpy(dprobs_host, probs_host, scale)
+    expected = softmax.backward_numpy(dprobs_host, probs_host, scale)
     np.testing.assert_allclose(dscores.get(), expected, **TOLERANCE[dtype])
     masked = softmax.causal_mask(np, *shape[-2:])
     assert np.all(probs.get()[..., masked] == 0.0) and np.all(dscores.get()[..., masked] == 0.0)
@@ -337,8 +282,8 @@ def test_causal_softmax_cuda_matches_numpy_twin(shape, dtype):
 @pytest.mark.gpu
 def test_causal_softmax_cuda_accepts_non_contiguous_scores():
     scores_host, scores = random_pair((2, 9, 9), "float32", seed=15)
-    probs = softmax.causal_softmax_forward(scores.transpose(0, 2, 1), 0.25)
-    expected = softmax.causal_softmax_forward_numpy(np.ascontiguousarray(scores_host.transpose(0, 2, 1)), 0.25)
+    probs, _ = softmax.forward(scores.transpose(0, 2, 1), 0.25)
+    expected = softmax.forward_numpy(np.ascontiguousarray(scores_host.transpose(0, 2, 1)), 0.25)
     np.testing.assert_allclose(probs.get(), expected, **TOLERANCE["float32"])
 
 

@@ -1,6 +1,8 @@
 """The whole GPT: finite-difference gradients, Hugging Face layout, init, KV cache."""
 
+import gc
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -188,3 +190,66 @@ def test_flops_per_token_counts_every_weight_product():
     model = GPT(GPTConfig(n_layer=L, n_head=4, n_embd=C, block_size=64, vocab_size=V))
     weights = 12 * L * C * C + 13 * L * C + 2 * C + V * C  # blocks (matmuls, biases, LayerNorms), ln_f, wte
     assert model.flops_per_token(T) == 6 * weights + 6 * L * C * T
+
+
+# -- memory: a forward keeps activations only for a backward that will come --------------------
+
+
+def test_forward_keeps_activations_only_for_a_backward():
+    model = tiny_model("cpu")
+    idx = np.asarray([[1, 2, 3, 4]])
+    model.eval()
+    model.forward(idx, idx)  # evaluation: nothing kept
+    with pytest.raises(RuntimeError, match="keep_for_backward=True"):
+        model.backward()
+    model.forward(idx, idx, keep_for_backward=True)  # eval mode (no dropout), kept on request
+    kept = model.backward()
+    model.train()
+    model.forward(idx, idx, keep_for_backward=False)
+    with pytest.raises(RuntimeError, match="the last forward kept none"):
+        model.backward()
+    model.forward(idx, idx)  # training mode keeps by default; dropout is 0, so the gradients are eval's
+    for name, g in model.backward().items():
+        np.testing.assert_array_equal(g, kept[name], err_msg=name)
+
+
+def test_forwards_never_hold_two_sets_of_activations():
+    """Two evaluation forwards, or a training forward after an evaluation, peak at one forward's memory.
+
+    Issue 11.10: a forward with targets kept every layer's activations even in
+    evaluation, and the next forward built a new set while the old one was still
+    referenced, so it peaked at about twice the memory it needed.
+    """
+    config = GPTConfig(n_layer=4, n_head=2, n_embd=64, block_size=64, vocab_size=97)
+    model = GPT(config, seed=0)
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, 97, (4, 64)), rng.integers(0, 97, (4, 64))
+    tracemalloc.start()  # it sees NumPy's array buffers
+    try:
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0]  # the parameters and nothing else
+
+        def peak(forward):
+            """Peak memory of `forward()` above `base`, and what it leaves held."""
+            tracemalloc.reset_peak()
+            forward()
+            current, top = tracemalloc.get_traced_memory()
+            return top - base, current - base
+
+        model.train()
+        train_peak, train_held = peak(lambda: model.forward(idx, targets))
+        model.backward()
+        model.eval()
+        eval_peak, eval_held = peak(lambda: model.forward(idx, targets))
+        second_eval_peak, _ = peak(lambda: model.forward(idx, targets))
+        model.train()
+        train_after_eval_peak, _ = peak(lambda: model.forward(idx, targets))
+        train_again_peak, _ = peak(lambda: model.forward(idx, targets))  # no backward in between
+    finally:
+        tracemalloc.stop()
+    assert train_held > 0.5 * train_peak  # the activations a training forward keeps for backward ...
+    assert eval_held < 0.05 * train_peak  # ... and an evaluation forward does not
+    assert eval_peak < train_peak
+    assert second_eval_peak < 1.1 * eval_peak
+    assert train_after_eval_peak < 1.1 * train_peak
+    assert train_again_peak < 1.1 * train_peak

@@ -1,11 +1,7 @@
-"""Hot elementwise and row-wise operations, each as a NumPy twin and a CUDA kernel.
+"""CUDA twins of the hot NumPy code in minigpt.nn, and their loading.
 
-`gelu_forward`, `gelu_backward`, `causal_softmax_forward` and
-`causal_softmax_backward` take arrays of either backend: NumPy arrays go to the
-NumPy twin, CuPy arrays to the hand-written CUDA kernel beside it.
+`gelu_cuda` and `softmax_cuda` hold the kernels of minigpt.nn.gelu and
+minigpt.nn.softmax (the math and its derivation live there, with the NumPy
+twin); those layers call them for CuPy arrays. `build_cuda` turns the CUDA
+sources into CuPy kernels on first use. Nothing here imports CuPy at module level.
 """
-
-from minigpt.kernels.gelu import gelu_backward, gelu_forward
-from minigpt.kernels.softmax import causal_softmax_backward, causal_softmax_forward
-
-__all__ = ["gelu_forward", "gelu_backward", "causal_softmax_forward", "causal_softmax_backward"]

@@ -1,7 +1,7 @@
 """GELU (tanh approximation) forward and backward as CuPy ElementwiseKernels.
 
-The GPU side of `minigpt.kernels.gelu`: the same formulas as the NumPy twin,
-evaluated in the same order, one thread per element:
+The GPU side of `minigpt.nn.gelu` (derivation there): the same formulas as its
+NumPy twin, evaluated in the same order, one thread per element:
 
     t  = tanh(u),   u = sqrt(2/pi) * (x + 0.044715 * x^3)
     y  = 0.5 * x * (1 + t)
@@ -9,11 +9,12 @@ evaluated in the same order, one thread per element:
 
 Constants are cast to `T` so float32 arrays are computed in float32, as NumPy
 does, instead of being promoted to double. The constants are formatted in from
-the NumPy twin's module, so both sides use the same numbers.
+minigpt.nn.gelu, so both sides use the same numbers (nn.gelu imports this module
+inside its functions, so the import is one-way at load time).
 """
 
 from minigpt.kernels.build_cuda import ElementwiseSource, check_float_array, elementwise_kernel
-from minigpt.kernels.gelu import GELU_COEFF, SQRT_2_OVER_PI
+from minigpt.nn.gelu import GELU_COEFF, SQRT_2_OVER_PI
 
 GELU_PREAMBLE = f"""
 // tanh(sqrt(2/pi) * (x + 0.044715 x^3)), grouped as ((x*x*c + 1) * x) * sqrt(2/pi) like the NumPy twin.

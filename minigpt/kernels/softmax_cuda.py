@@ -1,7 +1,7 @@
 """Scaled, causal-masked attention softmax, forward and backward, as CuPy RawKernels.
 
-The GPU side of `minigpt.kernels.softmax`, with the same semantics as the NumPy
-twin. Scores (..., Tq, Tk) are viewed as n_rows = size / Tk rows; row r is query
+The GPU side of `minigpt.nn.softmax` (derivation there), with the same semantics
+as its NumPy twin. Scores (..., Tq, Tk) are viewed as n_rows = size / Tk rows; row r is query
 i = r mod Tq, which sits at absolute position i + Tk - Tq and sees the first
 
     n_visible = i + Tk - Tq + 1
@@ -17,7 +17,7 @@ Forward, numerically stable (the row max m makes every exponent <= 0):
 
 and p_j = 0 exactly for the masked keys j >= n_visible.
 
-Backward (softmax Jacobian, see the NumPy twin):
+Backward (the softmax Jacobian, derived in minigpt.nn.softmax):
 
     da_k = s * p_k * (dp_k - sum_j dp_j p_j),   0 for masked keys.
 """

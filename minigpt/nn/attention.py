@@ -12,28 +12,30 @@ Forward, for x of shape (B, T, C), n_head heads of head_dim D = C / n_head:
 
 Backward runs the same graph in reverse. With dy = dL/dy (B, H, T, D):
 
-    dp = dy @ v^T,   dv = p^T @ dy                       # from y = p @ v
+    dp = dy @ v^T,   dv = p^T @ dy                       # from y = p @ v (as for a linear layer)
     da = softmax_backward(dropout_backward(dp))          # p_k (dp_k - sum_j dp_j p_j) / sqrt(D)
     dq = da @ k,     dk = da^T @ q                       # from a = q @ k^T
 
 and dq | dk | dv are stacked back into the (B, T, 3C) layout of qkv before the
-backward of the c_attn linear layer.
+backward of the c_attn linear layer. `forward` and `backward` below are exactly
+this, over all T x T scores.
 
-Causal block skipping (as FlashAttention does): the queries are taken in blocks
-of QUERY_BLOCK rows, and the block of rows s..e-1 only ever looks at keys 0..e-1,
+The fast path, `forward_blocked` / `backward_blocked` (what the model runs), skips
+causal blocks as FlashAttention does: the queries are taken in blocks of
+QUERY_BLOCK rows, and the block of rows s..e-1 only ever looks at keys 0..e-1,
 so the scores of later keys, which the mask would zero anyway, are never
 computed. With n blocks this does (n + 1) / 2n of the dense work: 3/4 for
 T = 256, 5/8 for T = 512. Each block is the plain attention above with
 Tq = e - s queries and Tk = e keys; in the backward the blocks' dk and dv add up.
+tests/test_nn.py pins the two paths equal.
 """
 
 import math
 
 from minigpt.backend import array_module, matmul_into
-from minigpt.kernels import causal_softmax_backward, causal_softmax_forward
-from minigpt.nn import dropout, linear
+from minigpt.nn import dropout, linear, softmax
 
-QUERY_BLOCK = 128  # rows per block: large enough that each matmul stays efficient
+QUERY_BLOCK = 128  # rows per block of the fast path: large enough that each matmul stays efficient
 
 
 def split_heads(qkv, n_head):
@@ -44,10 +46,62 @@ def split_heads(qkv, n_head):
     return qkv[0], qkv[1], qkv[2]
 
 
+def merge_heads(y):
+    """(B, H, T, D) -> (B, T, C = H * D): head h's outputs in columns h*D .. (h+1)*D - 1."""
+    B, H, T, D = y.shape
+    return y.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
 def heads_view(y, n_head):
     """(B, T, C) -> its (B, H, T, D) view, to write head outputs straight into the merged layout."""
     B, T, C = y.shape
     return y.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+
+
+def transpose(m):
+    """m^T of the last two axes: (..., R, S) -> (..., S, R), a view."""
+    return m.swapaxes(-1, -2)
+
+
+# -- the textbook attention ----------------------------------------------------------
+
+
+def forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False):
+    """x: (B, T, C) -> out: (B, T, C), over the full (T, T) score matrix."""
+    qkv, attn_cache = linear.forward(x, c_attn_w, c_attn_b)  # (B, T, 3C)
+    q, k, v = split_heads(qkv, n_head)  # (B, H, T, D) each
+    a = q @ transpose(k)  # (B, H, T, T)
+    p, softmax_cache = softmax.forward(a, 1.0 / math.sqrt(q.shape[-1]))
+    p, drop_cache = dropout.forward(p, attn_pdrop, rng, training)
+    y = merge_heads(p @ v)  # (B, T, C)
+    out, proj_cache = linear.forward(y, c_proj_w, c_proj_b)
+    return out, (attn_cache, q, k, v, p, softmax_cache, drop_cache, proj_cache)
+
+
+def backward(dout, cache):
+    """Returns dx (B, T, C) and the gradients of c_attn and c_proj."""
+    attn_cache, q, k, v, p, softmax_cache, drop_cache, proj_cache = cache
+    xp = array_module(dout)
+    dy, proj_grads = linear.backward(dout, proj_cache)  # (B, T, C)
+    dy = heads_view(dy, q.shape[1])  # (B, H, T, D)
+    dp = dy @ transpose(v)  # (B, H, T, T)
+    dv = transpose(p) @ dy  # (B, H, T, D)
+    dp, _ = dropout.backward(dp, drop_cache)
+    da, _ = softmax.backward(dp, softmax_cache)  # the 1/sqrt(D) scale included
+    dq = da @ k
+    dk = transpose(da) @ q
+    dqkv = xp.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, T, 3C)
+    dx, attn_grads = linear.backward(dqkv, attn_cache)
+    return dx, _prefixed(attn_grads, proj_grads)
+
+
+def _prefixed(attn_grads, proj_grads):
+    grads = {f"c_attn.{name}": g for name, g in attn_grads.items()}
+    grads.update({f"c_proj.{name}": g for name, g in proj_grads.items()})
+    return grads
+
+
+# -- the fast path: causal block skipping ----------------------------------------------
 
 
 def query_blocks(T):
@@ -55,8 +109,8 @@ def query_blocks(T):
     return [(s, min(s + QUERY_BLOCK, T)) for s in range(0, T, QUERY_BLOCK)]
 
 
-def forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False):
-    """x: (B, T, C) -> out: (B, T, C)."""
+def forward_blocked(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False):
+    """`forward`, one block of query rows at a time (keys after the block never scored)."""
     xp = array_module(x)
     qkv, attn_cache = linear.forward(x, c_attn_w, c_attn_b)  # (B, T, 3C)
     q, k, v = split_heads(qkv, n_head)  # (B, H, T, D) each
@@ -65,17 +119,17 @@ def forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, r
     y_heads = heads_view(y, n_head)
     blocks = []
     for s, e in query_blocks(q.shape[2]):
-        probs = causal_softmax_forward(q[:, :, s:e] @ k[:, :, :e].transpose(0, 1, 3, 2), scale)  # (B, H, e-s, e)
-        probs_dropped, drop_cache = dropout.forward(probs, attn_pdrop, rng, training)
-        matmul_into(probs_dropped, v[:, :, :e], y_heads[:, :, s:e])
-        blocks.append((s, e, probs, probs_dropped, drop_cache))
+        p, softmax_cache = softmax.forward(q[:, :, s:e] @ transpose(k[:, :, :e]), scale)  # (B, H, e-s, e)
+        p, drop_cache = dropout.forward(p, attn_pdrop, rng, training)
+        matmul_into(p, v[:, :, :e], y_heads[:, :, s:e])
+        blocks.append((s, e, p, softmax_cache, drop_cache))
     out, proj_cache = linear.forward(y, c_proj_w, c_proj_b)
-    return out, (attn_cache, qkv, blocks, proj_cache, n_head, scale)
+    return out, (attn_cache, qkv, blocks, proj_cache, n_head)
 
 
-def backward(dout, cache):
-    """Returns dx (B, T, C) and the gradients of c_attn and c_proj."""
-    attn_cache, qkv, blocks, proj_cache, n_head, scale = cache
+def backward_blocked(dout, cache):
+    """`backward` of forward_blocked: dx (B, T, C) and the gradients of c_attn and c_proj."""
+    attn_cache, qkv, blocks, proj_cache, n_head = cache
     xp = array_module(dout)
     dy, proj_grads = linear.backward(dout, proj_cache)  # (B, T, C)
     dy = heads_view(dy, n_head)  # (B, H, T, D) view
@@ -85,19 +139,17 @@ def backward(dout, cache):
     dq, dk, dv = split_heads(dqkv, n_head)  # writable views into dqkv
     # Blocks last to first: the last block sees every key, so it writes dk and dv
     # in place (no zero-filled buffer); each earlier block then adds its share.
-    for s, e, probs, probs_dropped, drop_cache in reversed(blocks):
+    for s, e, p, softmax_cache, drop_cache in reversed(blocks):
         dy_block = dy[:, :, s:e]
         write = e == q.shape[2]
-        _matmul_write_or_add(probs_dropped.transpose(0, 1, 3, 2), dy_block, dv[:, :, :e], write)
-        dprobs, _ = dropout.backward(dy_block @ v[:, :, :e].transpose(0, 1, 3, 2), drop_cache)  # (B, H, e-s, e)
-        dscores = causal_softmax_backward(dprobs, probs, scale)
-        matmul_into(dscores, k[:, :, :e], dq[:, :, s:e])
-        _matmul_write_or_add(dscores.transpose(0, 1, 3, 2), q[:, :, s:e], dk[:, :, :e], write)
+        _matmul_write_or_add(transpose(p), dy_block, dv[:, :, :e], write)  # dv = p^T @ dy
+        dp, _ = dropout.backward(dy_block @ transpose(v[:, :, :e]), drop_cache)  # dp = dy @ v^T, (B, H, e-s, e)
+        da, _ = softmax.backward(dp, softmax_cache)
+        matmul_into(da, k[:, :, :e], dq[:, :, s:e])  # dq = da @ k
+        _matmul_write_or_add(transpose(da), q[:, :, s:e], dk[:, :, :e], write)  # dk = da^T @ q
 
     dx, attn_grads = linear.backward(dqkv, attn_cache)
-    grads = {f"c_attn.{name}": g for name, g in attn_grads.items()}
-    grads.update({f"c_proj.{name}": g for name, g in proj_grads.items()})
-    return dx, grads
+    return dx, _prefixed(attn_grads, proj_grads)
 
 
 def _matmul_write_or_add(a, b, out, write):
@@ -106,6 +158,9 @@ def _matmul_write_or_add(a, b, out, write):
         matmul_into(a, b, out)
     else:
         out += a @ b
+
+
+# -- inference -------------------------------------------------------------------------
 
 
 def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, values, length):
@@ -122,8 +177,8 @@ def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, valu
     keys[:, :, length:end] = k
     values[:, :, length:end] = v
     k_all, v_all = keys[:, :, :end], values[:, :, :end]  # (B, H, end, D)
-    probs = causal_softmax_forward(q @ k_all.transpose(0, 1, 3, 2), 1.0 / math.sqrt(q.shape[-1]))
-    y = xp.empty(x.shape, dtype=x.dtype)  # (B, T_new, C), C-contiguous, as in forward
+    probs, _ = softmax.forward(q @ transpose(k_all), 1.0 / math.sqrt(q.shape[-1]))
+    y = xp.empty(x.shape, dtype=x.dtype)  # (B, T_new, C), C-contiguous, as in forward_blocked
     matmul_into(probs, v_all, heads_view(y, n_head))
     out, _ = linear.forward(y, c_proj_w, c_proj_b)
     return out

@@ -19,7 +19,7 @@ from minigpt.nn import attention, dropout, layernorm, mlp
 def forward(x, p, n_head, dropout_p=0.0, rng=None, training=False):
     """x: (B, T, C) -> (B, T, C)."""
     h, ln_1_cache = layernorm.forward(x, p["ln_1.weight"], p.get("ln_1.bias"))
-    h, attn_cache = attention.forward(
+    h, attn_cache = attention.forward_blocked(  # the fast path of attention.forward
         h, p["attn.c_attn.weight"], p.get("attn.c_attn.bias"), p["attn.c_proj.weight"], p.get("attn.c_proj.bias"),
         n_head, dropout_p, rng, training,
     )
@@ -48,7 +48,7 @@ def backward(dout, cache):
 
     # first residual: x_mid = x + dropout(attn(ln_1(x)))
     dh, _ = dropout.backward(dx_mid, attn_drop_cache)
-    dh, g = attention.backward(dh, attn_cache)
+    dh, g = attention.backward_blocked(dh, attn_cache)
     grads.update({f"attn.{k}": v for k, v in g.items()})
     dh, g = layernorm.backward(dh, ln_1_cache)
     grads.update({f"ln_1.{k}": v for k, v in g.items()})

@@ -11,10 +11,10 @@ Backward (fused with the softmax, so the probabilities are formed once):
 
 so dz = (softmax(z) - onehot(y)) * dloss / N_valid on valid rows, and 0 on ignored rows.
 The forward already computes e = exp(z - m) to get S; it is kept, and the
-backward turns it into softmax(z) = e / S in place instead of exponentiating again.
+backward forms softmax(z) = e / S from it instead of exponentiating again.
 """
 
-from minigpt.backend import array_module, row_sums
+from minigpt.backend import array_module, sum_last_axis
 
 IGNORE_INDEX = -1
 
@@ -30,7 +30,7 @@ def forward(logits, targets):
     m = z.max(axis=1, keepdims=True)  # (N, 1)
     e = z - m  # (N, V), a new array
     xp.exp(e, out=e)
-    s = row_sums(e)  # (N, 1)
+    s = sum_last_axis(e)  # S = sum_v exp(z_v - m), (N, 1)
     rows = xp.arange(z.shape[0])
     y_safe = xp.where(valid, y, 0)  # ignored rows read column 0, then get weight 0
     loss_rows = xp.log(s[:, 0]) + m[:, 0] - z[rows, y_safe]  # logsumexp(z) - z_y, (N,)
@@ -39,11 +39,10 @@ def forward(logits, targets):
 
 
 def backward(dloss, cache):
-    """Returns dlogits with the shape of the logits (written over the cached exponentials)."""
+    """Returns dlogits, shaped like the logits, and {} (no parameters); the cache is left as it was."""
     e, s, y_safe, valid, n_valid, shape = cache
     xp = array_module(e)
-    dz = e
-    dz /= s  # softmax(z), (N, V)
-    dz[xp.arange(dz.shape[0]), y_safe] -= 1.0
-    dz *= (valid * (dloss / n_valid)).astype(dz.dtype)[:, None]
-    return dz.reshape(shape)
+    dz = e * (1.0 / s)  # softmax(z), (N, V), a new array
+    dz[xp.arange(dz.shape[0]), y_safe] -= 1.0  # - onehot(y)
+    dz *= (valid * (dloss / n_valid)).astype(dz.dtype)[:, None]  # dloss / N_valid, 0 on ignored rows
+    return dz.reshape(shape), {}

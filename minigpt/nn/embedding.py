@@ -6,9 +6,12 @@ receives the sum of their gradients (a scatter-add, np.add.at / cupyx.scatter_ad
 position t receives the sum over the batch:
 
     dwte[v] = sum_{b,t: idx[b,t] = v} dx[b, t]        dwpe[offset + t] = sum_b dx[b, t]
+
+In GPT-2 wte is also the LM head's weight; the model adds the head's gradient to
+this one (minigpt.model.GPT.backward).
 """
 
-from minigpt.backend import array_module, column_sums, scatter_add
+from minigpt.backend import array_module, scatter_add, sum_first_axis
 
 
 def forward(idx, wte, wpe, offset=0):
@@ -19,19 +22,14 @@ def forward(idx, wte, wpe, offset=0):
     return x, (idx, wte.shape, wpe.shape, offset)
 
 
-def backward(dx, cache, dwte=None):
-    """Returns None (ids have no gradient) and {"wte": dwte, "wpe": dwpe}.
-
-    With `dwte` given (the tied LM head's gradient of the same matrix), the rows
-    are added into it in place rather than into a fresh (V, C) array of zeros.
-    """
+def backward(dx, cache):
+    """Returns None (ids have no gradient) and {"wte": dwte, "wpe": dwpe}."""
     idx, wte_shape, wpe_shape, offset = cache
     xp = array_module(dx)
     C = dx.shape[-1]
-    if dwte is None:
-        dwte = xp.zeros(wte_shape, dtype=dx.dtype)
-    scatter_add(xp, dwte, idx.reshape(-1), dx.reshape(-1, C))
+    dwte = xp.zeros(wte_shape, dtype=dx.dtype)
+    scatter_add(xp, dwte, idx.reshape(-1), dx.reshape(-1, C))  # dwte[idx[b, t]] += dx[b, t]
     dwpe = xp.zeros(wpe_shape, dtype=dx.dtype)
     B, T = idx.shape
-    dwpe[offset : offset + T] = column_sums(dx.reshape(B, T * C)).reshape(T, C)  # sum over the batch
+    dwpe[offset : offset + T] = sum_first_axis(dx.reshape(B, T * C)).reshape(T, C)  # sum_b dx[b, t]
     return None, {"wte": dwte, "wpe": dwpe}

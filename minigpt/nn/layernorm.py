@@ -15,7 +15,7 @@ so
     dx_j = rstd * (g_j - mean(g) - xhat_j * mean(g * xhat))
 """
 
-from minigpt.backend import column_sums, row_sums
+from minigpt.backend import sum_first_axis, sum_last_axis
 
 EPS = 1e-5
 
@@ -23,9 +23,9 @@ EPS = 1e-5
 def forward(x, weight, bias=None, eps=EPS):
     """x: (..., C), weight/bias: (C,) -> y: (..., C)."""
     inv_C = 1.0 / x.shape[-1]
-    mu = row_sums(x) * inv_C  # (..., 1)
+    mu = sum_last_axis(x) * inv_C  # mean(x) over the C features, (..., 1)
     xhat = x - mu  # (..., C)
-    var = row_sums(xhat * xhat) * inv_C  # (..., 1)
+    var = sum_last_axis(xhat * xhat) * inv_C  # mean((x - mu)^2), (..., 1)
     rstd = 1.0 / (var + eps) ** 0.5  # only (..., 1) elements: the float power is cheap here
     xhat *= rstd
     y = xhat * weight
@@ -39,12 +39,12 @@ def backward(dy, cache):
     xhat, rstd, weight, has_bias = cache
     C = xhat.shape[-1]
     dy2 = dy.reshape(-1, C)
-    grads = {"weight": column_sums(dy2 * xhat.reshape(-1, C))}
+    grads = {"weight": sum_first_axis(dy2 * xhat.reshape(-1, C))}  # dw = sum over rows of dy * xhat
     if has_bias:
-        grads["bias"] = column_sums(dy2)
+        grads["bias"] = sum_first_axis(dy2)  # db = sum over rows of dy
     g = dy * weight  # (..., C)
-    mean_g = row_sums(g) * (1.0 / C)  # (..., 1)
-    mean_gx = row_sums(g * xhat) * (1.0 / C)  # (..., 1)
+    mean_g = sum_last_axis(g) * (1.0 / C)  # mean(g), (..., 1)
+    mean_gx = sum_last_axis(g * xhat) * (1.0 / C)  # mean(g * xhat), (..., 1)
     g -= mean_g
     g -= xhat * mean_gx
     g *= rstd

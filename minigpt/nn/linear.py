@@ -12,7 +12,7 @@ Backward, given dy = dL/dy:
     db = sum_n dy[n, :]                                     # (out,)
 """
 
-from minigpt.backend import column_sums
+from minigpt.backend import sum_first_axis
 
 
 def forward(x, weight, bias=None):
@@ -32,5 +32,5 @@ def backward(dy, cache):
     dx = (dy2 @ weight.T).reshape(*lead, weight.shape[0])
     grads = {"weight": x2.T @ dy2}
     if has_bias:
-        grads["bias"] = column_sums(dy2)
+        grads["bias"] = sum_first_axis(dy2)  # db = sum_n dy[n, :]
     return dx, grads

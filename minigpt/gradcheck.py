@@ -1,0 +1,295 @@
+"""Gradient checks: every layer's backward against central differences of its forward, in float64.
+
+For a layer out = f(x, params), take a fixed random array W shaped like out and
+the scalar L = sum(out * W). Then dL/dout = W, so backward(W, cache) must return
+dL/dx and dL/dparam. Each entry is compared with a central difference
+
+    dL/dx_i ~ (L(x + h e_i) - L(x - h e_i)) / 2h        (error O(h^2): ~1e-10 for h = 1e-5)
+
+and the two arrays with their relative error max|a - n| / max(max|a|, max|n|).
+A correct backward is within about 1e-9 in float64; a wrong line is off by
+1e-3 or far more. Dropout is made deterministic by drawing the same mask on
+every forward (its generator is reseeded), so L is a smooth function of x.
+
+`check(layer)` runs one layer's check (`check()` all of them, in the reading
+order of minigpt/nn/README.md) and returns its rows; scripts/gradcheck.py
+prints them, and tests/conftest.py uses numerical_grad and rel_error.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from minigpt.backend import to_host
+from minigpt.model import GPT, GPTConfig
+from minigpt.nn import attention, block, cross_entropy, dropout, embedding, gelu, layernorm, linear, lm_head, mlp, softmax
+
+TOLERANCE = 1e-6  # the largest relative error a row may have
+
+
+def numerical_grad(f, x, h=1e-5, indices=None):
+    """Central differences (f(x+h) - f(x-h)) / 2h of scalar f() w.r.t. array x, changed in place.
+
+    x may be a NumPy or a CuPy array (entries are perturbed where x lives); the
+    result is a NumPy array. `indices` (flat positions) limits the check to some
+    entries of a large x; the other entries of the result are NaN.
+    """
+    flat = x.reshape(-1)
+    grad = np.full(flat.shape, np.nan)
+    for i in range(flat.size) if indices is None else indices:
+        old = float(flat[i])
+        flat[i] = old + h
+        f_plus = float(f())
+        flat[i] = old - h
+        f_minus = float(f())
+        flat[i] = old
+        grad[i] = (f_plus - f_minus) / (2 * h)
+    return grad.reshape(x.shape)
+
+
+def rel_error(analytic, numeric):
+    """max |a - n| / max(|a|, |n|) over the vector: ||a - n|| / max(||a||, ||n||) with the max norm."""
+    a, n = to_host(analytic).astype(np.float64).ravel(), np.asarray(to_host(numeric), np.float64).ravel()
+    keep = ~np.isnan(n)
+    a, n = a[keep], n[keep]
+    scale = max(np.abs(a).max(), np.abs(n).max(), 1e-12)
+    return float(np.abs(a - n).max() / scale)
+
+
+class Row(NamedTuple):
+    """One line of the table: a layer, the input or parameter its gradient is of, the relative error."""
+
+    layer: str
+    name: str
+    error: float
+
+    @property
+    def passed(self):
+        return self.error <= TOLERANCE
+
+
+def compare(layer, forward, backward_of, inputs, out_weight):
+    """One Row per entry of `inputs` (name -> array, perturbed in place by numerical_grad).
+
+    forward() returns the layer's output; backward_of(W) returns the analytic
+    gradients of L = sum(forward() * W), keyed like `inputs`.
+    """
+    analytic = backward_of(out_weight)
+    loss = lambda: (forward() * out_weight).sum()  # noqa: E731
+    return [Row(layer, name, rel_error(analytic[name], numerical_grad(loss, x))) for name, x in inputs.items()]
+
+
+def _randn(rng):
+    return lambda *shape, scale=1.0: rng.standard_normal(shape) * scale
+
+
+# -- one check per layer, in the tour's reading order ------------------------------------------
+
+
+def check_linear(rng):
+    randn = _randn(rng)
+    x, w, b = randn(2, 3, 4), randn(4, 5), randn(5)
+
+    def backward_of(dout):
+        dx, g = linear.backward(dout, linear.forward(x, w, b)[1])
+        return {"x": dx, "weight": g["weight"], "bias": g["bias"]}
+
+    return compare("linear", lambda: linear.forward(x, w, b)[0], backward_of, {"x": x, "weight": w, "bias": b},
+                   randn(2, 3, 5))
+
+
+def check_embedding(rng):
+    randn = _randn(rng)
+    wte, wpe = randn(5, 3), randn(8, 3)
+    idx = np.array([[1, 4, 1, 1], [0, 1, 4, 2]])  # repeated ids: their gradients must add up
+
+    def backward_of(dout):
+        _, g = embedding.backward(dout, embedding.forward(idx, wte, wpe)[1])
+        return g
+
+    return compare("embedding", lambda: embedding.forward(idx, wte, wpe)[0], backward_of, {"wte": wte, "wpe": wpe},
+                   randn(2, 4, 3))
+
+
+def check_layernorm(rng):
+    randn = _randn(rng)
+    x, w, b = randn(2, 3, 6, scale=3.0), randn(6), randn(6)
+
+    def backward_of(dout):
+        dx, g = layernorm.backward(dout, layernorm.forward(x, w, b)[1])
+        return {"x": dx, "weight": g["weight"], "bias": g["bias"]}
+
+    return compare("layernorm", lambda: layernorm.forward(x, w, b)[0], backward_of, {"x": x, "weight": w, "bias": b},
+                   randn(2, 3, 6))
+
+
+def check_gelu(rng):
+    randn = _randn(rng)
+    x = randn(3, 5, scale=2.0)
+    return compare("gelu", lambda: gelu.forward(x)[0], lambda dout: {"x": gelu.backward(dout, gelu.forward(x)[1])[0]},
+                   {"x": x}, randn(3, 5))
+
+
+def check_mlp(rng):
+    randn = _randn(rng)
+    C = 4
+    x = randn(2, 3, C)
+    p = {"c_fc.weight": randn(C, 4 * C), "c_fc.bias": randn(4 * C),
+         "c_proj.weight": randn(4 * C, C), "c_proj.bias": randn(C)}
+
+    def fwd():
+        return mlp.forward(x, p["c_fc.weight"], p["c_fc.bias"], p["c_proj.weight"], p["c_proj.bias"])
+
+    def backward_of(dout):
+        dx, g = mlp.backward(dout, fwd()[1])
+        return {"x": dx, **g}
+
+    return compare("mlp", lambda: fwd()[0], backward_of, {"x": x, **p}, randn(2, 3, C))
+
+
+def check_softmax(rng):
+    randn = _randn(rng)
+    scores = randn(2, 2, 4, 6, scale=2.0)  # 4 queries, 6 keys: the last query sees every key
+    scale = 0.7
+
+    def backward_of(dout):
+        return {"scores": softmax.backward(dout, softmax.forward(scores, scale)[1])[0]}
+
+    return compare("softmax", lambda: softmax.forward(scores, scale)[0], backward_of, {"scores": scores},
+                   randn(2, 2, 4, 6))
+
+
+def check_dropout(rng):
+    randn = _randn(rng)
+    x = randn(4, 6)
+
+    def fwd():
+        return dropout.forward(x, 0.3, np.random.default_rng(7), training=True)  # the same mask every time
+
+    return compare("dropout", lambda: fwd()[0], lambda dout: {"x": dropout.backward(dout, fwd()[1])[0]}, {"x": x},
+                   randn(4, 6))
+
+
+def _attention_check(layer, forward, backward, rng):
+    randn = _randn(rng)
+    B, T, C, H = 2, 5, 6, 2
+    x = randn(B, T, C)
+    p = {"c_attn.weight": randn(C, 3 * C, scale=0.5), "c_attn.bias": randn(3 * C),
+         "c_proj.weight": randn(C, C, scale=0.5), "c_proj.bias": randn(C)}
+
+    def fwd():
+        return forward(x, p["c_attn.weight"], p["c_attn.bias"], p["c_proj.weight"], p["c_proj.bias"], H,
+                       attn_pdrop=0.2, rng=np.random.default_rng(3), training=True)
+
+    def backward_of(dout):
+        dx, g = backward(dout, fwd()[1])
+        return {"x": dx, **g}
+
+    return compare(layer, lambda: fwd()[0], backward_of, {"x": x, **p}, randn(B, T, C))
+
+
+def check_attention(rng):
+    return _attention_check("attention", attention.forward, attention.backward, rng)
+
+
+def check_attention_blocked(rng):
+    """The fast path, with blocks of 2 query rows (T = 5: rows 0-1, 2-3, 4) so that blocks really skip keys."""
+    query_block, attention.QUERY_BLOCK = attention.QUERY_BLOCK, 2
+    try:
+        return _attention_check("attention_blocked", attention.forward_blocked, attention.backward_blocked, rng)
+    finally:
+        attention.QUERY_BLOCK = query_block
+
+
+def check_block(rng):
+    randn = _randn(rng)
+    C, H = 4, 2
+    shapes = {
+        "ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+        "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+        "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,),
+    }
+    p = {name: randn(*shape, scale=0.5) for name, shape in shapes.items()}
+    x = randn(2, 3, C)
+
+    def fwd():
+        return block.forward(x, p, H, 0.1, np.random.default_rng(11), training=True)
+
+    def backward_of(dout):
+        dx, g = block.backward(dout, fwd()[1])
+        return {"x": dx, **g}
+
+    return compare("block", lambda: fwd()[0], backward_of, {"x": x, **p}, randn(2, 3, C))
+
+
+def check_lm_head(rng):
+    randn = _randn(rng)
+    x, wte = randn(2, 3, 4), randn(7, 4)
+
+    def backward_of(dout):
+        dx, g = lm_head.backward(dout, lm_head.forward(x, wte)[1])
+        return {"x": dx, "wte": g["weight"]}
+
+    return compare("lm_head", lambda: lm_head.forward(x, wte)[0], backward_of, {"x": x, "wte": wte}, randn(2, 3, 7))
+
+
+def check_cross_entropy(rng):
+    logits = _randn(rng)(2, 4, 7, scale=2.0)
+    targets = np.array([[1, -1, 6, 0], [-1, 3, 3, 2]])  # -1: ignored positions
+    dlogits, _ = cross_entropy.backward(1.0, cross_entropy.forward(logits, targets)[1])  # L is the loss itself
+    numeric = numerical_grad(lambda: cross_entropy.forward(logits, targets)[0], logits)
+    return [Row("cross_entropy", "logits", rel_error(dlogits, numeric))]
+
+
+def check_model(rng, entries_per_tensor=12):
+    """The whole GPT, loss = cross-entropy: a sample of entries of every parameter (tied wte included)."""
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11, dropout=0.1)
+    model = GPT(config, dtype="float64", seed=0)
+    for name, p in model.params.items():
+        if name.endswith(".bias") or ".ln_" in name:  # LayerNorm and bias values away from 1 and 0
+            p += rng.standard_normal(p.shape) * 0.1
+        else:  # weights large enough that attention is far from uniform and gradients are not tiny
+            p *= 15.0
+    idx = rng.integers(0, 11, (2, 8))
+    targets = rng.integers(0, 11, (2, 8))
+    targets[1, :3] = -1
+
+    def loss():
+        model.rng = np.random.default_rng(1234)  # the same dropout masks on every forward
+        return model.forward(idx, targets)[1]
+
+    model.train()
+    loss()
+    grads = model.backward()
+    rows = []
+    for name, p in model.params.items():
+        indices = rng.choice(p.size, size=min(p.size, entries_per_tensor), replace=False)
+        numeric = numerical_grad(loss, p, indices=indices)
+        rows.append(Row("model", name, rel_error(grads[name].ravel()[indices], numeric.ravel()[indices])))
+    return rows
+
+
+LAYERS = {
+    "linear": check_linear,
+    "embedding": check_embedding,
+    "layernorm": check_layernorm,
+    "gelu": check_gelu,
+    "mlp": check_mlp,
+    "softmax": check_softmax,
+    "dropout": check_dropout,
+    "attention": check_attention,
+    "attention_blocked": check_attention_blocked,
+    "block": check_block,
+    "lm_head": check_lm_head,
+    "cross_entropy": check_cross_entropy,
+    "model": check_model,
+}
+
+
+def check(layer=None, seed=0):
+    """The rows of one layer's check (a name in LAYERS), or of every layer's when None."""
+    names = list(LAYERS) if layer is None else [layer]
+    rows = []
+    for name in names:
+        rows += LAYERS[name](np.random.default_rng(seed))
+    return rows
