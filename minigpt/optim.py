@@ -23,18 +23,24 @@ import numpy as np
 
 from minigpt.backend import array_module, to_device, to_host
 from minigpt.errors import MinigptError
+from minigpt.kernels.adamw import AdamWScalars, adamw_step
+
+
+def _check_hyperparameters(lr, betas, eps, weight_decay) -> tuple[float, float]:
+    b1, b2 = betas
+    if not lr >= 0 or not 0 <= b1 < 1 or not 0 <= b2 < 1 or not eps >= 0 or not weight_decay >= 0:
+        raise MinigptError(
+            f"AdamW needs lr >= 0, 0 <= beta1, beta2 < 1, eps >= 0 and weight_decay >= 0; "
+            f"got lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}"
+        )
+    return b1, b2
 
 
 class AdamW:
     """AdamW over a dict of parameter arrays, updated in place by `step(grads)`."""
 
     def __init__(self, params: dict, lr: float = 6e-4, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
-        b1, b2 = betas
-        if not lr >= 0 or not 0 <= b1 < 1 or not 0 <= b2 < 1 or not eps >= 0 or not weight_decay >= 0:
-            raise MinigptError(
-                f"AdamW needs lr >= 0, 0 <= beta1, beta2 < 1, eps >= 0 and weight_decay >= 0; "
-                f"got lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}"
-            )
+        b1, b2 = _check_hyperparameters(lr, betas, eps, weight_decay)
         self.params = params
         self.lr = lr
         self.betas = (float(b1), float(b2))
@@ -103,12 +109,185 @@ class AdamW:
         """Restore the moments and step count saved by `state_dict` (onto the params' device)."""
         for name, p in self.params.items():
             for kind, store in (("m", self.m), ("v", self.v)):
-                key = f"{kind}.{name}"
-                if key not in tensors or tuple(tensors[key].shape) != tuple(p.shape):
-                    raise MinigptError(f"the optimizer state has no {key} of shape {tuple(p.shape)}; it belongs to another model")
+                saved = _saved_moment(tensors, f"{kind}.{name}", p.shape)
                 device = "cpu" if array_module(p) is np else "gpu"
-                store[name][...] = to_device(tensors[key], device, p.dtype)
+                store[name][...] = to_device(saved, device, p.dtype)
         self.t = int(metadata["step"])
+
+
+class FlatAdamW:
+    """AdamW and gradient clipping as whole-buffer passes over one flat buffer; over ranks, optionally ZeRO-1.
+
+    Layout. The constructor copies every parameter into one flat array and
+    replaces the values of `params` by views into it: the names and shapes stay
+    (files, `model.params`), the model's layers read the views from the dict,
+    and `GPT.replica` shares the dict, so every replica sees each update. The
+    2-D tensors (weight decay) come first, so decay is the slice [0, decay_end).
+    Gradients are packed each step into a second flat buffer of the same layout
+    (`grad_views` are its per-name views: a caller that accumulates gradients
+    straight into them skips the pack). The pack is one copy of the gradients,
+    measured at ~2 ms for the 6x384 character model (10.8M parameters) and ~26 ms
+    for GPT-2 124M (float32, 2 shared EPYC cores), about 10% of the optimizer
+    step and ~1% of a training step; the parameters, being views, are never copied.
+
+    One step, with N = comm.world_size ranks, each holding its own gradient sums
+    (scaled so that their sum over ranks is the gradient of the global mean loss):
+
+        zero=False: all_reduce(flat_grads)          every rank updates the whole buffer
+        zero=True:  reduce_scatter(flat_grads)      rank r gets the summed shard r (S = P / N elements)
+                    all_reduce(sum g^2 of shard)    1 element, only when clipping
+                    update shard r (p, m, v)        m and v exist only for this shard (ZeRO-1)
+                    all_gather(shard r of p)        every rank gets every updated shard
+
+    P is the parameter count rounded up to a multiple of N (zero=True): the
+    padding is zero and stays zero (g = m = v = 0 gives a zero update). Then
+    clipping by the global norm and AdamW run as one kernel on the GPU (a few
+    block-wise passes on the CPU): minigpt.kernels.adamw. comm=None means one
+    process; arrays are NumPy or CuPy (with a communicator for that device),
+    and nothing in `step` syncs with the host.
+    """
+
+    def __init__(self, params: dict, lr: float = 6e-4, betas=(0.9, 0.95), eps: float = 1e-8,
+                 weight_decay: float = 0.1, comm=None, zero: bool = False):
+        b1, b2 = _check_hyperparameters(lr, betas, eps, weight_decay)
+        xp, dtype = _common_array_module_and_dtype(params)
+        self.params = params
+        self.lr = lr
+        self.betas = (float(b1), float(b2))
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.t = 0  # steps taken
+        self.comm = comm
+        self.rank, self.world_size = (0, 1) if comm is None else (comm.rank, comm.world_size)
+        self.sharded = zero and self.world_size > 1
+
+        decayed_first = sorted(params, key=lambda name: not AdamW.decays(params[name]))  # stable sort
+        self.layout = {}  # name -> (start, end, shape) in the flat buffers
+        start = 0
+        for name in decayed_first:
+            p = params[name]
+            self.layout[name] = (start, start + int(p.size), tuple(p.shape))
+            start += int(p.size)
+        self.numel = start
+        self.decay_end = sum(int(params[name].size) for name in params if AdamW.decays(params[name]))
+        padded = -(-self.numel // self.world_size) * self.world_size if self.sharded else self.numel
+
+        self.flat_params = xp.zeros(padded, dtype=dtype)  # (P,)
+        self.flat_grads = xp.zeros(padded, dtype=dtype)  # (P,)
+        self.grad_views = {}
+        for name, (a, b, shape) in self.layout.items():
+            view = self.flat_params[a:b].reshape(shape)
+            view[...] = params[name]
+            params[name] = view  # same key: the dict keeps its order
+            self.grad_views[name] = self.flat_grads[a:b].reshape(shape)
+        self._param_views = dict(params)
+
+        shard = padded // self.world_size if self.sharded else padded  # S
+        self.shard_start = self.rank * shard if self.sharded else 0
+        self.m = xp.zeros(shard, dtype=dtype)  # (S,) this rank's moments only
+        self.v = xp.zeros(shard, dtype=dtype)
+        self._param_shard = self.flat_params[self.shard_start : self.shard_start + shard]
+        self._grad_shard = xp.empty(shard, dtype=dtype) if self.sharded else self.flat_grads
+        self._gather_send = xp.empty(shard, dtype=dtype) if self.sharded else None  # MPI forbids aliasing send and receive
+        self._shard_decay_end = min(max(self.decay_end - self.shard_start, 0), shard)
+        self._sumsq = xp.zeros(1, dtype=dtype)  # sum of g^2 over the shard, then over the ranks
+
+    def step(self, grads: dict, lr: float | None = None, grad_clip: float = 0.0):
+        """One clipped AdamW step from this rank's `grads` (keyed like params); the global norm before clipping.
+
+        grad_clip <= 0: no clipping, and None is returned (the norm is not computed).
+        The norm is a 0-d array on the device (no host sync); read it with `backend.scalar`.
+        """
+        lr = self.lr if lr is None else lr
+        xp = array_module(self.flat_grads)
+        self._check_params_are_views()
+        self.t += 1
+        for name, view in self.grad_views.items():  # pack, in layout order
+            g = grads[name]
+            if g is not view:
+                view[...] = g
+        if self.sharded:
+            self.comm.reduce_scatter(self.flat_grads, self._grad_shard)
+        elif self.world_size > 1:
+            self.comm.all_reduce(self.flat_grads)
+        g = self._grad_shard  # the summed gradient: this rank's shard, or all of it
+
+        sumsq, norm = self._sumsq, None
+        if grad_clip > 0:
+            sumsq = xp.vdot(g, g)
+            if self.sharded:  # the shards' sums of squares add up to the global one
+                self._sumsq[...] = sumsq
+                self.comm.all_reduce(self._sumsq)
+                sumsq = self._sumsq.reshape(())
+            norm = xp.sqrt(sumsq)
+        scalars = AdamWScalars.at(self.t, lr, self.betas, self.eps, self.weight_decay)
+        adamw_step(self._param_shard, g, self.m, self.v, sumsq, grad_clip, self._shard_decay_end, scalars)
+        if self.sharded:
+            self._gather_send[...] = self._param_shard
+            self.comm.all_gather(self._gather_send, self.flat_params)
+        return norm
+
+    def _check_params_are_views(self) -> None:
+        for name, view in self._param_views.items():
+            if self.params[name] is not view:
+                raise RuntimeError(
+                    f"params[{name!r}] was replaced after FlatAdamW was made, so the optimizer no longer updates it: "
+                    "load weights before making the optimizer, or copy into the existing arrays"
+                )
+
+    def state_dict(self) -> tuple[dict, dict]:
+        """(tensors, metadata) exactly as `AdamW.state_dict`: the whole state, whatever the world size.
+
+        With zero=True this is a collective: every rank must call it (each gets the whole state).
+        """
+        m, v = self._whole(self.m), self._whole(self.v)
+        tensors = {}
+        for name in self.params:  # the params' order, as AdamW
+            a, b, shape = self.layout[name]
+            tensors[f"m.{name}"] = m[a:b].reshape(shape)
+            tensors[f"v.{name}"] = v[a:b].reshape(shape)
+        metadata = {"step": str(self.t), "betas": f"[{self.betas[0]}, {self.betas[1]}]", "eps": str(self.eps)}
+        return tensors, metadata
+
+    def _whole(self, shard) -> np.ndarray:
+        """A host copy of the whole flat moment buffer (P,), gathered from the ranks when sharded."""
+        if self.sharded:
+            whole = array_module(shard).empty(shard.size * self.world_size, dtype=shard.dtype)
+            self.comm.all_gather(shard, whole)
+            return to_host(whole)
+        return np.array(to_host(shard))  # a copy: the state must not change under the caller
+
+    def load_state_dict(self, tensors: dict, metadata: dict) -> None:
+        """Restore a whole state (from `state_dict` of AdamW or FlatAdamW at any world size); no collective."""
+        m = np.zeros(self.flat_params.size, dtype=self.m.dtype)
+        v = np.zeros_like(m)
+        for name, (a, b, shape) in self.layout.items():
+            m[a:b] = _saved_moment(tensors, f"m.{name}", shape).ravel()
+            v[a:b] = _saved_moment(tensors, f"v.{name}", shape).ravel()
+        device = "cpu" if array_module(self.m) is np else "gpu"
+        end = self.shard_start + self.m.size
+        self.m[...] = to_device(m[self.shard_start : end], device)
+        self.v[...] = to_device(v[self.shard_start : end], device)
+        self.t = int(metadata["step"])
+
+
+def _common_array_module_and_dtype(params: dict):
+    """(xp, dtype) shared by every parameter: one flat buffer holds them all."""
+    if not params:
+        raise ValueError("FlatAdamW needs at least one parameter")
+    first = next(iter(params.values()))
+    xp, dtype = array_module(first), first.dtype
+    for name, p in params.items():
+        if array_module(p) is not xp or p.dtype != dtype:
+            raise ValueError(f"FlatAdamW needs all parameters on one device in one dtype; {name} differs from the first")
+    return xp, dtype
+
+
+def _saved_moment(tensors: dict, key: str, shape: tuple) -> np.ndarray:
+    """tensors[key] as a host array of `shape`, or a MinigptError saying that the state is another model's."""
+    if key not in tensors or tuple(tensors[key].shape) != tuple(shape):
+        raise MinigptError(f"the optimizer state has no {key} of shape {tuple(shape)}; it belongs to another model")
+    return to_host(tensors[key])
 
 
 def clip_grad_norm(grads: dict, max_norm: float):
