@@ -8,9 +8,10 @@ interleaved in the dict, 65 elements in all, a count that 2 and 3 do not divide.
 import numpy as np
 import pytest
 
-from minigpt.backend import scalar, to_device, to_host
+from minigpt.backend import gpu_available, scalar, to_device, to_host
 from minigpt.checkpoint import load_optimizer_state, save_checkpoint
 from minigpt.errors import MinigptError
+from minigpt.kernels import adamw as adamw_kernels
 from minigpt.model import GPT, GPTConfig
 from minigpt.optim import AdamW, FlatAdamW, clip_grad_norm
 from minigpt.tokenizer import CharTokenizer
@@ -299,3 +300,65 @@ def test_checkpoint_holds_the_flat_optimizer_in_todays_format(tmp_path):
     resumed.load_state_dict(tensors, metadata)
     np.testing.assert_array_equal(resumed.m, opt.m)
     np.testing.assert_array_equal(resumed.v, opt.v)
+
+
+def test_block_wise_passes_equal_whole_buffer_passes(monkeypatch):
+    """The CPU twin works in blocks of CHUNK elements; blocks that cut through the decayed range change nothing."""
+    grads = rank_grads(1)
+    want, _, _ = reference_run(grads, 1.0)
+    monkeypatch.setattr(adamw_kernels, "CHUNK", 7)  # 65 elements: 10 blocks, one straddling decay_end (53)
+    params = initial_params()
+    opt = FlatAdamW(params, **HYPER)
+    assert opt.decay_end % 7 != 0
+    for per_rank, lr in zip(grads, LRS):
+        opt.step(per_rank[0], lr=lr, grad_clip=1.0)
+    assert max_rel(params, want[-1]) <= TOL
+
+
+class OneRank:
+    """A world of one, as minigpt.distributed.SingleProcess: FlatAdamW needs none of its collectives."""
+
+    rank, world_size = 0, 1
+
+    def all_reduce(self, buf):
+        raise AssertionError("a world of one needs no all_reduce")
+
+    reduce_scatter = all_gather = all_reduce
+
+
+@pytest.mark.parametrize("zero", [False, True])
+def test_a_world_of_one_makes_no_collective_calls(zero):
+    grads = rank_grads(1)
+    want, _, _ = reference_run(grads, 1.0)
+    params = initial_params()
+    opt = FlatAdamW(params, **HYPER, comm=OneRank(), zero=zero)
+    for per_rank, lr in zip(grads, LRS):
+        opt.step(per_rank[0], lr=lr, grad_clip=1.0)
+    assert max_rel(params, want[-1]) <= TOL
+    assert opt.m.size == 65  # nothing padded, nothing sharded
+
+
+# ---------------------------------------------------------------------------
+# the CUDA kernel against its NumPy twin (runs where a GPU is)
+# ---------------------------------------------------------------------------
+
+needs_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [1, 1000, 1_500_001])  # the last is more than one grid-stride sweep (4096 x 256)
+@pytest.mark.parametrize("max_norm", [0.0, 1.0])
+def test_adamw_kernel_matches_numpy_twin(dtype, n, max_norm):
+    rng = np.random.default_rng(n)
+    p, g, m = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+    v = rng.random(n).astype(dtype)
+    sumsq = np.array([np.vdot(g, g)], dtype=dtype)
+    scalars = adamw_kernels.AdamWScalars.at(t=3, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    device = [to_device(x, "gpu") for x in (p, g, m, v, sumsq)]
+    adamw_kernels.adamw_step(*device, max_norm, n // 3, scalars)
+    adamw_kernels.adamw_step(p, g, m, v, sumsq, max_norm, n // 3, scalars)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    for got, want in zip((device[0], device[2], device[3]), (p, m, v)):
+        np.testing.assert_allclose(to_host(got), want, **tol)
