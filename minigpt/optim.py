@@ -132,10 +132,10 @@ class FlatAdamW:
     Gradients are packed each step into a second flat buffer of the same layout
     (`grad_views` are its per-name views: a caller that accumulates gradients
     straight into them skips the pack). The pack is one copy of the gradients:
-    1.9-2.6 ms for the 6x384 character model (10.8M parameters) and 26-46 ms for
-    GPT-2 124M (float32, 2 shared EPYC cores, 2026-12-02), about a tenth of the
+    1.9-3.4 ms for the 6x384 character model (10.8M parameters) and 33-75 ms for
+    GPT-2 124M (float32, 2 loaded EPYC cores, 2026-12-02), about a tenth of the
     optimizer step and 0.1% of the character model's training step (forward +
-    backward at B=8, T=256: 2.0-3.1 s). The parameters, being views, are never
+    backward at B=8, T=256: 2.0-3.8 s). The parameters, being views, are never
     copied; packing them too would cost two more such copies per step.
 
     One step, with N = comm.world_size ranks, each holding its own gradient sums
