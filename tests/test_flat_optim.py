@@ -362,3 +362,21 @@ def test_adamw_kernel_matches_numpy_twin(dtype, n, max_norm):
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
     for got, want in zip((device[0], device[2], device[3]), (p, m, v)):
         np.testing.assert_allclose(to_host(got), want, **tol)
+
+
+def test_fake_world_surfaces_a_failing_rank_instead_of_hanging():
+    def rank_main(comm):
+        if comm.rank == 1:
+            raise ValueError("rank 1 failed")
+        comm.all_reduce(np.zeros(1))
+
+    with pytest.raises(ValueError, match="rank 1 failed"):
+        FakeWorld(2).run(rank_main)
+
+
+def test_fake_world_rejects_mismatched_collectives():
+    def rank_main(comm):
+        comm.all_reduce(np.zeros(1 + comm.rank))
+
+    with pytest.raises(AssertionError, match="disagree"):
+        FakeWorld(2).run(rank_main)
