@@ -7,6 +7,8 @@ interleaved in the dict, 65 elements in all, a count that 2 and 3 do not divide.
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from minigpt.backend import gpu_available, scalar, to_device, to_host
 from minigpt.checkpoint import load_optimizer_state, save_checkpoint
@@ -380,3 +382,35 @@ def test_fake_world_rejects_mismatched_collectives():
 
     with pytest.raises(AssertionError, match="disagree"):
         FakeWorld(2).run(rank_main)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=2).map(tuple), min_size=1, max_size=4),
+    world_size=st.integers(1, 4),
+    grad_clip=st.sampled_from([0.0, 0.5]),
+)
+def test_zero1_equals_unsharded_for_any_parameter_count(shapes, world_size, grad_clip):
+    """Any shapes, as few elements as ranks or fewer (a rank may hold nothing but padding)."""
+    names = [f"p{i}" for i in range(len(shapes))]
+    rng = np.random.default_rng(len(shapes) * 10 + world_size)
+    init = {n: rng.standard_normal(s) for n, s in zip(names, shapes)}
+    grads = [[{n: rng.standard_normal(s) for n, s in zip(names, shapes)} for _ in range(world_size)] for _ in range(3)]
+
+    reference = {n: p.copy() for n, p in init.items()}
+    opt = AdamW(reference, **HYPER)
+    for per_rank in grads:
+        total = summed(per_rank)
+        if grad_clip > 0:
+            clip_grad_norm(total, grad_clip)
+        opt.step(total)
+
+    def rank_main(comm):
+        params = {n: p.copy() for n, p in init.items()}
+        flat = FlatAdamW(params, **HYPER, comm=comm, zero=True)
+        for per_rank in grads:
+            flat.step(per_rank[comm.rank], grad_clip=grad_clip)
+        return params
+
+    for params in FakeWorld(world_size).run(rank_main):
+        assert max_rel(params, reference) <= TOL
