@@ -5,6 +5,8 @@ rank, the collectives' exact semantics). Parameters: 1-D and 2-D tensors
 interleaved in the dict, 65 elements in all, a count that 2 and 3 do not divide.
 """
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,6 +16,7 @@ from minigpt.backend import gpu_available, scalar, to_device, to_host
 from minigpt.checkpoint import load_optimizer_state, save_checkpoint
 from minigpt.errors import MinigptError
 from minigpt.kernels import adamw as adamw_kernels
+from minigpt.kernels import adamw_cuda
 from minigpt.model import GPT, GPTConfig
 from minigpt.optim import AdamW, FlatAdamW, clip_grad_norm
 from minigpt.tokenizer import CharTokenizer
@@ -414,3 +417,34 @@ def test_zero1_equals_unsharded_for_any_parameter_count(shapes, world_size, grad
 
     for params in FakeWorld(world_size).run(rank_main):
         assert max_rel(params, reference) <= TOL
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adamw_kernel_launch_matches_the_kernels_signature(monkeypatch, dtype):
+    """On the CPU: the arguments handed to the CUDA kernel match its C parameters by name, order and type."""
+    launches = []
+    monkeypatch.setattr(adamw_cuda, "raw_kernel", lambda source, name, dt: lambda *launch: launches.append(launch))
+    p, g, m, v = (np.full(1000, k, dtype=dtype) for k in range(4))
+    sumsq = np.ones(1, dtype=dtype)
+    scalars = adamw_kernels.AdamWScalars.at(t=2, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    adamw_cuda.adamw_step_cuda(p, g, m, v, sumsq, 0.5, 300, scalars)
+    (grid, block, args), = launches
+    assert grid[0] * block[0] >= 1000
+
+    signature = re.search(r"adamw_flat_step\((.*?)\)\s*\{", adamw_cuda.ADAMW_SOURCE.code, re.S).group(1)
+    declarations = [d.split() for d in signature.split(",")]  # e.g. ["const", "T*", "g"], ["long", "long", "n"]
+    assert len(declarations) == len(args)
+    named = {}
+    for declaration, arg in zip(declarations, args):
+        ctype, name = " ".join(declaration[:-1]), declaration[-1]
+        named[name] = arg
+        if ctype.endswith("T*"):
+            assert isinstance(arg, np.ndarray) and arg.dtype == dtype, name
+        elif ctype == "T":
+            assert type(arg) is np.dtype(dtype).type, f"{name}: {type(arg)} would not be passed as {dtype}"
+        else:
+            assert ctype == "long long" and type(arg) is np.int64, name
+    assert all(named[k] is x for k, x in dict(p=p, g=g, m=m, v=v, sumsq=sumsq).items())
+    assert named["max_norm"] == 0.5 and named["decay_end"] == 300 and named["n"] == 1000
+    for field in adamw_kernels.AdamWScalars._fields:
+        assert named[field] == pytest.approx(getattr(scalars, field), rel=1e-6), field
