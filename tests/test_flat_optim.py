@@ -5,7 +5,10 @@ rank, the collectives' exact semantics). Parameters: 1-D and 2-D tensors
 interleaved in the dict, 65 elements in all, a count that 2 and 3 do not divide.
 """
 
+import ctypes
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -448,3 +451,68 @@ def test_adamw_kernel_launch_matches_the_kernels_signature(monkeypatch, dtype):
     assert named["max_norm"] == 0.5 and named["decay_end"] == 300 and named["n"] == 1000
     for field in adamw_kernels.AdamWScalars._fields:
         assert named[field] == pytest.approx(getattr(scalars, field), rel=1e-6), field
+
+
+def kernel_parameters():
+    """[(C type, name)] of adamw_flat_step's parameters, read from its CUDA source."""
+    signature = re.search(r"adamw_flat_step\((.*?)\)\s*\{", adamw_cuda.ADAMW_SOURCE.code, re.S).group(1)
+    return [(" ".join(d.split()[:-1]), d.split()[-1]) for d in signature.split(",")]
+
+
+@pytest.fixture(scope="module")
+def kernel_on_the_host(tmp_path_factory):
+    """The CUDA kernel's very source compiled as C++ for the CPU: one 'thread' walks the whole grid-stride loop."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler (c++ or g++) on the PATH")
+    params = kernel_parameters()
+    wrappers = []
+    for ctype in ("float", "double"):
+        decls = ", ".join(f"{t.replace('T', ctype)} {n}" for t, n in params)
+        wrappers.append(f'extern "C" void adamw_{ctype}({decls}) {{ '
+                        f'adamw_flat_step<{ctype}>({", ".join(n for _, n in params)}); }}')
+    source = tmp_path_factory.mktemp("kernel") / "adamw_host.cpp"
+    source.write_text("#include <cmath>\nusing std::sqrt;\n#define __global__\n#define __device__\n"
+                      "#define __forceinline__ inline\nstruct Dim { unsigned x; };\n"
+                      "static const Dim blockIdx{0}, threadIdx{0}, blockDim{1}, gridDim{1};\n"
+                      + adamw_cuda.ADAMW_SOURCE.code + "\n".join(wrappers) + "\n")
+    library = source.with_suffix(".so")
+    # -ffp-contract=off: no fused multiply-adds, so the host build rounds like NumPy does
+    result = subprocess.run([compiler, "-O1", "-ffp-contract=off", "-shared", "-fPIC", "-o", str(library), str(source)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return ctypes.CDLL(str(library)), params
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("max_norm", [0.0, 1.0, 1e3], ids=["no-clip", "clipping", "clip-inactive"])  # ||g|| ~ 32
+def test_adamw_kernel_source_computes_what_the_numpy_twin_does(kernel_on_the_host, dtype, max_norm):
+    """The kernel's arithmetic, run on the CPU from its CUDA source, against the NumPy twin: bit for bit."""
+    library, params = kernel_on_the_host
+    n = 1001
+    rng = np.random.default_rng(7)
+    p, g, m = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+    v = rng.random(n).astype(dtype)
+    sumsq = np.array([np.vdot(g, g)], dtype=dtype)
+    scalars = adamw_kernels.AdamWScalars.at(t=3, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    ours = [x.copy() for x in (p, g, m, v)]
+
+    launches = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(adamw_cuda, "raw_kernel", lambda source, name, dt: lambda *launch: launches.append(launch))
+        adamw_cuda.adamw_step_cuda(*ours, sumsq, max_norm, 400, scalars)
+    (_, _, args), = launches
+    scalar_type = ctypes.c_float if dtype == "float32" else ctypes.c_double
+    c_args = []
+    for (ctype, _), arg in zip(params, args):
+        if ctype.endswith("T*"):
+            c_args.append(arg.ctypes.data_as(ctypes.c_void_p))
+        elif ctype == "T":
+            c_args.append(scalar_type(arg))
+        else:
+            c_args.append(ctypes.c_longlong(int(arg)))
+    getattr(library, f"adamw_{'float' if dtype == 'float32' else 'double'}")(*c_args)
+
+    adamw_kernels.adamw_step_numpy(p, g, m, v, sumsq, max_norm, 400, scalars)
+    for got, want, name in zip((ours[0], ours[2], ours[3]), (p, m, v), "pmv"):
+        np.testing.assert_array_equal(got, want, err_msg=name)
