@@ -196,7 +196,8 @@ class FlatAdamW:
         self.v = xp.zeros(shard, dtype=dtype)
         self._param_shard = self.flat_params[self.shard_start : self.shard_start + shard]
         self._grad_shard = xp.empty(shard, dtype=dtype) if self.sharded else self.flat_grads
-        self._gather_send = xp.empty(shard, dtype=dtype) if self.sharded else None  # MPI forbids aliasing send and receive
+        # all_gather's send buffer: MPI forbids a send buffer inside the receive buffer
+        self._gather_send = xp.empty(shard, dtype=dtype) if self.sharded else None
         self._shard_decay_end = min(max(self.decay_end - self.shard_start, 0), shard)
         self._sumsq = xp.zeros(1, dtype=dtype)  # sum of g^2 over the shard, then over the ranks
 
@@ -287,7 +288,7 @@ def _common_array_module_and_dtype(params: dict):
     xp, dtype = array_module(first), first.dtype
     for name, p in params.items():
         if array_module(p) is not xp or p.dtype != dtype:
-            raise ValueError(f"FlatAdamW needs all parameters on one device in one dtype; {name} differs from the first")
+            raise ValueError(f"FlatAdamW needs all parameters on one device in one dtype; {name} differs")
     return xp, dtype
 
 

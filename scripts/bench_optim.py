@@ -97,7 +97,11 @@ def bench_one_process(label, model, grads, args, sync, xp):
 
         parallel = DataParallel(model)
         idx = xp.asarray(np.random.default_rng(0).integers(0, 65, size=(8, 256)))
-        print(line("forward + backward (B=8, T=256)", *timed(lambda: parallel.forward_backward(idx, idx)[0], args.repeats, sync)))
+
+        def forward_backward():
+            return parallel.forward_backward(idx, idx)[0]
+
+        print(line("forward + backward (B=8, T=256)", *timed(forward_backward, args.repeats, sync)))
 
 
 def bench_ranks(label, model, grads, args, comm):
