@@ -86,7 +86,7 @@ def test_imports_first_in_a_fresh_interpreter(module):
 
 def test_kernels_package_holds_only_the_cuda_twins_and_their_loading():
     names = sorted(info.name for info in pkgutil.iter_modules(minigpt.kernels.__path__))
-    assert names == ["build_cuda", "gelu_cuda", "softmax_cuda"]
+    assert names == ["adamw_cuda", "build_cuda", "gelu_cuda", "softmax_cuda"]
 
 
 # ---------------------------------------------------------------------------
