@@ -27,6 +27,8 @@ HUB_FILES = ("config.json", "model.safetensors")
 # activations that are exactly GPT-2's tanh approximation
 TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+CHECK_CHUNK = 1 << 20  # elements looked at per step when a sum is not finite (4 MB of float32)
 
 
 def resolve_pretrained_dir(path_or_name) -> Path:
@@ -51,6 +53,9 @@ def config_from_hf(hf: dict, source):
     """GPTConfig from a Hugging Face GPT-2 config.json dict, refusing what minigpt does not implement."""
     from minigpt.model import GPTConfig
 
+    if not isinstance(hf, dict):
+        raise MinigptError(f"{source} holds a JSON {JSON_KINDS[type(hf)]}, not an object "
+                           f"of GPT-2 settings ({{\"n_layer\": ..., ...}}); re-download it or rewrite it")
     if hf.get("model_type", "gpt2") != "gpt2":
         raise MinigptError(f"{source}: model_type is {hf.get('model_type')!r}, only 'gpt2' is supported")
     act = hf.get("activation_function", "gelu_new")
@@ -88,15 +93,152 @@ def config_to_hf(config) -> dict:
     }
 
 
+# safetensors (https://github.com/huggingface/safetensors) is a flat file:
+#     u64 little-endian N | N bytes of JSON header | data
+# The header maps each tensor name to {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}
+# (byte offsets into the data, which the tensors tile with no gap) plus an optional
+# "__metadata__" of strings. Numbers are little-endian, arrays row-major.
+SAFETENSORS_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}
+DTYPE_CODES = {np.dtype(t).newbyteorder("="): code for code, t in SAFETENSORS_DTYPES.items()}
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+
+
 def read_safetensors(path) -> dict:
-    """All tensors of a safetensors file as numpy arrays; a truncated or corrupt file is a MinigptError."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    """All tensors of a safetensors file as NumPy arrays of their own; bfloat16 ones widened to float32.
+
+    The file is memory-mapped and each tensor copied once out of the map (never a
+    bytes object of the whole file first). A truncated or corrupt file is a MinigptError.
+    """
+    def unreadable(reason):
+        return MinigptError(f"{path} is not a readable safetensors file ({reason}); re-download or re-save it")
 
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, TypeError) as err:
-        raise MinigptError(f"{path} is not a readable safetensors file ({err}); re-download or re-save it") from None
+        raw = np.memmap(path, dtype=np.uint8, mode="r")  # (file size,)
+    except (OSError, ValueError) as err:  # ValueError: an empty file cannot be mapped
+        raise unreadable(err) from None
+    entries, data = _safetensors_layout(raw, unreadable)
+    return {name: _tensor_from_bytes(data[begin:end], dtype, shape) for name, (dtype, shape, begin, end) in entries.items()}
+
+
+def _safetensors_layout(raw, unreadable) -> tuple[dict, np.ndarray]:
+    """({name: (dtype code, shape, begin, end)}, the data bytes) of a mapped file, checked to tile the data exactly."""
+    if raw.size < 8:
+        raise unreadable(f"{raw.size} bytes, shorter than the 8-byte header length")
+    n = int.from_bytes(bytes(raw[:8]), "little")
+    if n > min(raw.size - 8, MAX_HEADER_BYTES):
+        raise unreadable(f"a header of {n} bytes in a file of {raw.size}: truncated")
+    try:
+        header = json.loads(bytes(raw[8:8 + n]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise unreadable(f"the header is not JSON: {err}") from None
+    if not isinstance(header, dict):
+        raise unreadable("the header is not a JSON object")
+    header.pop("__metadata__", None)
+    data = raw[8 + n:]
+    entries, end_of_previous = {}, 0
+    for name, entry in sorted(header.items(), key=lambda kv: _begin_offset(kv[1])):
+        try:
+            code, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            itemsize = 2 if code == "BF16" else np.dtype(SAFETENSORS_DTYPES[code]).itemsize
+        except (KeyError, TypeError, ValueError):
+            code = None
+        if code is None or not all(isinstance(v, int) and v >= 0 for v in (*shape, begin, end)):
+            raise unreadable(f"tensor {name!r} has a malformed entry {str(entry)[:200]}")
+        if begin != end_of_previous or end - begin != math.prod(shape) * itemsize:
+            raise unreadable(f"tensor {name!r} has data_offsets {[begin, end]}, not where the {shape} {code} "
+                             f"tensor after byte {end_of_previous} belongs")
+        entries[name], end_of_previous = (code, shape, begin, end), end
+    if end_of_previous != data.size:
+        raise unreadable(f"the tensors need {end_of_previous} bytes of data, the file holds {data.size}"
+                         + (": truncated" if end_of_previous > data.size else ""))
+    return entries, data
+
+
+def _begin_offset(entry) -> int:
+    """Where an entry's data starts (0 for a malformed entry, which the caller then reports)."""
+    try:
+        return int(entry["data_offsets"][0])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return 0
+
+
+def _tensor_from_bytes(data, code: str, shape: tuple) -> np.ndarray:
+    """A native-endian array of its own from a tensor's little-endian bytes.
+
+    bfloat16 is the top half of a float32 (sign, the same 8 exponent bits, 7 of
+    the 23 mantissa bits), so shifting its 16-bit pattern left by 16 is the
+    exact float32: f32_bits = bf16_bits << 16.
+    """
+    if code == "BF16":
+        bits = data.view("<u2").astype(np.uint32)  # the only copy, the size of the result
+        bits <<= 16
+        return bits.view(np.float32).reshape(shape)
+    dtype = np.dtype(SAFETENSORS_DTYPES[code])
+    return data.view(dtype).astype(dtype.newbyteorder("=")).reshape(shape)
+
+
+def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
+    """Write `tensors` ({name: array of either backend}) and `metadata` ({str: str}) as a safetensors file.
+
+    The header is computed from shapes and dtypes alone, then each array's bytes
+    go straight from its memory to the file, one tensor at a time: no bytes object
+    of the whole set (which `safetensors.numpy.save_file` builds, doubling memory).
+    The file is written under a temporary name and renamed (minigpt.atomic).
+    Tensors are laid out largest element first, then by name (as the safetensors
+    library does), so every tensor starts on a multiple of its element size.
+    """
+    order = sorted(tensors, key=lambda name: (-tensors[name].dtype.itemsize, name))
+    header = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in order:
+        dtype = tensors[name].dtype
+        if dtype.newbyteorder("=") not in DTYPE_CODES:
+            raise MinigptError(f"cannot write tensor {name} of dtype {dtype} to safetensors")
+        nbytes = math.prod(tensors[name].shape) * dtype.itemsize
+        header[name] = {"dtype": DTYPE_CODES[dtype.newbyteorder("=")], "shape": list(tensors[name].shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(len(blob).to_bytes(8, "little"))
+            f.write(blob)
+            for name in order:
+                array = np.ascontiguousarray(to_host(tensors[name]))  # a view when already C-contiguous
+                if array.dtype.byteorder == ">":
+                    array = array.astype(array.dtype.newbyteorder("<"))
+                f.write(array.reshape(-1).view(np.uint8))  # (nbytes,) written from the array's own memory
+
+    write_file(path, write)
+
+
+def check_finite(tensors: dict, source) -> None:
+    """A MinigptError naming the first floating-point tensor that holds NaN or infinity.
+
+    Fast path, no temporary: NaN and infinity survive any sum (inf + x = inf,
+    inf - inf = NaN, NaN + x = NaN), so a finite sum means every element is
+    finite. Only a non-finite sum (or one that overflowed) is looked at element by
+    element, a chunk at a time, to say what and where.
+    """
+    for name, tensor in tensors.items():
+        if tensor.dtype.kind != "f":
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum only sends us to the slow path
+            total = tensor.sum(dtype=np.float64 if tensor.dtype == np.float64 else np.float32)
+        if np.isfinite(total):
+            continue
+        flat = tensor.reshape(-1)
+        for start in range(0, flat.size, CHECK_CHUNK):
+            bad = np.flatnonzero(~np.isfinite(flat[start:start + CHECK_CHUNK]))
+            if bad.size:
+                index = np.unravel_index(start + int(bad[0]), tensor.shape)
+                raise MinigptError(f"{source}: tensor {name} holds {flat[start + bad[0]]} at index {tuple(map(int, index))}; "
+                                   f"the weights are damaged (a diverged run, or a bad conversion): use another checkpoint")
 
 
 def normalize_keys(tensors: dict, source) -> dict:
@@ -144,6 +286,7 @@ def load_pretrained(cls, path_or_name, dtype="float32", device="cpu"):
         if tuple(tensors[name].shape) != shape:
             raise MinigptError(f"{weights_path}: {name} has shape {tuple(tensors[name].shape)}, "
                                f"config.json implies {shape}; the config does not match the weights")
+    check_finite(tensors, weights_path)
 
     model = cls(config, dtype=dtype, device=device, seed=0)
     for name in expected:
@@ -156,8 +299,6 @@ def save_pretrained(model, directory):
 
     Each file is written to a temporary name and renamed, so a crash never leaves a half-written file.
     """
-    from safetensors.numpy import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: np.ascontiguousarray(to_host(p)) for name, p in model.params.items()}
@@ -166,5 +307,5 @@ def save_pretrained(model, directory):
 
         full = param_shapes(GPTConfig(**{**model.config.to_dict(), "bias": True}))
         tensors.update({n: np.zeros(s, dtype=model.dtype) for n, s in full.items() if n not in tensors})
-    write_file(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_safetensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
     write_text(directory / "config.json", json.dumps(config_to_hf(model.config), indent=2) + "\n")
