@@ -60,6 +60,7 @@ class TrainConfig:
     log_interval: int = 10
     sample_tokens: int = 200  # length of the sample printed after each evaluation; 0 turns it off
     out_dir: str = "out"
+    always_save_checkpoint: bool = True  # false: write checkpoints only when the val loss improves (nanoGPT's option)
     init_from: str = "scratch"
     # system
     device: str = "cpu"
