@@ -11,6 +11,7 @@ is transposed. Every problem with a file is a one-line MinigptError.
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -107,37 +108,42 @@ MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
 
 
 def read_safetensors(path) -> dict:
-    """All tensors of a safetensors file as NumPy arrays of their own; bfloat16 ones widened to float32.
+    """All tensors of a safetensors file as NumPy arrays; bfloat16 ones widened to float32.
 
-    The file is memory-mapped and each tensor copied once out of the map (never a
-    bytes object of the whole file first). A truncated or corrupt file is a MinigptError.
+    Each tensor's bytes are read once, straight into its own array: no bytes
+    object of the whole file, and no memory map, whose pages would count in the
+    process's memory a second time. A truncated or corrupt file is a MinigptError.
     """
     def unreadable(reason):
         return MinigptError(f"{path} is not a readable safetensors file ({reason}); re-download or re-save it")
 
     try:
-        raw = np.memmap(path, dtype=np.uint8, mode="r")  # (file size,)
-    except (OSError, ValueError) as err:  # ValueError: an empty file cannot be mapped
+        with open(path, "rb", buffering=0) as f:
+            entries, data_start = _safetensors_layout(f, os.fstat(f.fileno()).st_size, unreadable)
+            tensors = {}
+            for name, (code, shape, begin, _) in entries.items():
+                f.seek(data_start + begin)
+                tensors[name] = _read_tensor(f, code, shape)
+            return tensors
+    except OSError as err:
         raise unreadable(err) from None
-    entries, data = _safetensors_layout(raw, unreadable)
-    return {name: _tensor_from_bytes(data[begin:end], dtype, shape) for name, (dtype, shape, begin, end) in entries.items()}
 
 
-def _safetensors_layout(raw, unreadable) -> tuple[dict, np.ndarray]:
-    """({name: (dtype code, shape, begin, end)}, the data bytes) of a mapped file, checked to tile the data exactly."""
-    if raw.size < 8:
-        raise unreadable(f"{raw.size} bytes, shorter than the 8-byte header length")
-    n = int.from_bytes(bytes(raw[:8]), "little")
-    if n > min(raw.size - 8, MAX_HEADER_BYTES):
-        raise unreadable(f"a header of {n} bytes in a file of {raw.size}: truncated")
+def _safetensors_layout(f, size: int, unreadable) -> tuple[dict, int]:
+    """({name: (dtype code, shape, begin, end)}, where the data starts) of an open file, checked to tile the data."""
+    if size < 8:
+        raise unreadable(f"{size} bytes, shorter than the 8-byte header length")
+    n = int.from_bytes(f.read(8), "little")
+    if n > min(size - 8, MAX_HEADER_BYTES):
+        raise unreadable(f"a header of {n} bytes in a file of {size}: truncated")
     try:
-        header = json.loads(bytes(raw[8:8 + n]).decode("utf-8"))
+        header = json.loads(_read_exactly(f, np.empty(n, np.uint8)).tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise unreadable(f"the header is not JSON: {err}") from None
     if not isinstance(header, dict):
         raise unreadable("the header is not a JSON object")
     header.pop("__metadata__", None)
-    data = raw[8 + n:]
+    data_size = size - 8 - n
     entries, end_of_previous = {}, 0
     for name, entry in sorted(header.items(), key=lambda kv: _begin_offset(kv[1])):
         try:
@@ -151,10 +157,10 @@ def _safetensors_layout(raw, unreadable) -> tuple[dict, np.ndarray]:
             raise unreadable(f"tensor {name!r} has data_offsets {[begin, end]}, not where the {shape} {code} "
                              f"tensor after byte {end_of_previous} belongs")
         entries[name], end_of_previous = (code, shape, begin, end), end
-    if end_of_previous != data.size:
-        raise unreadable(f"the tensors need {end_of_previous} bytes of data, the file holds {data.size}"
-                         + (": truncated" if end_of_previous > data.size else ""))
-    return entries, data
+    if end_of_previous != data_size:
+        raise unreadable(f"the tensors need {end_of_previous} bytes of data, the file holds {data_size}"
+                         + (": truncated" if end_of_previous > data_size else ""))
+    return entries, 8 + n
 
 
 def _begin_offset(entry) -> int:
@@ -165,19 +171,31 @@ def _begin_offset(entry) -> int:
         return 0
 
 
-def _tensor_from_bytes(data, code: str, shape: tuple) -> np.ndarray:
-    """A native-endian array of its own from a tensor's little-endian bytes.
+def _read_tensor(f, code: str, shape: tuple) -> np.ndarray:
+    """The next tensor in file `f` as a native-endian array, from its little-endian bytes.
 
     bfloat16 is the top half of a float32 (sign, the same 8 exponent bits, 7 of
     the 23 mantissa bits), so shifting its 16-bit pattern left by 16 is the
     exact float32: f32_bits = bf16_bits << 16.
     """
+    count = math.prod(shape)
     if code == "BF16":
-        bits = data.view("<u2").astype(np.uint32)  # the only copy, the size of the result
+        bits = _read_exactly(f, np.empty(count, "<u2")).astype(np.uint32)  # (count,) the float32 result's memory
         bits <<= 16
         return bits.view(np.float32).reshape(shape)
     dtype = np.dtype(SAFETENSORS_DTYPES[code])
-    return data.view(dtype).astype(dtype.newbyteorder("=")).reshape(shape)
+    return _read_exactly(f, np.empty(count, dtype)).astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+
+
+def _read_exactly(f, out: np.ndarray) -> np.ndarray:
+    """Fill `out` with the next out.nbytes bytes of unbuffered file `f` (a read may return fewer)."""
+    view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+    while done < out.nbytes:
+        got = f.readinto(view[done:])
+        if not got:
+            raise OSError(f"the file ended {out.nbytes - done} bytes early")
+        done += got
+    return out
 
 
 def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
@@ -185,7 +203,8 @@ def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None
 
     The header is computed from shapes and dtypes alone, then each array's bytes
     go straight from its memory to the file, one tensor at a time: no bytes object
-    of the whole set (which `safetensors.numpy.save_file` builds, doubling memory).
+    of the whole set (which `safetensors.numpy.save_file` built up to at least
+    safetensors 0.4.5, doubling the memory of a save; 0.8.0 no longer does).
     The file is written under a temporary name and renamed (minigpt.atomic).
     Tensors are laid out largest element first, then by name (as the safetensors
     library does), so every tensor starts on a multiple of its element size.

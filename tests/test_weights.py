@@ -4,7 +4,10 @@ bfloat16, and the streaming safetensors writer and reader."""
 import functools
 import http.server
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import tracemalloc
 from pathlib import Path
@@ -258,12 +261,24 @@ def test_reading_allocates_the_tensors_once(tmp_path):
     assert len(loaded) == 16 and peak < 1.05 * total
 
 
+def test_reading_adds_the_tensors_to_the_process_memory_once(tmp_path):
+    """Peak RSS, which also counts the pages of a memory-mapped file, in a fresh process."""
+    save_file({f"w{i}": np.ones((1024, 1024), dtype=np.float32) for i in range(32)}, str(tmp_path / "x.safetensors"))
+    script = ("import resource, sys; from minigpt.weights import read_safetensors; "
+              "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024; before = peak(); "
+              "t = read_safetensors(sys.argv[1]); print(peak() - before, sum(a.nbytes for a in t.values()))")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "x.safetensors")], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    added, total = map(int, out.stdout.split())
+    assert total == 128 * 2**20 and added < 1.2 * total, f"reading {total} bytes added {added} bytes of RSS"
+
+
 def header_of(text: str) -> bytes:
     return len(text).to_bytes(8, "little") + text.encode()
 
 
 @pytest.mark.parametrize("content, reason", [
-    (b"", "empty file"),
+    (b"", "0 bytes, shorter than the 8-byte header length"),
     (b"\x10\x00\x00", "shorter than the 8-byte header length"),
     ((500).to_bytes(8, "little") + b"{}", "a header of 500 bytes in a file of 10: truncated"),
     (header_of("{not json"), "the header is not JSON"),
