@@ -195,6 +195,17 @@ def test_bfloat16_weights_load_as_float32(hub_copy):
     assert not np.array_equal(exact["wte.weight"], original["wte.weight"])  # the test did drop mantissa bits
 
 
+def test_bfloat16_bit_patterns_widen_exactly(tmp_path):
+    bits = np.array([0x0000, 0x8000, 0x3F80, 0xC020, 0x7F80, 0xFF80, 0x7FC0, 0x0001, 0x7F7F], dtype="<u2")
+    write_by_hand(tmp_path / "x.safetensors", {"b": bits.reshape(3, 3), "f": np.arange(2, dtype="<f4")},
+                  {"b": "BF16", "f": "F32"})
+    loaded = weights.read_safetensors(tmp_path / "x.safetensors")
+    assert loaded["b"].dtype == np.float32 and loaded["b"].shape == (3, 3)
+    assert loaded["b"].reshape(-1).view(np.uint32).tolist() == [int(b) << 16 for b in bits]
+    assert loaded["b"][0, 2] == 1.0 and loaded["b"][1, 0] == -2.5 and loaded["b"][2, 1] == 2.0**-133
+    np.testing.assert_array_equal(loaded["f"], [0.0, 1.0])
+
+
 def test_float16_weights_load_as_float32(hub_copy):
     rewrite(hub_copy, lambda t: t.update({n: v.astype(np.float16) for n, v in t.items()}))
     halves = load_file(str(hub_copy / "model.safetensors"))
