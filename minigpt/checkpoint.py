@@ -19,10 +19,11 @@ renames back).
 import json
 from pathlib import Path
 
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from minigpt.atomic import recover_dir, write_dir
 from minigpt.errors import MinigptError
+from minigpt.weights import write_safetensors
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
@@ -36,7 +37,7 @@ def save_checkpoint(path, model, tokenizer, optimizer, trainer_state: dict) -> P
         model.save_pretrained(tmp)
         tokenizer.save(tmp)
         tensors, metadata = optimizer.state_dict()
-        save_file(tensors, tmp / OPTIMIZER_FILE, metadata=metadata)
+        write_safetensors(tmp / OPTIMIZER_FILE, tensors, metadata)  # streamed: no copy of the moments
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
 
     return write_dir(path, write)

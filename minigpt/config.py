@@ -64,6 +64,7 @@ class TrainConfig:
     log_interval: int = 10
     sample_tokens: int = 200  # length of the sample printed after each evaluation; 0 turns it off
     out_dir: str = "out"
+    always_save_checkpoint: bool = True  # false: write checkpoints only when the val loss improves (nanoGPT's option)
     init_from: str = "scratch"
     overwrite: bool = False  # a new run may replace the checkpoints and log already in out_dir
     # system
@@ -211,6 +212,7 @@ HELP = {
     "log_interval": "steps between records in log.jsonl",
     "sample_tokens": "length of the sample printed after each evaluation; 0 turns it off",
     "out_dir": "where the checkpoints (latest/, best/), log.jsonl and loss.png go",
+    "always_save_checkpoint": "write latest/ at every evaluation; false: only when the val loss improves (nanoGPT's option)",
     "overwrite": "let a new run replace the checkpoints and log already in out_dir (bare --overwrite: true)",
     "init_from": f"scratch, resume (from out_dir/latest), {', '.join(PRETRAINED)}, or a checkpoint directory",
     "device": f"{' or '.join(DEVICES)}",

@@ -16,7 +16,10 @@ Sampling (`sample_next`) turns z into a distribution and draws from it:
                         (a token is kept when the mass before it is still below p)
 
 Filtered tokens get probability 0 and the rest are renormalised. Filters apply in
-the order temperature, top-k, top-p, as in Hugging Face transformers.
+the order temperature, top-k, top-p, as in Hugging Face transformers. A logit of
+-inf is a token that can never be drawn; NaN, +inf, or a row with no finite logit
+describe no distribution, and are a MinigptError rather than an id outside the
+vocabulary.
 
 The loop (`generate_stream`) never recomputes the prompt: it runs the prompt once
 through the model filling a KV cache (prefill), then feeds one token per step,
@@ -49,6 +52,25 @@ def check_sampling_args(temperature=1.0, top_k=None, top_p=None, option=str):
         raise MinigptError(f"{option('top_k')} must be a whole number >= 1 (or left out), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise MinigptError(f"{option('top_p')} must be in (0, 1] (or left out), got {top_p}")
+
+
+def check_logits(logits: np.ndarray, what: str = "logits") -> None:
+    """A MinigptError unless every row of (B, V) logits describes a distribution.
+
+    -inf is allowed (a token masked out) as long as each row keeps one finite
+    logit; NaN and +inf are not: softmax would turn them into NaN probabilities,
+    and the inverted cumulative sum in `draw` would then return the id V.
+    """
+    if np.isfinite(logits).all():  # the common case: one pass, no further work
+        return
+    nan_or_pos_inf = np.isnan(logits) | (logits == np.inf)
+    if nan_or_pos_inf.any():
+        row, token = map(int, np.argwhere(nan_or_pos_inf)[0])
+        raise MinigptError(f"the {what} hold {logits[row, token]} (row {row}, token {token}): the model produced no "
+                           f"distribution to sample from; check that its weights are finite")
+    empty = ~np.isfinite(logits).any(axis=-1)
+    if empty.any():
+        raise MinigptError(f"row {int(np.argmax(empty))} of the {what} is all -inf: no token is left to sample")
 
 
 def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
@@ -94,7 +116,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None) -> np.ndarray:
     """The (B, V) float64 distribution that `sample_next` draws from (temperature > 0)."""
-    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    with np.errstate(over="ignore"):  # a tiny temperature can overflow to inf, which the check reports
+        scaled = np.asarray(logits, dtype=np.float64) / temperature
+    check_logits(scaled, f"logits / temperature {temperature}")
     if top_k is not None:
         scaled = np.where(top_k_mask(scaled, int(top_k)), scaled, -np.inf)
     probs = softmax(scaled)
@@ -123,6 +147,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None) -> np
     """
     check_sampling_args(temperature, top_k, top_p)
     logits = to_host(logits)
+    check_logits(logits)
     if temperature == 0:
         return np.argmax(logits, axis=-1).astype(np.int64)
     if rng is None:

@@ -355,7 +355,8 @@ class Trainer:
         improved = self.best_val_loss is None or losses["val"] < self.best_val_loss
         if improved:
             self.best_val_loss = losses["val"]
-        self.save("latest", it, elapsed)
+        if improved or self.cfg.always_save_checkpoint:  # nanoGPT's always_save_checkpoint=False: only improvements
+            self.save("latest", it, elapsed)
         if improved:
             self.save("best", it, elapsed)
 

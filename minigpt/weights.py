@@ -11,6 +11,7 @@ is transposed. Every problem with a file is a one-line MinigptError.
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -24,10 +25,15 @@ from minigpt.model import GPTConfig, param_shapes
 # activations that are exactly GPT-2's tanh approximation
 TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+CHECK_CHUNK = 1 << 20  # elements looked at per step when a sum is not finite (4 MB of float32)
 
 
 def config_from_hf(hf: dict, source):
     """GPTConfig from a Hugging Face GPT-2 config.json dict, refusing what minigpt does not implement."""
+    if not isinstance(hf, dict):
+        raise MinigptError(f"{source} holds a JSON {JSON_KINDS[type(hf)]}, not an object "
+                           f"of GPT-2 settings ({{\"n_layer\": ..., ...}}); re-download it or rewrite it")
     if hf.get("model_type", "gpt2") != "gpt2":
         raise MinigptError(f"{source}: model_type is {hf.get('model_type')!r}, only 'gpt2' is supported")
     act = hf.get("activation_function", "gelu_new")
@@ -65,15 +71,170 @@ def config_to_hf(config) -> dict:
     }
 
 
+# safetensors (https://github.com/huggingface/safetensors) is a flat file:
+#     u64 little-endian N | N bytes of JSON header | data
+# The header maps each tensor name to {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]}
+# (byte offsets into the data, which the tensors tile with no gap) plus an optional
+# "__metadata__" of strings. Numbers are little-endian, arrays row-major.
+SAFETENSORS_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}
+DTYPE_CODES = {np.dtype(t).newbyteorder("="): code for code, t in SAFETENSORS_DTYPES.items()}
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+
+
 def read_safetensors(path) -> dict:
-    """All tensors of a safetensors file as numpy arrays; a truncated or corrupt file is a MinigptError."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    """All tensors of a safetensors file as NumPy arrays; bfloat16 ones widened to float32.
+
+    Each tensor's bytes are read once, straight into its own array: no bytes
+    object of the whole file, and no memory map, whose pages would count in the
+    process's memory a second time. A truncated or corrupt file is a MinigptError.
+    """
+    def unreadable(reason):
+        return MinigptError(f"{path} is not a readable safetensors file ({reason}); re-download or re-save it")
 
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, TypeError) as err:
-        raise MinigptError(f"{path} is not a readable safetensors file ({err}); re-download or re-save it") from None
+        with open(path, "rb", buffering=0) as f:
+            entries, data_start = _safetensors_layout(f, os.fstat(f.fileno()).st_size, unreadable)
+            tensors = {}
+            for name, (code, shape, begin, _) in entries.items():
+                f.seek(data_start + begin)
+                tensors[name] = _read_tensor(f, code, shape)
+            return tensors
+    except OSError as err:
+        raise unreadable(err) from None
+
+
+def _safetensors_layout(f, size: int, unreadable) -> tuple[dict, int]:
+    """({name: (dtype code, shape, begin, end)}, where the data starts) of an open file, checked to tile the data."""
+    if size < 8:
+        raise unreadable(f"{size} bytes, shorter than the 8-byte header length")
+    n = int.from_bytes(f.read(8), "little")
+    if n > min(size - 8, MAX_HEADER_BYTES):
+        raise unreadable(f"a header of {n} bytes in a file of {size}: truncated")
+    try:
+        header = json.loads(_read_exactly(f, np.empty(n, np.uint8)).tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise unreadable(f"the header is not JSON: {err}") from None
+    if not isinstance(header, dict):
+        raise unreadable("the header is not a JSON object")
+    header.pop("__metadata__", None)
+    data_size = size - 8 - n
+    entries, end_of_previous = {}, 0
+    for name, entry in sorted(header.items(), key=lambda kv: _begin_offset(kv[1])):
+        try:
+            code, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            itemsize = 2 if code == "BF16" else np.dtype(SAFETENSORS_DTYPES[code]).itemsize
+        except (KeyError, TypeError, ValueError):
+            code = None
+        if code is None or not all(isinstance(v, int) and v >= 0 for v in (*shape, begin, end)):
+            raise unreadable(f"tensor {name!r} has a malformed entry {str(entry)[:200]}")
+        if begin != end_of_previous or end - begin != math.prod(shape) * itemsize:
+            raise unreadable(f"tensor {name!r} has data_offsets {[begin, end]}, not where the {shape} {code} "
+                             f"tensor after byte {end_of_previous} belongs")
+        entries[name], end_of_previous = (code, shape, begin, end), end
+    if end_of_previous != data_size:
+        raise unreadable(f"the tensors need {end_of_previous} bytes of data, the file holds {data_size}"
+                         + (": truncated" if end_of_previous > data_size else ""))
+    return entries, 8 + n
+
+
+def _begin_offset(entry) -> int:
+    """Where an entry's data starts (0 for a malformed entry, which the caller then reports)."""
+    try:
+        return int(entry["data_offsets"][0])
+    except (KeyError, TypeError, ValueError, IndexError):
+        return 0
+
+
+def _read_tensor(f, code: str, shape: tuple) -> np.ndarray:
+    """The next tensor in file `f` as a native-endian array, from its little-endian bytes.
+
+    bfloat16 is the top half of a float32 (sign, the same 8 exponent bits, 7 of
+    the 23 mantissa bits), so shifting its 16-bit pattern left by 16 is the
+    exact float32: f32_bits = bf16_bits << 16.
+    """
+    count = math.prod(shape)
+    if code == "BF16":
+        bits = _read_exactly(f, np.empty(count, "<u2")).astype(np.uint32)  # (count,) the float32 result's memory
+        bits <<= 16
+        return bits.view(np.float32).reshape(shape)
+    dtype = np.dtype(SAFETENSORS_DTYPES[code])
+    return _read_exactly(f, np.empty(count, dtype)).astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+
+
+def _read_exactly(f, out: np.ndarray) -> np.ndarray:
+    """Fill `out` with the next out.nbytes bytes of unbuffered file `f` (a read may return fewer)."""
+    view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+    while done < out.nbytes:
+        got = f.readinto(view[done:])
+        if not got:
+            raise OSError(f"the file ended {out.nbytes - done} bytes early")
+        done += got
+    return out
+
+
+def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None:
+    """Write `tensors` ({name: array of either backend}) and `metadata` ({str: str}) as a safetensors file.
+
+    The header is computed from shapes and dtypes alone, then each array's bytes
+    go straight from its memory to the file, one tensor at a time: no bytes object
+    of the whole set (which `safetensors.numpy.save_file` built up to at least
+    safetensors 0.4.5, doubling the memory of a save; 0.8.0 no longer does).
+    The file is written under a temporary name and renamed (minigpt.atomic).
+    Tensors are laid out largest element first, then by name (as the safetensors
+    library does), so every tensor starts on a multiple of its element size.
+    """
+    order = sorted(tensors, key=lambda name: (-tensors[name].dtype.itemsize, name))
+    header = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name in order:
+        dtype = tensors[name].dtype
+        if dtype.newbyteorder("=") not in DTYPE_CODES:
+            raise MinigptError(f"cannot write tensor {name} of dtype {dtype} to safetensors")
+        nbytes = math.prod(tensors[name].shape) * dtype.itemsize
+        header[name] = {"dtype": DTYPE_CODES[dtype.newbyteorder("=")], "shape": list(tensors[name].shape),
+                        "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(len(blob).to_bytes(8, "little"))
+            f.write(blob)
+            for name in order:
+                array = np.ascontiguousarray(to_host(tensors[name]))  # a view when already C-contiguous
+                if array.dtype.byteorder == ">":
+                    array = array.astype(array.dtype.newbyteorder("<"))
+                f.write(array.reshape(-1).view(np.uint8))  # (nbytes,) written from the array's own memory
+
+    write_file(path, write)
+
+
+def check_finite(tensors: dict, source) -> None:
+    """A MinigptError naming the first floating-point tensor that holds NaN or infinity.
+
+    Fast path, no temporary: NaN and infinity survive any sum (inf + x = inf,
+    inf - inf = NaN, NaN + x = NaN), so a finite sum means every element is
+    finite. Only a non-finite sum (or one that overflowed) is looked at element by
+    element, a chunk at a time, to say what and where.
+    """
+    for name, tensor in tensors.items():
+        if tensor.dtype.kind != "f":
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum only sends us to the slow path
+            total = tensor.sum(dtype=np.float64 if tensor.dtype == np.float64 else np.float32)
+        if np.isfinite(total):
+            continue
+        flat = tensor.reshape(-1)
+        for start in range(0, flat.size, CHECK_CHUNK):
+            bad = np.flatnonzero(~np.isfinite(flat[start:start + CHECK_CHUNK]))
+            if bad.size:
+                index = np.unravel_index(start + int(bad[0]), tensor.shape)
+                raise MinigptError(f"{source}: tensor {name} holds {flat[start + bad[0]]} at index {tuple(map(int, index))}; "
+                                   f"the weights are damaged (a diverged run, or a bad conversion): use another checkpoint")
 
 
 def normalize_keys(tensors: dict, source) -> dict:
@@ -120,6 +281,7 @@ def load_pretrained(cls, directory, dtype="float32", device="cpu"):
         if tuple(tensors[name].shape) != shape:
             raise MinigptError(f"{weights_path}: {name} has shape {tuple(tensors[name].shape)}, "
                                f"config.json implies {shape}; the config does not match the weights")
+    check_finite(tensors, weights_path)
 
     model = cls(config, dtype=dtype, device=device, seed=0)
     for name in expected:
@@ -132,13 +294,11 @@ def save_pretrained(model, directory):
 
     Each file is written to a temporary name and renamed, so a crash never leaves a half-written file.
     """
-    from safetensors.numpy import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: np.ascontiguousarray(to_host(p)) for name, p in model.params.items()}
     if not model.config.bias:  # GPT-2's format always has biases: zeros are the same model
         full = param_shapes(GPTConfig(**{**model.config.to_dict(), "bias": True}))
         tensors.update({n: np.zeros(s, dtype=model.dtype) for n, s in full.items() if n not in tensors})
-    write_file(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_safetensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
     write_text(directory / "config.json", json.dumps(config_to_hf(model.config), indent=2) + "\n")

@@ -133,6 +133,41 @@ def test_float32_logits_and_minus_infinity_are_handled():
     assert set(samples.tolist()) <= {1, 3}
 
 
+SAMPLERS = [dict(temperature=0), dict(), dict(temperature=0.7, top_k=2), dict(top_p=0.9), dict(top_k=3, top_p=0.5)]
+
+
+@pytest.mark.parametrize("kwargs", SAMPLERS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_infinite_logits_are_an_error_not_an_id(kwargs, bad):
+    logits = np.array([[0.1, 0.2, 0.3, 0.4], [0.5, 0.1, 0.0, -1.0]], dtype=np.float32)
+    logits[1, 2] = bad
+    with pytest.raises(MinigptError, match=rf"logits hold {bad} \(row 1, token 2\)") as info:
+        sample_next(logits, rng=np.random.default_rng(0), **kwargs)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs", SAMPLERS)
+def test_a_row_of_minus_infinity_is_an_error(kwargs):
+    logits = np.array([[0.0, 1.0, -np.inf], [-np.inf, -np.inf, -np.inf]])
+    with pytest.raises(MinigptError, match="row 1 of the logits is all -inf"):
+        sample_next(logits, rng=np.random.default_rng(0), **kwargs)
+
+
+def test_a_temperature_that_overflows_the_logits_is_an_error():
+    with pytest.raises(MinigptError, match=r"logits / temperature 1e-300 hold inf"):
+        sample_next(np.array([[1e10, 0.0]]), temperature=1e-300, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("kwargs", SAMPLERS)
+def test_extreme_finite_logits_give_ids_inside_the_vocabulary(kwargs):
+    finfo = np.finfo(np.float32)
+    rows = np.array([[finfo.max, finfo.max, -finfo.max, 0.0], [-finfo.max, finfo.tiny, -np.inf, -finfo.max],
+                     [1e30, -1e30, 1e30, -np.inf]], dtype=np.float32)
+    ids = sample_next(np.repeat(rows, 50, axis=0), rng=np.random.default_rng(0), **kwargs)
+    assert ((ids >= 0) & (ids < rows.shape[1])).all()
+    assert set(ids[:50].tolist()) <= {0, 1} and set(ids[50:100].tolist()) == {1} and set(ids[100:].tolist()) <= {0, 2}
+
+
 # ---------------------------------------------------------------------------
 # Streaming text
 # ---------------------------------------------------------------------------

@@ -481,13 +481,13 @@ def test_a_full_disk_is_one_line_and_keeps_the_checkpoints(tmp_path, corpus, mon
 
     out = tmp_path / "out"
     if where == "checkpoint":  # the saves at iteration 0 (latest and best) succeed, the one at 3 finds the disk full
-        real_save, calls = minigpt.checkpoint.save_file, []
+        real_save, calls = minigpt.checkpoint.write_safetensors, []
 
-        def save_file(*args, **kwargs):
+        def write_safetensors(*args, **kwargs):
             calls.append(1)
             return disk_full() if len(calls) > 2 else real_save(*args, **kwargs)
 
-        monkeypatch.setattr(minigpt.checkpoint, "save_file", save_file)
+        monkeypatch.setattr(minigpt.checkpoint, "write_safetensors", write_safetensors)
         what = out / "latest"
     else:  # the log's third record finds the disk full
         real_write = minigpt.trainer.RunLog.write
