@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import minigpt.kernels
+from minigpt import backend
 from minigpt.backend import get_xp, gpu_available, set_tf32, tf32_enabled, to_host
 from minigpt.errors import MinigptError
 from minigpt.kernels.build_cuda import CTYPES, ElementwiseSource, RawSource
@@ -236,18 +237,60 @@ def random_pair(shape, dtype, seed):
     return host, cupy.asarray(host)
 
 
+def gelu_reference(x, dout):
+    """gelu(x) and dout * gelu'(x) in float64 from the same (possibly float32) inputs."""
+    x, dout = x.astype(np.float64), dout.astype(np.float64)
+    t = np.tanh(gelu.SQRT_2_OVER_PI * (x + gelu.GELU_COEFF * x * x * x))
+    du_dx = gelu.SQRT_2_OVER_PI * (1.0 + 3.0 * gelu.GELU_COEFF * x * x)
+    return 0.5 * x * (1.0 + t), dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+
+
+def assert_close_to_gelu_reference(y, dx, x, dout):
+    """Within a few ulp of the float64 reference, scaled to the size of the terms.
+
+    For x in about [-6, -3] gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx is a
+    difference of terms up to ~15 whose sum is ~0: one ulp of t (tanh differs by
+    an ulp or two between CUDA and NumPy) moves dx by ~30 ulp of 1, times |dout|.
+    So dx is held to 128 eps max|dout| absolute, y to 8 eps max|x|: a wrong formula
+    or constant is off by far more.
+    """
+    eps = np.finfo(x.dtype).eps
+    y_ref, dx_ref = gelu_reference(x, dout)
+    np.testing.assert_allclose(y, y_ref, rtol=8 * eps, atol=8 * eps * float(np.abs(x).max()))
+    np.testing.assert_allclose(dx, dx_ref, rtol=8 * eps, atol=128 * eps * float(np.abs(dout).max()))
+
+
+def gelu_inputs(shape, dtype, seed):
+    """x spread over [-9, 9] (the cancelling range [-6, -3] included), dout ~ N(0, 9)."""
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(-9, 9, shape)).astype(dtype), (rng.standard_normal(shape) * 3).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gelu_numpy_twin_is_within_the_reference_tolerance(dtype):
+    """The tolerance the GPU test uses holds for the NumPy twin (and catches a wrong constant)."""
+    x, dout = gelu_inputs((4096,), dtype, seed=1)
+    assert_close_to_gelu_reference(gelu.forward_numpy(x), gelu.backward_numpy(dout, x), x, dout)
+    wrong = gelu.backward_numpy(dout, x * np.asarray(1.001, dtype=dtype))  # 0.1% off in x: far outside
+    with pytest.raises(AssertionError):
+        assert_close_to_gelu_reference(gelu.forward_numpy(x), wrong, x, dout)
+
+
 @needs_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_gelu_cuda_matches_numpy_twin(shape, dtype):
-    x_host, x = random_pair(shape, dtype, seed=10)
-    dout_host, dout = random_pair(shape, dtype, seed=11)
+    """Kernel and twin each against the float64 reference (not against each other: see the tolerance)."""
+    cupy = get_xp("gpu")
+    x_host, dout_host = gelu_inputs(shape, dtype, seed=10)
+    x, dout = cupy.asarray(x_host), cupy.asarray(dout_host)
     y, _ = gelu.forward(x)
     dx, _ = gelu.backward(dout, x)
     assert y.dtype == dtype and dx.dtype == dtype
-    np.testing.assert_allclose(y.get(), gelu.forward_numpy(x_host), **TOLERANCE[dtype])
-    np.testing.assert_allclose(dx.get(), gelu.backward_numpy(dout_host, x_host), **TOLERANCE[dtype])
+    assert_close_to_gelu_reference(y.get(), dx.get(), x_host, dout_host)
+    assert_close_to_gelu_reference(gelu.forward_numpy(x_host), gelu.backward_numpy(dout_host, x_host), x_host,
+                                   dout_host)
 
 
 @needs_gpu
@@ -295,16 +338,91 @@ def test_causal_softmax_cuda_accepts_non_contiguous_scores():
 ORIGINAL_CUPY_TF32 = os.environ.get("CUPY_TF32")
 
 
+def fake_cupy(elementwise_kernel):
+    """A stand-in cupy module with one device and the given ElementwiseKernel class (over NumPy)."""
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+    fake.float32 = np.float32
+    fake.zeros = lambda n, dtype: FakeDeviceArray(np.zeros(n, dtype))
+    fake.ElementwiseKernel = elementwise_kernel
+    return fake
+
+
+class FakeDeviceArray:
+    def __init__(self, host):
+        self.host = host
+
+    def get(self):
+        return self.host
+
+
+class WorkingElementwiseKernel:
+    """Compiles nothing; runs `y = x + T(1)` (the probe's body) on the host."""
+
+    def __init__(self, in_params, out_params, operation, name, **kwargs):
+        assert operation == "y = x + T(1)"
+
+    def __call__(self, x):
+        return FakeDeviceArray(x.host + 1)
+
+
 @pytest.fixture
 def fake_cupy_with_a_device(monkeypatch):
     """A stand-in cupy that reports one device, so get_xp("gpu") runs its setup without a GPU."""
-    fake = types.ModuleType("cupy")
-    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+    fake = fake_cupy(WorkingElementwiseKernel)
     monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend, "_PROBED", False)
     for name in ("CUPY_TF32", "MINIGPT_TF32"):
         monkeypatch.setenv(name, "")  # records the original value, so whatever a test sets is undone
         monkeypatch.delenv(name)
     return fake
+
+
+class CompileError(Exception):
+    """Stands in for cupy.cuda.compiler.CompileException / NVRTC's load errors."""
+
+
+def nvrtc_missing(*args, **kwargs):
+    raise CompileError("cannot open source file \"cuda_fp16.h\"\n(compilation log follows)")
+
+
+def test_a_gpu_that_cannot_compile_kernels_is_one_clear_error(monkeypatch):
+    """The driver sees a GPU, but NVRTC or the CUDA headers are missing (cupy-cuda12x without [ctk])."""
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(nvrtc_missing))
+    monkeypatch.setattr(backend, "_PROBED", False)
+    with pytest.raises(MinigptError) as raised:
+        get_xp("gpu")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "cannot compile and run a CUDA kernel (CompileError: cannot open source file" in message
+    assert "cupy-cuda12x[ctk]" in message and "--device cpu" in message
+    assert gpu_available() is False
+
+
+def test_a_gpu_whose_probe_computes_garbage_is_one_clear_error(monkeypatch):
+    class Wrong(WorkingElementwiseKernel):
+        def __call__(self, x):
+            return FakeDeviceArray(x.host + 2)
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(Wrong))
+    monkeypatch.setattr(backend, "_PROBED", False)
+    with pytest.raises(MinigptError, match=r"0 \+ 1 = 2\.0.*nvidia-smi"):
+        get_xp("gpu")
+
+
+def test_the_probe_runs_once_per_process(monkeypatch):
+    built = []
+
+    class Counting(WorkingElementwiseKernel):
+        def __init__(self, *args, **kwargs):
+            built.append(args[3])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(Counting))
+    monkeypatch.setattr(backend, "_PROBED", False)
+    get_xp("gpu")
+    get_xp("gpu")
+    assert built == ["minigpt_probe"]
 
 
 def test_tf32_is_on_by_default_on_the_gpu(fake_cupy_with_a_device):
@@ -380,3 +498,41 @@ def test_short_training_run_on_gpu_matches_cpu():
     cupy = get_xp("gpu")
     on_device = [*model.params.values(), *grads.values(), *optimizer.m.values(), *optimizer.v.values()]
     assert all(isinstance(a, cupy.ndarray) for a in on_device)
+
+
+# ---------------------------------------------------------------------------
+# RawModule.get_function once per (kernel, dtype), not once per launch
+# ---------------------------------------------------------------------------
+
+
+def test_raw_kernels_are_looked_up_once_per_name_and_dtype(monkeypatch):
+    from minigpt.kernels import build_cuda, softmax_cuda
+
+    calls = {"modules": 0, "get_function": []}
+
+    class CountingRawModule:
+        def __init__(self, code, name_expressions):
+            calls["modules"] += 1
+
+        def get_function(self, name):
+            calls["get_function"].append(name)
+            return object()
+
+    fake = types.ModuleType("cupy")
+    fake.RawModule = CountingRawModule
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    build_cuda._raw_module.cache_clear()
+    build_cuda._raw_function.cache_clear()
+    try:
+        source = softmax_cuda.SOFTMAX_SOURCE
+        first = build_cuda.raw_kernel(source, "causal_softmax_forward", np.dtype("float32"))
+        for _ in range(5):  # five launches' worth of look-ups
+            assert build_cuda.raw_kernel(source, "causal_softmax_forward", np.dtype("float32")) is first
+        build_cuda.raw_kernel(source, "causal_softmax_forward", np.dtype("float64"))
+        build_cuda.raw_kernel(source, "causal_softmax_backward", np.dtype("float32"))
+    finally:  # the fake module's functions must not outlive this test
+        build_cuda._raw_module.cache_clear()
+        build_cuda._raw_function.cache_clear()
+    assert calls["modules"] == 1
+    assert calls["get_function"] == ["causal_softmax_forward<float>", "causal_softmax_forward<double>",
+                                     "causal_softmax_backward<float>"]
