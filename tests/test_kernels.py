@@ -31,7 +31,7 @@ from minigpt.backend import get_xp, gpu_available, set_tf32, tf32_enabled, to_ho
 from minigpt.errors import MinigptError
 from minigpt.kernels.build_cuda import CTYPES, ElementwiseSource, RawSource
 from minigpt.model import GPT, GPTConfig
-from minigpt.nn import gelu, softmax
+from minigpt.nn import cross_entropy, gelu, layernorm, softmax
 from minigpt.optim import AdamW, clip_grad_norm
 
 # ---------------------------------------------------------------------------
@@ -56,18 +56,30 @@ def test_layers_send_numpy_arrays_to_the_numpy_twins(monkeypatch):
     spy(gelu, "backward_numpy")
     spy(softmax, "forward_numpy")
     spy(softmax, "backward_numpy")
+    spy(layernorm, "forward_numpy")
+    spy(layernorm, "backward_numpy")
+    spy(cross_entropy, "forward_numpy")
+    spy(cross_entropy, "backward_numpy")
     x = np.random.default_rng(5).standard_normal((2, 3, 3)).astype(np.float32)
 
     y, gelu_cache = gelu.forward(x)
     gelu.backward(np.ones_like(x), gelu_cache)
     p, softmax_cache = softmax.forward(x, 0.5)
     softmax.backward(np.ones_like(p), softmax_cache)
+    h, ln_cache = layernorm.forward(x, np.ones(3, np.float32), np.zeros(3, np.float32))
+    layernorm.backward(np.ones_like(h), ln_cache)
+    loss, ce_cache = cross_entropy.forward(x, np.array([[0, 1, -1], [2, 2, 0]]))
+    cross_entropy.backward(1.0, ce_cache)
 
     assert calls == [
         "minigpt.nn.gelu.forward_numpy",
         "minigpt.nn.gelu.backward_numpy",
         "minigpt.nn.softmax.forward_numpy",
         "minigpt.nn.softmax.backward_numpy",
+        "minigpt.nn.layernorm.forward_numpy",
+        "minigpt.nn.layernorm.backward_numpy",
+        "minigpt.nn.cross_entropy.forward_numpy",
+        "minigpt.nn.cross_entropy.backward_numpy",
     ]
     assert isinstance(y, np.ndarray) and isinstance(p, np.ndarray)
     assert y.dtype == np.float32 and p.dtype == np.float32
@@ -75,7 +87,9 @@ def test_layers_send_numpy_arrays_to_the_numpy_twins(monkeypatch):
 
 @pytest.mark.parametrize(
     "module",
-    ["minigpt.kernels.gelu_cuda", "minigpt.kernels.softmax_cuda", "minigpt.nn.gelu", "minigpt.nn.softmax", "minigpt.model"],
+    ["minigpt.kernels.gelu_cuda", "minigpt.kernels.softmax_cuda", "minigpt.kernels.layernorm_cuda",
+     "minigpt.kernels.cross_entropy_cuda", "minigpt.nn.gelu", "minigpt.nn.softmax", "minigpt.nn.layernorm",
+     "minigpt.nn.cross_entropy", "minigpt.model"],
 )
 def test_imports_first_in_a_fresh_interpreter(module):
     """Whichever side of a layer/kernel pair is imported first, the import completes (no cycle)."""
@@ -87,7 +101,7 @@ def test_imports_first_in_a_fresh_interpreter(module):
 
 def test_kernels_package_holds_only_the_cuda_twins_and_their_loading():
     names = sorted(info.name for info in pkgutil.iter_modules(minigpt.kernels.__path__))
-    assert names == ["adamw_cuda", "build_cuda", "gelu_cuda", "softmax_cuda"]
+    assert names == ["adamw_cuda", "build_cuda", "cross_entropy_cuda", "gelu_cuda", "layernorm_cuda", "softmax_cuda"]
 
 
 # ---------------------------------------------------------------------------
@@ -192,6 +206,8 @@ def test_every_kernel_module_declares_its_sources():
     labels = [label for label, _ in cuda_sources()]
     assert any(label.startswith("gelu_cuda:") for label in labels)
     assert any(label.startswith("softmax_cuda:") for label in labels)
+    assert any(label.startswith("layernorm_cuda:") for label in labels)
+    assert any(label.startswith("cross_entropy_cuda:") for label in labels)
     # CUDA lives in the *_cuda modules' CUDA_SOURCES, where this file finds it; a loose
     # .cu file would escape the nvcc check below.
     assert not list(Path(minigpt.kernels.__path__[0]).glob("*.cu"))
@@ -328,6 +344,66 @@ def test_causal_softmax_cuda_accepts_non_contiguous_scores():
     probs, _ = softmax.forward(scores.transpose(0, 2, 1), 0.25)
     expected = softmax.forward_numpy(np.ascontiguousarray(scores_host.transpose(0, 2, 1)), 0.25)
     np.testing.assert_allclose(probs.get(), expected, **TOLERANCE["float32"])
+
+
+LAYERNORM_SHAPES = [(1, 1), (3, 31), (2, 5, 33), (4, 7, 768), (130, 64)]
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", LAYERNORM_SHAPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layernorm_cuda_matches_numpy_twin(shape, dtype, with_bias):
+    x_host, x = random_pair(shape, dtype, seed=16)
+    dy_host, dy = random_pair(shape, dtype, seed=17)
+    w_host, w = random_pair(shape[-1:], dtype, seed=18)
+    b_host, b = random_pair(shape[-1:], dtype, seed=19) if with_bias else (None, None)
+    y_host, cache_host = layernorm.forward_numpy(x_host, w_host, b_host)
+    dx_host, grads_host = layernorm.backward_numpy(dy_host, cache_host)
+
+    y, cache = layernorm.forward(x, w, b)
+    dx, grads = layernorm.backward(dy, cache)
+    assert y.dtype == dtype and dx.dtype == dtype and list(grads) == list(grads_host)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-11, atol=1e-12)  # sums of C terms
+    np.testing.assert_allclose(y.get(), y_host, **tol)
+    np.testing.assert_allclose(cache[0].get(), cache_host[0], **tol)  # xhat
+    np.testing.assert_allclose(dx.get(), dx_host, **tol)
+    for name, g in grads_host.items():  # sums over every row: a looser absolute floor
+        np.testing.assert_allclose(grads[name].get(), g, rtol=tol["rtol"], atol=tol["atol"] * shape[0], err_msg=name)
+
+
+CROSS_ENTROPY_SHAPES = [(1, 1), (3, 7), (2, 5, 257), (4, 50257)]
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", CROSS_ENTROPY_SHAPES)
+def test_cross_entropy_cuda_matches_numpy_twin(shape, dtype):
+    cupy = get_xp("gpu")
+    logits_host, logits = random_pair(shape, dtype, seed=20)
+    targets_host = np.random.default_rng(21).integers(0, shape[-1], shape[:-1])
+    targets_host.reshape(-1)[::3] = -1  # every third position ignored
+    targets = cupy.asarray(targets_host)
+    loss_host, cache_host = cross_entropy.forward_numpy(logits_host, targets_host)
+    dlogits_host, _ = cross_entropy.backward_numpy(0.5, cache_host)
+
+    loss, cache = cross_entropy.forward(logits, targets)
+    dlogits, _ = cross_entropy.backward(0.5, cache)
+    assert dlogits.dtype == dtype and dlogits.shape == shape
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(float(loss.get()), float(loss_host), **tol)
+    np.testing.assert_allclose(dlogits.get(), dlogits_host, **tol)
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_cross_entropy_cuda_with_every_target_ignored_is_nan_as_the_twin():
+    cupy = get_xp("gpu")
+    logits = cupy.zeros((2, 3), dtype=cupy.float32)
+    loss, _ = cross_entropy.forward(logits, cupy.full(2, -1))
+    assert np.isnan(float(loss.get()))
 
 
 # ---------------------------------------------------------------------------
