@@ -14,9 +14,10 @@ its row through mu and rstd:
 so
     dx_j = rstd * (g_j - mean(g) - xhat_j * mean(g * xhat))
 
-NumPy arrays are computed here; CuPy arrays go to the CUDA kernels in
-minigpt/kernels/layernorm_cuda.py (one warp per row), which evaluate the same
-formulas in the same order and keep the same cache.
+NumPy arrays are computed here (the twin is the NumPy code of `forward` and
+`backward`); CuPy arrays go to the CUDA kernels in minigpt/kernels/layernorm_cuda.py
+(one warp per row), which evaluate the same formulas in the same order and keep
+the same cache.
 """
 
 import numpy as np
@@ -29,22 +30,9 @@ EPS = 1e-5
 
 def forward(x, weight, bias=None, eps=EPS):
     """x: (..., C), weight/bias: (C,) -> y: (..., C), and the cache (xhat, rstd, weight, has_bias)."""
-    if array_module(x) is np:
-        return forward_numpy(x, weight, bias, eps)
-    y, xhat, rstd = layernorm_cuda.layernorm_forward_cuda(x, weight, bias, eps)
-    return y, (xhat, rstd, weight, bias is not None)
-
-
-def backward(dy, cache):
-    """Returns dx (..., C) and {"weight": dw, "bias": db}."""
-    xhat, rstd, weight, has_bias = cache
-    if array_module(xhat) is np:
-        return backward_numpy(dy, cache)
-    dx, dw, db = layernorm_cuda.layernorm_backward_cuda(dy, xhat, rstd, weight)
-    return dx, ({"weight": dw, "bias": db} if has_bias else {"weight": dw})
-
-
-def forward_numpy(x, weight, bias=None, eps=EPS):
+    if array_module(x) is not np:
+        y, xhat, rstd = layernorm_cuda.layernorm_forward_cuda(x, weight, bias, eps)
+        return y, (xhat, rstd, weight, bias is not None)
     inv_C = 1.0 / x.shape[-1]
     mu = sum_last_axis(x) * inv_C  # mean(x) over the C features, (..., 1)
     xhat = x - mu  # (..., C)
@@ -57,8 +45,12 @@ def forward_numpy(x, weight, bias=None, eps=EPS):
     return y, (xhat, rstd, weight, bias is not None)
 
 
-def backward_numpy(dy, cache):
+def backward(dy, cache):
+    """Returns dx (..., C) and {"weight": dw, "bias": db}."""
     xhat, rstd, weight, has_bias = cache
+    if array_module(xhat) is not np:
+        dx, dw, db = layernorm_cuda.layernorm_backward_cuda(dy, xhat, rstd, weight)
+        return dx, ({"weight": dw, "bias": db} if has_bias else {"weight": dw})
     C = xhat.shape[-1]
     dy2 = dy.reshape(-1, C)
     grads = {"weight": sum_first_axis(dy2 * xhat.reshape(-1, C))}  # dw = sum over rows of dy * xhat
