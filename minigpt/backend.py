@@ -31,7 +31,8 @@ def set_tf32(enabled: bool) -> None:
     flag such as --no-tf32 calls it while parsing options). The environment
     variable MINIGPT_TF32=0 turns it off as well. CuPy applies
     TF32 only to 2-D products, which is why the linear layers fold (B, T, C)
-    into (B*T, C).
+    into (B*T, C); attention's stacked products go through batched_matmul,
+    which reads tf32_enabled() at each call and asks cuBLAS for TF32 itself.
     """
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
-from minigpt.backend import CUBLAS_OP_N, CUBLAS_OP_T, batched_matmul, gemm_strided_batched_args
+from minigpt.backend import (CUBLAS_OP_N, CUBLAS_OP_T, batched_matmul, gemm_strided_batched_args, get_xp,
+                             gpu_available, tf32_enabled)
 from minigpt.nn import attention
 
 
@@ -134,3 +135,99 @@ def test_heads_major_attention_equals_the_blocked_attention(attn_pdrop, query_bl
     assert list(grads_hm) == list(grads)
     for name, g in grads.items():
         np.testing.assert_allclose(grads_hm[name], g, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_cublas_batched_matmul_on_the_gpu_equals_numpy(dtype, accumulate):
+    """The real cuBLAS call on the four attention products' strided slices, against NumPy in float64."""
+    cupy = get_xp("gpu")
+    q, k, v, dy = (heads(seed).astype(dtype) for seed in range(4))
+    s, e = QUERIES.start, QUERIES.stop
+    p = np.random.default_rng(4).standard_normal((B, H, e - s, e)).astype(dtype)
+    # TF32 rounds inputs to 10 mantissa bits (~5e-4 each); K <= 11 terms here
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == "float64" else (
+        dict(rtol=5e-3, atol=5e-3) if tf32_enabled() else dict(rtol=1e-5, atol=1e-5))
+    host = dict(q=q, k=k, v=v, dy=dy, p=p)
+    device = {name: cupy.asarray(x) for name, x in host.items()}  # whole arrays; sliced on the device below
+    cases = [  # (operands of the named arrays, transpose_a, transpose_b)
+        (lambda x: (x["q"][:, :, QUERIES], x["k"][:, :, KEYS]), False, True),
+        (lambda x: (x["p"], x["v"][:, :, KEYS]), False, False),
+        (lambda x: (x["p"], x["dy"][:, :, QUERIES]), True, False),
+        (lambda x: (x["p"], x["q"][:, :, QUERIES]), True, False),
+    ]
+    for operands, transpose_a, transpose_b in cases:
+        a, b = operands(host)
+        expected = batched_matmul(a.astype(np.float64), b.astype(np.float64), transpose_a, transpose_b)
+        n = expected.shape[-2]
+        base = np.random.default_rng(5).standard_normal((B, H, T, expected.shape[-1])).astype(dtype)
+        out = cupy.asarray(base)
+        a, b = operands(device)  # strided views of device arrays, as attention passes them
+        got = batched_matmul(a, b, transpose_a, transpose_b, out=out[:, :, :n], accumulate=accumulate)
+        want = expected + (base[:, :, :n] if accumulate else 0.0)
+        np.testing.assert_allclose(got.get(), want, **tol)
+        np.testing.assert_array_equal(out.get()[:, :, n:], base[:, :, n:])  # rows past the slice untouched
+
+
+def emulating_gemm_strided_batched_ex(calls):
+    """cupy.cuda.cublas.gemmStridedBatchedEx over host memory: raw pointers in, the column-major emulation run."""
+    from minigpt.backend import GemmArgs
+
+    def call(handle, transa, transb, m, n, k, alpha, a_ptr, a_type, lda, stride_a, b_ptr, b_type, ldb, stride_b,
+             beta, c_ptr, c_type, ldc, stride_c, batch, compute_type, algo):
+        dtype = {0: np.float32, 1: np.float64}[a_type]
+        assert a_type == b_type == c_type
+        calls.append((a_type, compute_type, algo))
+        g = GemmArgs(transa, transb, m, n, k, lda, stride_a, ldb, stride_b, ldc, stride_c, batch)
+
+        def buffer(ptr, rows, cols, ld, stride):  # every element a column-major operand can touch
+            size = (batch - 1) * stride + (cols - 1) * ld + rows
+            return np.ctypeslib.as_array((np.ctypeslib.as_ctypes_type(dtype) * size).from_address(ptr)), 0
+
+        def scalar(ptr):
+            return float(np.ctypeslib.as_array((np.ctypeslib.as_ctypes_type(dtype) * 1).from_address(ptr))[0])
+
+        x = buffer(a_ptr, *((m, k) if transa == CUBLAS_OP_N else (k, m)), lda, stride_a)
+        y = buffer(b_ptr, *((k, n) if transb == CUBLAS_OP_N else (n, k)), ldb, stride_b)
+        c = buffer(c_ptr, m, n, ldc, stride_c)
+        emulate_gemm_strided_batched(g, scalar(alpha), x, scalar(beta), y, c)
+
+    return call
+
+
+@pytest.mark.parametrize("dtype, tf32", [("float32", True), ("float32", False), ("float64", True)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_the_cublas_call_end_to_end_on_the_cpu(dtype, tf32, accumulate, monkeypatch):
+    """backend.batched_matmul's CuPy branch, the real call with pointers, scalars and types, into an emulated cuBLAS."""
+    from minigpt.backend import (CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_COMPUTE_64F,
+                                 CUBLAS_GEMM_DEFAULT, CUDA_R_32F, CUDA_R_64F)
+    from tests import device_standin
+
+    monkeypatch.setenv("CUPY_TF32", "1" if tf32 else "0")
+    calls = []
+    with device_standin.installed() as cupy:
+        cupy.cuda.cublas.gemmStridedBatchedEx = emulating_gemm_strided_batched_ex(calls)
+        q, k, v, dy = (cupy.asarray(heads(seed).astype(dtype)) for seed in range(4))
+        s, e = QUERIES.start, QUERIES.stop
+        p = cupy.asarray(np.random.default_rng(4).standard_normal((B, H, e - s, e)).astype(dtype))
+        cases = [(q[:, :, QUERIES], k[:, :, KEYS], False, True), (p, v[:, :, KEYS], False, False),
+                 (p, dy[:, :, QUERIES], True, False), (p, q[:, :, QUERIES], True, False)]
+        for a, b, transpose_a, transpose_b in cases:
+            a_host, b_host = np.asarray(a.view(np.ndarray)), np.asarray(b.view(np.ndarray))
+            expected = batched_matmul(a_host, b_host, transpose_a, transpose_b)
+            base = np.random.default_rng(5).standard_normal((B, H, T, expected.shape[-1])).astype(dtype)
+            out = cupy.asarray(base.copy())
+            n = expected.shape[-2]
+            batched_matmul(a, b, transpose_a, transpose_b, out=out[:, :, :n], accumulate=accumulate)
+            got = out.view(np.ndarray)
+            np.testing.assert_allclose(got[:, :, :n], expected + (base[:, :, :n] if accumulate else 0.0),
+                                       rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5 if dtype == "float32" else 1e-12)
+            np.testing.assert_array_equal(got[:, :, n:], base[:, :, n:])
+            fresh = batched_matmul(a, b, transpose_a, transpose_b)  # no out: a new array
+            np.testing.assert_allclose(fresh.view(np.ndarray), expected, rtol=1e-5 if dtype == "float32" else 1e-12)
+    data_type = CUDA_R_32F if dtype == "float32" else CUDA_R_64F
+    compute = {("float32", True): CUBLAS_COMPUTE_32F_FAST_TF32, ("float32", False): CUBLAS_COMPUTE_32F}.get(
+        (dtype, tf32), CUBLAS_COMPUTE_64F)
+    assert calls and all(call == (data_type, compute, CUBLAS_GEMM_DEFAULT) for call in calls)
