@@ -362,6 +362,13 @@ def _cublas_gemm(a, b, out, transpose_a, transpose_b, accumulate):
         g.batch, compute, CUBLAS_GEMM_DEFAULT)
 
 
+def stable_argsort(x):
+    """Indices that sort the last axis ascending, equal values in index order (NumPy: kind="stable"; CuPy's is)."""
+    if array_module(x) is np:
+        return np.argsort(x, axis=-1, kind="stable")
+    return array_module(x).argsort(x, axis=-1)  # CuPy accepts no `kind`: its sort is always stable
+
+
 _THREADPOOL_CONTROLLER = None  # made on first use: most runs never need it
 
 

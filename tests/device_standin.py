@@ -31,6 +31,7 @@ import types
 import numpy as np
 
 LAUNCHES = collections.Counter()
+TRANSFERS = []  # ("d2h" or "h2d", bytes) of every copy between host and device
 
 
 def count(kind, n=1):
@@ -83,6 +84,7 @@ class ndarray(np.ndarray):  # noqa: N801 (cupy's name)
 
     def get(self):
         count("d2h")
+        TRANSFERS.append(("d2h", self.nbytes))
         count("sync")
         return np.array(self.view(np.ndarray))
 
@@ -144,7 +146,9 @@ def asarray(x, dtype=None):
     if isinstance(x, ndarray):
         return x if dtype is None or x.dtype == dtype else x.astype(dtype)
     count("h2d")
-    return _wrap(np.asarray(x, dtype=dtype))
+    host = np.asarray(x, dtype=dtype)
+    TRANSFERS.append(("h2d", host.nbytes))
+    return _wrap(host)
 
 
 def ascontiguousarray(x, dtype=None):
@@ -227,6 +231,12 @@ def make_module():
     for name in ("where", "vdot"):
         setattr(cupy, name, _counted("elementwise", getattr(np, name)))
     cupy.concatenate = _counted("copy", np.concatenate)
+    cupy.inf = np.inf
+    for name in ("argsort", "partition"):
+        setattr(cupy, name, _counted("sort", getattr(np, name)))
+    cupy.take_along_axis = _counted("gather", np.take_along_axis)
+    cupy.cumsum = _counted("scan", np.cumsum)
+    cupy.argmax = _counted("reduction", np.argmax)
     cupy.random = types.SimpleNamespace(default_rng=Generator)
     cupy.ElementwiseKernel, cupy.RawModule = ElementwiseKernel, RawModule
 
@@ -268,6 +278,7 @@ def installed():
     sys.modules.update({"cupy": cupy, "cupy.cuda": cuda, "cupyx": cupyx})
     _clear_kernel_caches()
     LAUNCHES.clear()
+    TRANSFERS.clear()
     try:
         yield cupy
     finally:
