@@ -37,7 +37,8 @@ def emulate_gemm_strided_batched(g, alpha, x, beta, y, c):
         op_x = operand(x, g.transa, g.m, g.k, g.lda, g.stride_a, i)
         op_y = operand(y, g.transb, g.k, g.n, g.ldb, g.stride_b, i)
         c_i = column_major(c[0], c[1] + i * g.stride_c, g.m, g.n, g.ldc)
-        c_i[...] = alpha * (op_x @ op_y) + beta * c_i
+        # beta = 0: C is written, never read (cuBLAS's rule: NaN in an uninitialised C must not leak)
+        c_i[...] = alpha * (op_x @ op_y) + (beta * c_i if beta != 0 else 0.0)
 
 
 def flat(x, base):
