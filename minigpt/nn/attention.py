@@ -35,7 +35,7 @@ block's products are single cuBLAS strided-batched GEMMs over the B*H heads
 (backend.batched_matmul: transposes as flags, dk and dv accumulated by the GEMM
 itself, TF32 for float32 when on) instead of CuPy's stacked matmul, which copies
 strided operands (q blocks, k^T, p^T) before every product and runs plain FP32.
-It computes the same sums as the NumPy path; tests/test_nn.py runs it on NumPy.
+It computes the same sums as the NumPy path; tests/test_batched_matmul.py runs it on NumPy.
 """
 
 import math
