@@ -8,6 +8,7 @@ so the same code runs on both.
 
 import os
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,7 +31,8 @@ def set_tf32(enabled: bool) -> None:
     flag such as --no-tf32 calls it while parsing options). The environment
     variable MINIGPT_TF32=0 turns it off as well. CuPy applies
     TF32 only to 2-D products, which is why the linear layers fold (B, T, C)
-    into (B*T, C).
+    into (B*T, C); attention's stacked products go through batched_matmul,
+    which reads tf32_enabled() at each call and asks cuBLAS for TF32 itself.
     """
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
 
@@ -40,8 +42,14 @@ def tf32_enabled() -> bool:
     return int(os.environ.get("CUPY_TF32", "0")) > 0
 
 
+_GPU_EXTRA_HELP = ("install CuPy with its CUDA toolkit extra (pip install -e '.[gpu]', which brings "
+                   "cupy-cuda12x[ctk]: NVRTC and the CUDA headers), or use --device cpu")
+_PROBED = False  # the kernel probe below runs once per process
+
+
 def _import_cupy():
     """Return the cupy module, or raise a MinigptError that says how to get one."""
+    global _PROBED
     if "CUPY_TF32" not in os.environ:  # set_tf32 or the user's own CUPY_TF32 win over the default
         set_tf32(os.environ.get("MINIGPT_TF32", "1") != "0")
     try:
@@ -56,7 +64,31 @@ def _import_cupy():
     if count == 0:
         raise MinigptError(f"--device gpu found no CUDA device: CuPy is installed, but the driver sees no GPU; "
                            f"{_NO_DEVICE_HELP}")
+    if not _PROBED:
+        _probe_kernel(cupy)
+        _PROBED = True
     return cupy
+
+
+def _probe_kernel(cupy) -> None:
+    """Compile and run one tiny kernel, so a broken CUDA set-up is one clear line here, not a traceback later.
+
+    CuPy compiles every kernel at run time with NVRTC, against the CUDA headers.
+    A machine with only the NVIDIA driver and a bare cupy-cuda12x (no [ctk]
+    extra) passes the device count above and fails at the first kernel. The
+    probe adds, not multiplies: 1 to a 1-element array, read back once
+    (a host sync, once per process, before any training).
+    """
+    try:
+        kernel = cupy.ElementwiseKernel("T x", "T y", "y = x + T(1)", "minigpt_probe")
+        value = float(kernel(cupy.zeros(1, dtype=cupy.float32)).get()[0])
+    except Exception as err:  # NVRTC missing, headers missing, driver too old for the toolkit: CuPy's own types
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise MinigptError(f"--device gpu: CuPy sees a GPU but cannot compile and run a CUDA kernel "
+                           f"({type(err).__name__}: {first_line}); {_GPU_EXTRA_HELP}") from None
+    if value != 1.0:
+        raise MinigptError(f"--device gpu: a probe kernel computed 0 + 1 = {value}: the GPU or its driver is not "
+                           f"working; {_NO_DEVICE_HELP}")
 
 
 def gpu_available() -> bool:
@@ -195,6 +227,146 @@ def matmul_into(a, b, out):
     else:
         out[...] = a @ b
     return out
+
+
+# cuBLAS constants (cublas_api.h, library_types.h), used by batched_matmul on the GPU.
+CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+CUDA_R_32F, CUDA_R_64F = 0, 1
+CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_COMPUTE_64F = 68, 77, 70
+CUBLAS_GEMM_DEFAULT = -1
+
+
+class GemmArgs(NamedTuple):
+    """The shape arguments of one cublasGemmStridedBatchedEx call (strides and leading dimensions in elements).
+
+    cuBLAS computes, for each of `batch` matrices, C = op(X) @ op(Y) in
+    column-major order: X is m x k after op, Y is k x n, C is m x n, element
+    (i, j) of a column-major matrix with leading dimension ld at offset i + j * ld.
+    """
+
+    transa: int
+    transb: int
+    m: int
+    n: int
+    k: int
+    lda: int
+    stride_a: int
+    ldb: int
+    stride_b: int
+    ldc: int
+    stride_c: int
+    batch: int
+
+
+def _matrix_stack_layout(x, name):
+    """(batch, row stride, batch stride) in elements of x (..., R, S): rows of unit-stride elements, one batch stride.
+
+    The leading axes must fold into one (each stride = the next one's stride times
+    its length), as a slice of query rows or keys of a (B, H, T, D) array does.
+    """
+    itemsize = x.dtype.itemsize
+    strides = [s // itemsize for s in x.strides]
+    if x.shape[-1] > 1 and strides[-1] != 1:
+        raise ValueError(f"{name}: the last axis must have unit stride, got strides {x.strides}")
+    row_stride = max(strides[-2], x.shape[-1]) if x.shape[-2] > 1 else x.shape[-1]
+    batch = 1
+    batch_stride = row_stride * x.shape[-2]
+    lead = [(n, s) for n, s in zip(x.shape[:-2], strides[:-2]) if n > 1]
+    for i, (n, s) in enumerate(lead):
+        if i + 1 < len(lead) and s != lead[i + 1][0] * lead[i + 1][1]:
+            raise ValueError(f"{name}: leading axes {x.shape[:-2]} with strides {x.strides[:-2]} do not fold "
+                             f"into one batch stride")
+        batch *= n
+    if lead:
+        batch_stride = lead[-1][1]
+    return batch, row_stride, batch_stride
+
+
+def gemm_strided_batched_args(a, b, out, transpose_a=False, transpose_b=False) -> GemmArgs:
+    """The cuBLAS call that computes out = op(a) @ op(b) for row-major stacks (..., R, S).
+
+    A row-major M x N matrix C with row stride ldc is, read column-major, the
+    N x M matrix C^T with leading dimension ldc. So out = op(a) @ op(b) becomes
+
+        out^T = op(b)^T @ op(a)^T        (column-major, m = N, n = M, k = K)
+
+    with b's memory as cuBLAS's first operand and a's as its second. The memory
+    of b, row-major, read column-major is b^T; cuBLAS's operand must be op(b)^T,
+    which is that view itself (OP_N) when op(b) = b, and its transpose (OP_T)
+    when op(b) = b^T. Likewise for a. Leading dimensions are the row strides.
+    """
+    M, K = a.shape[-1:-3:-1] if transpose_a else a.shape[-2:]
+    K_b, N = b.shape[-1:-3:-1] if transpose_b else b.shape[-2:]
+    if K != K_b or out.shape[-2:] != (M, N) or not (a.shape[:-2] == b.shape[:-2] == out.shape[:-2]):
+        raise ValueError(f"batched_matmul: op(a) {a.shape} transposed={transpose_a}, op(b) {b.shape} "
+                         f"transposed={transpose_b} and out {out.shape} do not match")
+    batch, lda_a, stride_a = _matrix_stack_layout(a, "a")
+    _, ld_b, stride_b = _matrix_stack_layout(b, "b")
+    _, ldc, stride_c = _matrix_stack_layout(out, "out")
+    return GemmArgs(transa=CUBLAS_OP_T if transpose_b else CUBLAS_OP_N,
+                    transb=CUBLAS_OP_T if transpose_a else CUBLAS_OP_N,
+                    m=N, n=M, k=K, lda=ld_b, stride_a=stride_b, ldb=lda_a, stride_b=stride_a,
+                    ldc=ldc, stride_c=stride_c, batch=batch)
+
+
+def batched_matmul(a, b, transpose_a=False, transpose_b=False, out=None, accumulate=False):
+    """op(a) @ op(b) over stacks of matrices (..., R, S), op(x) = x^T (last two axes) when asked.
+
+    Written into `out` when given (out += ... when `accumulate`), else a new array.
+    NumPy: np.matmul of the transposed views. CuPy: one cuBLAS strided-batched
+    GEMM with transpose flags instead of copies, reading strided slices in place
+    and, for float32, on TF32 tensor cores when TF32 is on (tf32_enabled): CuPy's
+    own matmul of stacks (ndim > 2) copies non-contiguous operands and runs plain
+    FP32. On CuPy the leading axes of each operand must fold into one batch
+    stride and the last axis must have unit stride (see gemm_strided_batched_args).
+    """
+    a_op = a.swapaxes(-1, -2) if transpose_a else a
+    b_op = b.swapaxes(-1, -2) if transpose_b else b
+    if array_module(a) is np:
+        if out is None:
+            return a_op @ b_op
+        if accumulate:
+            out += a_op @ b_op
+        else:
+            np.matmul(a_op, b_op, out=out)
+        return out
+    if out is None:
+        import cupy
+
+        out = cupy.empty((*a_op.shape[:-1], b_op.shape[-1]), dtype=a.dtype)
+        accumulate = False
+    _cublas_gemm(a, b, out, transpose_a, transpose_b, accumulate)
+    return out
+
+
+def _cublas_gemm(a, b, out, transpose_a, transpose_b, accumulate):
+    from cupy.cuda import cublas, device
+
+    if not (a.dtype == b.dtype == out.dtype) or a.dtype.name not in DTYPES:
+        raise TypeError(f"batched_matmul needs one float dtype, got {a.dtype}, {b.dtype}, {out.dtype}")
+    g = gemm_strided_batched_args(a, b, out, transpose_a, transpose_b)
+    if g.batch == 0 or g.m == 0 or g.n == 0:
+        return
+    if a.dtype == np.float32:
+        data_type = CUDA_R_32F
+        compute = CUBLAS_COMPUTE_32F_FAST_TF32 if tf32_enabled() else CUBLAS_COMPUTE_32F
+    else:
+        data_type, compute = CUDA_R_64F, CUBLAS_COMPUTE_64F
+    alpha = np.ones((), dtype=a.dtype)  # host scalars (cuBLAS's default pointer mode), in the compute precision
+    beta = np.array(1.0 if accumulate else 0.0, dtype=a.dtype)
+    cublas.gemmStridedBatchedEx(
+        device.get_cublas_handle(), g.transa, g.transb, g.m, g.n, g.k,
+        alpha.ctypes.data, b.data.ptr, data_type, g.lda, g.stride_a,
+        a.data.ptr, data_type, g.ldb, g.stride_b,
+        beta.ctypes.data, out.data.ptr, data_type, g.ldc, g.stride_c,
+        g.batch, compute, CUBLAS_GEMM_DEFAULT)
+
+
+def stable_argsort(x):
+    """Indices that sort the last axis ascending, equal values in index order (NumPy: kind="stable"; CuPy's is)."""
+    if array_module(x) is np:
+        return np.argsort(x, axis=-1, kind="stable")
+    return array_module(x).argsort(x, axis=-1)  # CuPy accepts no `kind`: its sort is always stable
 
 
 _THREADPOOL_CONTROLLER = None  # made on first use: most runs never need it

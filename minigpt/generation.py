@@ -33,7 +33,7 @@ import codecs
 
 import numpy as np
 
-from minigpt.backend import to_host
+from minigpt.backend import array_module, stable_argsort, to_host
 from minigpt.errors import MinigptError
 
 # ---------------------------------------------------------------------------
@@ -306,4 +306,73 @@ def encode_prompt(tokenizer, text: str, block_size: int, note=print):
     if len(ids) > block_size:
         note(f"the prompt is {len(ids)} tokens, longer than the model's context of {block_size}: keeping its last {block_size}")
         ids = ids[-block_size:]
+    return ids
+
+
+# ---------------------------------------------------------------------------
+# Sampling where the logits are (the GPU): only the B chosen ids come back.
+# ---------------------------------------------------------------------------
+#
+# The same distribution and the same draw as `sample_next`, written against
+# the logits' array module: the (B, V) row never leaves the device, the host
+# sends B uniforms (drawn from the same NumPy Generator, so a seed gives the
+# same tokens on either device up to float rounding in the probabilities) and
+# gets B ids back: one device-to-host copy of 8 B bytes per token.
+
+
+def top_k_mask_on_device(logits, k: int):
+    """`top_k_mask` for logits of any array module (same ties rule: lower token ids first)."""
+    xp = array_module(logits)
+    vocab_size = logits.shape[-1]
+    if k >= vocab_size:
+        return xp.ones(logits.shape, dtype=bool)
+    kth_largest = xp.partition(logits, vocab_size - k, axis=-1)[:, vocab_size - k, None]
+    above = logits > kth_largest
+    ties = logits == kth_largest
+    ties_needed = k - above.sum(axis=-1, keepdims=True)
+    return above | (ties & (xp.cumsum(ties, axis=-1) <= ties_needed))
+
+
+def top_p_mask_on_device(probs, p: float):
+    """`top_p_mask` for probabilities of any array module (equal probabilities ordered by token id)."""
+    xp = array_module(probs)
+    if p >= 1.0:
+        return xp.ones(probs.shape, dtype=bool)
+    order = stable_argsort(-probs)  # (B, V), most likely first
+    sorted_probs = xp.take_along_axis(probs, order, axis=-1)
+    mass_before = xp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep = xp.empty(probs.shape, dtype=bool)
+    keep[xp.arange(probs.shape[0])[:, None], order] = mass_before < p  # scattered back to token order
+    return keep
+
+
+def sample_next_on_device(logits, temperature=1.0, top_k=None, top_p=None, rng=None) -> np.ndarray:
+    """`sample_next` computed where `logits` (B, V) are; returns (B,) int64 ids on the host.
+
+    Rows with a non-finite logit come back as id -1 (one copy carries both the
+    ids and that flag), which is then one clear error, as on the host.
+    """
+    check_sampling_args(temperature, top_k, top_p)
+    xp = array_module(logits)
+    finite_rows = xp.isfinite(logits).all(axis=-1)  # (B,)
+    if temperature == 0:
+        ids = xp.argmax(logits, axis=-1)
+    else:
+        if rng is None:
+            rng = np.random.default_rng()
+        scaled = logits.astype(xp.float64) / temperature
+        if top_k is not None:
+            scaled = xp.where(top_k_mask_on_device(scaled, int(top_k)), scaled, -xp.inf)
+        probs = xp.exp(scaled - scaled.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        if top_p is not None:
+            probs = xp.where(top_p_mask_on_device(probs, top_p), probs, 0.0)
+            probs /= probs.sum(axis=-1, keepdims=True)  # as sampling_probs, so the draws agree exactly
+        cdf = xp.cumsum(probs, axis=-1)
+        u = xp.asarray(rng.random(logits.shape[0]))[:, None] * cdf[:, -1:]  # B uniforms to the device
+        ids = (cdf <= u).sum(axis=-1)  # searchsorted(cdf, u, side="right"), as `draw`
+    ids = to_host(xp.where(finite_rows, ids, -1)).astype(np.int64)  # the one copy: B ids
+    if (ids < 0).any():
+        raise MinigptError(f"the model produced non-finite logits (row {int(np.flatnonzero(ids < 0)[0])}): the "
+                           f"weights are likely broken (NaN or inf); retrain or reload the checkpoint")
     return ids

@@ -26,11 +26,12 @@ import numpy as np
 import pytest
 
 import minigpt.kernels
+from minigpt import backend
 from minigpt.backend import get_xp, gpu_available, set_tf32, tf32_enabled, to_host
 from minigpt.errors import MinigptError
 from minigpt.kernels.build_cuda import CTYPES, ElementwiseSource, RawSource
 from minigpt.model import GPT, GPTConfig
-from minigpt.nn import gelu, softmax
+from minigpt.nn import cross_entropy, gelu, layernorm, softmax
 from minigpt.optim import AdamW, clip_grad_norm
 
 # ---------------------------------------------------------------------------
@@ -40,7 +41,16 @@ from minigpt.optim import AdamW, clip_grad_norm
 
 
 def test_layers_send_numpy_arrays_to_the_numpy_twins(monkeypatch):
+    """gelu, softmax and cross_entropy have *_numpy twins; layernorm's twin is the NumPy code of forward/backward."""
     calls = []
+
+    def refuse(*args):
+        raise AssertionError("a CUDA kernel was called for NumPy arrays")
+
+    from minigpt.kernels import layernorm_cuda
+
+    monkeypatch.setattr(layernorm_cuda, "layernorm_forward_cuda", refuse)
+    monkeypatch.setattr(layernorm_cuda, "layernorm_backward_cuda", refuse)
 
     def spy(module, twin_name):
         twin = getattr(module, twin_name)
@@ -55,18 +65,26 @@ def test_layers_send_numpy_arrays_to_the_numpy_twins(monkeypatch):
     spy(gelu, "backward_numpy")
     spy(softmax, "forward_numpy")
     spy(softmax, "backward_numpy")
+    spy(cross_entropy, "forward_numpy")
+    spy(cross_entropy, "backward_numpy")
     x = np.random.default_rng(5).standard_normal((2, 3, 3)).astype(np.float32)
 
     y, gelu_cache = gelu.forward(x)
     gelu.backward(np.ones_like(x), gelu_cache)
     p, softmax_cache = softmax.forward(x, 0.5)
     softmax.backward(np.ones_like(p), softmax_cache)
+    h, ln_cache = layernorm.forward(x, np.ones(3, np.float32), np.zeros(3, np.float32))
+    layernorm.backward(np.ones_like(h), ln_cache)
+    loss, ce_cache = cross_entropy.forward(x, np.array([[0, 1, -1], [2, 2, 0]]))
+    cross_entropy.backward(1.0, ce_cache)
 
     assert calls == [
         "minigpt.nn.gelu.forward_numpy",
         "minigpt.nn.gelu.backward_numpy",
         "minigpt.nn.softmax.forward_numpy",
         "minigpt.nn.softmax.backward_numpy",
+        "minigpt.nn.cross_entropy.forward_numpy",
+        "minigpt.nn.cross_entropy.backward_numpy",
     ]
     assert isinstance(y, np.ndarray) and isinstance(p, np.ndarray)
     assert y.dtype == np.float32 and p.dtype == np.float32
@@ -74,7 +92,9 @@ def test_layers_send_numpy_arrays_to_the_numpy_twins(monkeypatch):
 
 @pytest.mark.parametrize(
     "module",
-    ["minigpt.kernels.gelu_cuda", "minigpt.kernels.softmax_cuda", "minigpt.nn.gelu", "minigpt.nn.softmax", "minigpt.model"],
+    ["minigpt.kernels.gelu_cuda", "minigpt.kernels.softmax_cuda", "minigpt.kernels.layernorm_cuda",
+     "minigpt.kernels.cross_entropy_cuda", "minigpt.nn.gelu", "minigpt.nn.softmax", "minigpt.nn.layernorm",
+     "minigpt.nn.cross_entropy", "minigpt.model"],
 )
 def test_imports_first_in_a_fresh_interpreter(module):
     """Whichever side of a layer/kernel pair is imported first, the import completes (no cycle)."""
@@ -86,7 +106,7 @@ def test_imports_first_in_a_fresh_interpreter(module):
 
 def test_kernels_package_holds_only_the_cuda_twins_and_their_loading():
     names = sorted(info.name for info in pkgutil.iter_modules(minigpt.kernels.__path__))
-    assert names == ["adamw_cuda", "build_cuda", "gelu_cuda", "softmax_cuda"]
+    assert names == ["adamw_cuda", "build_cuda", "cross_entropy_cuda", "gelu_cuda", "layernorm_cuda", "softmax_cuda"]
 
 
 # ---------------------------------------------------------------------------
@@ -191,6 +211,8 @@ def test_every_kernel_module_declares_its_sources():
     labels = [label for label, _ in cuda_sources()]
     assert any(label.startswith("gelu_cuda:") for label in labels)
     assert any(label.startswith("softmax_cuda:") for label in labels)
+    assert any(label.startswith("layernorm_cuda:") for label in labels)
+    assert any(label.startswith("cross_entropy_cuda:") for label in labels)
     # CUDA lives in the *_cuda modules' CUDA_SOURCES, where this file finds it; a loose
     # .cu file would escape the nvcc check below.
     assert not list(Path(minigpt.kernels.__path__[0]).glob("*.cu"))
@@ -236,18 +258,60 @@ def random_pair(shape, dtype, seed):
     return host, cupy.asarray(host)
 
 
+def gelu_reference(x, dout):
+    """gelu(x) and dout * gelu'(x) in float64 from the same (possibly float32) inputs."""
+    x, dout = x.astype(np.float64), dout.astype(np.float64)
+    t = np.tanh(gelu.SQRT_2_OVER_PI * (x + gelu.GELU_COEFF * x * x * x))
+    du_dx = gelu.SQRT_2_OVER_PI * (1.0 + 3.0 * gelu.GELU_COEFF * x * x)
+    return 0.5 * x * (1.0 + t), dout * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+
+
+def assert_close_to_gelu_reference(y, dx, x, dout):
+    """Within a few ulp of the float64 reference, scaled to the size of the terms.
+
+    For x in about [-6, -3] gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx is a
+    difference of terms up to ~15 whose sum is ~0: one ulp of t (tanh differs by
+    an ulp or two between CUDA and NumPy) moves dx by ~30 ulp of 1, times |dout|.
+    So dx is held to 128 eps max|dout| absolute, y to 8 eps max|x|: a wrong formula
+    or constant is off by far more.
+    """
+    eps = np.finfo(x.dtype).eps
+    y_ref, dx_ref = gelu_reference(x, dout)
+    np.testing.assert_allclose(y, y_ref, rtol=8 * eps, atol=8 * eps * float(np.abs(x).max()))
+    np.testing.assert_allclose(dx, dx_ref, rtol=8 * eps, atol=128 * eps * float(np.abs(dout).max()))
+
+
+def gelu_inputs(shape, dtype, seed):
+    """x spread over [-9, 9] (the cancelling range [-6, -3] included), dout ~ N(0, 9)."""
+    rng = np.random.default_rng(seed)
+    return (rng.uniform(-9, 9, shape)).astype(dtype), (rng.standard_normal(shape) * 3).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gelu_numpy_twin_is_within_the_reference_tolerance(dtype):
+    """The tolerance the GPU test uses holds for the NumPy twin (and catches a wrong constant)."""
+    x, dout = gelu_inputs((4096,), dtype, seed=1)
+    assert_close_to_gelu_reference(gelu.forward_numpy(x), gelu.backward_numpy(dout, x), x, dout)
+    wrong = gelu.backward_numpy(dout, x * np.asarray(1.001, dtype=dtype))  # 0.1% off in x: far outside
+    with pytest.raises(AssertionError):
+        assert_close_to_gelu_reference(gelu.forward_numpy(x), wrong, x, dout)
+
+
 @needs_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_gelu_cuda_matches_numpy_twin(shape, dtype):
-    x_host, x = random_pair(shape, dtype, seed=10)
-    dout_host, dout = random_pair(shape, dtype, seed=11)
+    """Kernel and twin each against the float64 reference (not against each other: see the tolerance)."""
+    cupy = get_xp("gpu")
+    x_host, dout_host = gelu_inputs(shape, dtype, seed=10)
+    x, dout = cupy.asarray(x_host), cupy.asarray(dout_host)
     y, _ = gelu.forward(x)
     dx, _ = gelu.backward(dout, x)
     assert y.dtype == dtype and dx.dtype == dtype
-    np.testing.assert_allclose(y.get(), gelu.forward_numpy(x_host), **TOLERANCE[dtype])
-    np.testing.assert_allclose(dx.get(), gelu.backward_numpy(dout_host, x_host), **TOLERANCE[dtype])
+    assert_close_to_gelu_reference(y.get(), dx.get(), x_host, dout_host)
+    assert_close_to_gelu_reference(gelu.forward_numpy(x_host), gelu.backward_numpy(dout_host, x_host), x_host,
+                                   dout_host)
 
 
 @needs_gpu
@@ -287,6 +351,66 @@ def test_causal_softmax_cuda_accepts_non_contiguous_scores():
     np.testing.assert_allclose(probs.get(), expected, **TOLERANCE["float32"])
 
 
+LAYERNORM_SHAPES = [(1, 1), (3, 31), (2, 5, 33), (4, 7, 768), (130, 64)]
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", LAYERNORM_SHAPES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layernorm_cuda_matches_numpy_twin(shape, dtype, with_bias):
+    x_host, x = random_pair(shape, dtype, seed=16)
+    dy_host, dy = random_pair(shape, dtype, seed=17)
+    w_host, w = random_pair(shape[-1:], dtype, seed=18)
+    b_host, b = random_pair(shape[-1:], dtype, seed=19) if with_bias else (None, None)
+    y_host, cache_host = layernorm.forward(x_host, w_host, b_host)  # NumPy arrays: the NumPy twin
+    dx_host, grads_host = layernorm.backward(dy_host, cache_host)
+
+    y, cache = layernorm.forward(x, w, b)
+    dx, grads = layernorm.backward(dy, cache)
+    assert y.dtype == dtype and dx.dtype == dtype and list(grads) == list(grads_host)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-11, atol=1e-12)  # sums of C terms
+    np.testing.assert_allclose(y.get(), y_host, **tol)
+    np.testing.assert_allclose(cache[0].get(), cache_host[0], **tol)  # xhat
+    np.testing.assert_allclose(dx.get(), dx_host, **tol)
+    for name, g in grads_host.items():  # sums over every row: a looser absolute floor
+        np.testing.assert_allclose(grads[name].get(), g, rtol=tol["rtol"], atol=tol["atol"] * shape[0], err_msg=name)
+
+
+CROSS_ENTROPY_SHAPES = [(1, 1), (3, 7), (2, 5, 257), (4, 50257)]
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", CROSS_ENTROPY_SHAPES)
+def test_cross_entropy_cuda_matches_numpy_twin(shape, dtype):
+    cupy = get_xp("gpu")
+    logits_host, logits = random_pair(shape, dtype, seed=20)
+    targets_host = np.random.default_rng(21).integers(0, shape[-1], shape[:-1])
+    targets_host.reshape(-1)[::3] = -1  # every third position ignored
+    targets = cupy.asarray(targets_host)
+    loss_host, cache_host = cross_entropy.forward_numpy(logits_host, targets_host)
+    dlogits_host, _ = cross_entropy.backward_numpy(0.5, cache_host)
+
+    loss, cache = cross_entropy.forward(logits, targets)
+    dlogits, _ = cross_entropy.backward(0.5, cache)
+    assert dlogits.dtype == dtype and dlogits.shape == shape
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(float(loss.get()), float(loss_host), **tol)
+    np.testing.assert_allclose(dlogits.get(), dlogits_host, **tol)
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_cross_entropy_cuda_with_every_target_ignored_is_nan_as_the_twin():
+    cupy = get_xp("gpu")
+    logits = cupy.zeros((2, 3), dtype=cupy.float32)
+    loss, _ = cross_entropy.forward(logits, cupy.full(2, -1))
+    assert np.isnan(float(loss.get()))
+
+
 # ---------------------------------------------------------------------------
 # TF32 on the GPU: on by default, off on request
 # ---------------------------------------------------------------------------
@@ -295,16 +419,91 @@ def test_causal_softmax_cuda_accepts_non_contiguous_scores():
 ORIGINAL_CUPY_TF32 = os.environ.get("CUPY_TF32")
 
 
+def fake_cupy(elementwise_kernel):
+    """A stand-in cupy module with one device and the given ElementwiseKernel class (over NumPy)."""
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+    fake.float32 = np.float32
+    fake.zeros = lambda n, dtype: FakeDeviceArray(np.zeros(n, dtype))
+    fake.ElementwiseKernel = elementwise_kernel
+    return fake
+
+
+class FakeDeviceArray:
+    def __init__(self, host):
+        self.host = host
+
+    def get(self):
+        return self.host
+
+
+class WorkingElementwiseKernel:
+    """Compiles nothing; runs `y = x + T(1)` (the probe's body) on the host."""
+
+    def __init__(self, in_params, out_params, operation, name, **kwargs):
+        assert operation == "y = x + T(1)"
+
+    def __call__(self, x):
+        return FakeDeviceArray(x.host + 1)
+
+
 @pytest.fixture
 def fake_cupy_with_a_device(monkeypatch):
     """A stand-in cupy that reports one device, so get_xp("gpu") runs its setup without a GPU."""
-    fake = types.ModuleType("cupy")
-    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1))
+    fake = fake_cupy(WorkingElementwiseKernel)
     monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend, "_PROBED", False)
     for name in ("CUPY_TF32", "MINIGPT_TF32"):
         monkeypatch.setenv(name, "")  # records the original value, so whatever a test sets is undone
         monkeypatch.delenv(name)
     return fake
+
+
+class CompileError(Exception):
+    """Stands in for cupy.cuda.compiler.CompileException / NVRTC's load errors."""
+
+
+def nvrtc_missing(*args, **kwargs):
+    raise CompileError("cannot open source file \"cuda_fp16.h\"\n(compilation log follows)")
+
+
+def test_a_gpu_that_cannot_compile_kernels_is_one_clear_error(monkeypatch):
+    """The driver sees a GPU, but NVRTC or the CUDA headers are missing (cupy-cuda12x without [ctk])."""
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(nvrtc_missing))
+    monkeypatch.setattr(backend, "_PROBED", False)
+    with pytest.raises(MinigptError) as raised:
+        get_xp("gpu")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "cannot compile and run a CUDA kernel (CompileError: cannot open source file" in message
+    assert "cupy-cuda12x[ctk]" in message and "--device cpu" in message
+    assert gpu_available() is False
+
+
+def test_a_gpu_whose_probe_computes_garbage_is_one_clear_error(monkeypatch):
+    class Wrong(WorkingElementwiseKernel):
+        def __call__(self, x):
+            return FakeDeviceArray(x.host + 2)
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(Wrong))
+    monkeypatch.setattr(backend, "_PROBED", False)
+    with pytest.raises(MinigptError, match=r"0 \+ 1 = 2\.0.*nvidia-smi"):
+        get_xp("gpu")
+
+
+def test_the_probe_runs_once_per_process(monkeypatch):
+    built = []
+
+    class Counting(WorkingElementwiseKernel):
+        def __init__(self, *args, **kwargs):
+            built.append(args[3])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(Counting))
+    monkeypatch.setattr(backend, "_PROBED", False)
+    get_xp("gpu")
+    get_xp("gpu")
+    assert built == ["minigpt_probe"]
 
 
 def test_tf32_is_on_by_default_on_the_gpu(fake_cupy_with_a_device):
@@ -380,3 +579,41 @@ def test_short_training_run_on_gpu_matches_cpu():
     cupy = get_xp("gpu")
     on_device = [*model.params.values(), *grads.values(), *optimizer.m.values(), *optimizer.v.values()]
     assert all(isinstance(a, cupy.ndarray) for a in on_device)
+
+
+# ---------------------------------------------------------------------------
+# RawModule.get_function once per (kernel, dtype), not once per launch
+# ---------------------------------------------------------------------------
+
+
+def test_raw_kernels_are_looked_up_once_per_name_and_dtype(monkeypatch):
+    from minigpt.kernels import build_cuda, softmax_cuda
+
+    calls = {"modules": 0, "get_function": []}
+
+    class CountingRawModule:
+        def __init__(self, code, name_expressions):
+            calls["modules"] += 1
+
+        def get_function(self, name):
+            calls["get_function"].append(name)
+            return object()
+
+    fake = types.ModuleType("cupy")
+    fake.RawModule = CountingRawModule
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    build_cuda._raw_module.cache_clear()
+    build_cuda._raw_function.cache_clear()
+    try:
+        source = softmax_cuda.SOFTMAX_SOURCE
+        first = build_cuda.raw_kernel(source, "causal_softmax_forward", np.dtype("float32"))
+        for _ in range(5):  # five launches' worth of look-ups
+            assert build_cuda.raw_kernel(source, "causal_softmax_forward", np.dtype("float32")) is first
+        build_cuda.raw_kernel(source, "causal_softmax_forward", np.dtype("float64"))
+        build_cuda.raw_kernel(source, "causal_softmax_backward", np.dtype("float32"))
+    finally:  # the fake module's functions must not outlive this test
+        build_cuda._raw_module.cache_clear()
+        build_cuda._raw_function.cache_clear()
+    assert calls["modules"] == 1
+    assert calls["get_function"] == ["causal_softmax_forward<float>", "causal_softmax_forward<double>",
+                                     "causal_softmax_backward<float>"]

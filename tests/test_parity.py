@@ -11,12 +11,26 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from minigpt.backend import to_host
+from minigpt.backend import tf32_enabled, to_host
 from minigpt.model import GPT
 from tests.conftest import rel_error
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4}
+# On the GPU, float32 runs with TF32 on unless MINIGPT_TF32=0: CuPy reads the setting
+# at the process's first float32 matmul and never again, so a test cannot turn it off
+# for itself. TF32 rounds matmul inputs to a 10-bit mantissa (2^-11 ~ 5e-4 relative
+# each); through 2 layers and their backward the logits and gradients differ from
+# Hugging Face's FP32 by 7e-4 to 2e-3 (the review in issue 14). So with TF32 the
+# float32 GPU check uses 5e-3 (2.5x the largest seen); run the suite with
+# MINIGPT_TF32=0 to hold the GPU to the FP32 tolerance, as scripts/gpu_check.sh does.
+TF32_TOLERANCE = 5e-3
+
+
+def tolerance(device, dtype):
+    if device == "gpu" and dtype == "float32" and tf32_enabled():
+        return TF32_TOLERANCE
+    return TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("naming", ["gpt2_tiny_hub", "gpt2_tiny_saved"])
@@ -25,7 +39,7 @@ def test_matches_hugging_face(device, naming, dtype):
     ref = load_file(str(FIXTURES / f"gpt2_tiny_reference_{dtype}.safetensors"))
     model = GPT.from_pretrained(FIXTURES / naming, dtype=dtype, device=device).eval()
     assert model.config.vocab_size == 37 and model.config.n_layer == 2
-    xp, tol = model.xp, TOLERANCE[dtype]
+    xp, tol = model.xp, tolerance(device, dtype)
     # eval mode (no dropout, as the reference), and the activations kept for the backward below
     logits, loss = model.forward(xp.asarray(ref["input_ids"]), xp.asarray(ref["targets"]), keep_for_backward=True)
     assert rel_error(logits, ref["logits"]) <= tol

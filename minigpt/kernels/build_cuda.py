@@ -71,5 +71,12 @@ def _raw_module(source: RawSource):
 
 
 def raw_kernel(source: RawSource, kernel_name: str, dtype):
-    """The instantiation `kernel_name<float|double>` of `source` for arrays of `dtype`."""
-    return _raw_module(source).get_function(f"{kernel_name}<{CTYPES[dtype.name]}>")
+    """The instantiation `kernel_name<float|double>` of `source` for arrays of `dtype`, looked up once."""
+    return _raw_function(source, kernel_name, dtype.name)
+
+
+@functools.cache
+def _raw_function(source: RawSource, kernel_name: str, dtype_name: str):
+    # RawModule.get_function builds a new Function object (a driver lookup) on every
+    # call; a training step launches the softmax kernels hundreds of times.
+    return _raw_module(source).get_function(f"{kernel_name}<{CTYPES[dtype_name]}>")

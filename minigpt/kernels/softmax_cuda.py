@@ -15,7 +15,9 @@ Forward, numerically stable (the row max m makes every exponent <= 0):
 
     z_j = s * a_j,   m = max_{j < n_visible} z_j,   p_j = exp(z_j - m) / sum_{k < n_visible} exp(z_k - m)
 
-and p_j = 0 exactly for the masked keys j >= n_visible.
+and p_j = 0 exactly for the masked keys j >= n_visible. The max and the sum come
+from one pass over the row (online: a running sum is rescaled by exp(m_old - m_new)
+when the max grows, as in FlashAttention), the probabilities from a second.
 
 Backward (the softmax Jacobian, derived in minigpt.nn.softmax):
 
@@ -35,16 +37,7 @@ SOFTMAX_SOURCE = RawSource(
 __device__ __forceinline__ float exp_of(float z) { return expf(z); }
 __device__ __forceinline__ double exp_of(double z) { return exp(z); }
 
-// Butterfly reductions over the 32 lanes of a warp; every lane ends with the result.
-template <typename T>
-__device__ __forceinline__ T warp_max(T v) {
-    for (int offset = 16; offset > 0; offset /= 2) {
-        const T other = __shfl_xor_sync(0xffffffffu, v, offset);
-        v = other > v ? other : v;
-    }
-    return v;
-}
-
+// Butterfly sum over the 32 lanes of a warp; every lane ends with the result.
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
     for (int offset = 16; offset > 0; offset /= 2) {
@@ -53,7 +46,18 @@ __device__ __forceinline__ T warp_sum(T v) {
     return v;
 }
 
+// The (max, sum of exp(z - max)) pair of two parts of a row: the larger max wins and
+// the other part's sum is rescaled to it. Every part holds key 0 (always visible), so
+// no max is ever -inf.
+template <typename T>
+__device__ __forceinline__ void combine(T& m, T& s, T m_other, T s_other) {
+    const T m_new = m > m_other ? m : m_other;
+    s = s * exp_of(m - m_new) + s_other * exp_of(m_other - m_new);
+    m = m_new;
+}
+
 // probs = causal softmax of scale * scores over each row of t_k; one warp per row.
+// One pass over the visible keys for the statistics (online max and sum), one to write.
 template <typename T>
 __global__ void causal_softmax_forward(const T* scores, T* probs, T scale,
                                        int n_rows, int t_q, int t_k) {
@@ -64,23 +68,28 @@ __global__ void causal_softmax_forward(const T* scores, T* probs, T scale,
     const T* a = scores + (long long)row * t_k;
     T* p = probs + (long long)row * t_k;
 
-    // Row max over the visible keys. Every lane starts from key 0 (always
-    // visible), so lanes that own no key of a short row hold a valid value.
+    // Each lane's running max m and sum s = sum exp(z - m) over its keys, rescaled
+    // when m grows: m' = max(m, z), s' = s exp(m - m') + exp(z - m'). Every lane
+    // starts from key 0 with s = 0, so lanes that own no key of a short row add nothing.
     T m = scale * a[0];
+    T s = T(0);
     for (int j = lane; j < n_visible; j += 32) {
         const T z = scale * a[j];
-        m = z > m ? z : m;
+        if (z > m) {
+            s = s * exp_of(m - z) + T(1);
+            m = z;
+        } else {
+            s += exp_of(z - m);
+        }
     }
-    m = warp_max(m);
-
-    T sum = T(0);
-    for (int j = lane; j < n_visible; j += 32) {
-        sum += exp_of(scale * a[j] - m);
+    for (int offset = 16; offset > 0; offset /= 2) {
+        const T m_other = __shfl_xor_sync(0xffffffffu, m, offset);
+        const T s_other = __shfl_xor_sync(0xffffffffu, s, offset);
+        combine(m, s, m_other, s_other);
     }
-    sum = warp_sum(sum);
 
     for (int j = lane; j < t_k; j += 32) {
-        p[j] = j < n_visible ? exp_of(scale * a[j] - m) / sum : T(0);
+        p[j] = j < n_visible ? exp_of(scale * a[j] - m) / s : T(0);
     }
 }
 

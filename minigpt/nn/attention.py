@@ -28,11 +28,21 @@ computed. With n blocks this does (n + 1) / 2n of the dense work: 3/4 for
 T = 256, 5/8 for T = 512. Each block is the plain attention above with
 Tq = e - s queries and Tk = e keys; in the backward the blocks' dk and dv add up.
 tests/test_nn.py pins the two paths equal.
+
+On the GPU the blocked path runs head-major (`forward_heads_major`): q, k and v
+are copied once per layer into one contiguous (3, B, H, T, D) array, so every
+block's products are single cuBLAS strided-batched GEMMs over the B*H heads
+(backend.batched_matmul: transposes as flags, dk and dv accumulated by the GEMM
+itself, TF32 for float32 when on) instead of CuPy's stacked matmul, which copies
+strided operands (q blocks, k^T, p^T) before every product and runs plain FP32.
+It computes the same sums as the NumPy path; tests/test_batched_matmul.py runs it on NumPy.
 """
 
 import math
 
-from minigpt.backend import array_module, matmul_into
+import numpy as np
+
+from minigpt.backend import array_module, batched_matmul, matmul_into
 from minigpt.nn import dropout, linear, softmax
 
 QUERY_BLOCK = 128  # rows per block of the fast path: large enough that each matmul stays efficient
@@ -112,6 +122,8 @@ def query_blocks(T):
 def forward_blocked(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False):
     """`forward`, one block of query rows at a time (keys after the block never scored)."""
     xp = array_module(x)
+    if xp is not np:
+        return forward_heads_major(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop, rng, training)
     qkv, attn_cache = linear.forward(x, c_attn_w, c_attn_b)  # (B, T, 3C)
     q, k, v = split_heads(qkv, n_head)  # (B, H, T, D) each
     scale = 1.0 / math.sqrt(q.shape[-1])
@@ -129,8 +141,10 @@ def forward_blocked(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdro
 
 def backward_blocked(dout, cache):
     """`backward` of forward_blocked: dx (B, T, C) and the gradients of c_attn and c_proj."""
-    attn_cache, qkv, blocks, proj_cache, n_head = cache
     xp = array_module(dout)
+    if xp is not np:
+        return backward_heads_major(dout, cache)
+    attn_cache, qkv, blocks, proj_cache, n_head = cache
     dy, proj_grads = linear.backward(dout, proj_cache)  # (B, T, C)
     dy = heads_view(dy, n_head)  # (B, H, T, D) view
     q, k, v = split_heads(qkv, n_head)
@@ -158,6 +172,54 @@ def _matmul_write_or_add(a, b, out, write):
         matmul_into(a, b, out)
     else:
         out += a @ b
+
+
+# -- the GPU layout: head-major q, k, v and one GEMM per product ------------------------
+
+
+def forward_heads_major(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False):
+    """`forward_blocked` over a contiguous (3, B, H, T, D) copy of q, k, v (the GPU's path)."""
+    xp = array_module(x)
+    qkv, attn_cache = linear.forward(x, c_attn_w, c_attn_b)  # (B, T, 3C)
+    B, T, C = x.shape
+    D = C // n_head
+    qkv_heads = xp.ascontiguousarray(qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4))  # (3, B, H, T, D)
+    q, k, v = qkv_heads
+    scale = 1.0 / math.sqrt(D)
+    y_heads = xp.empty((B, n_head, T, D), dtype=x.dtype)
+    blocks = []
+    for s, e in query_blocks(T):
+        a = batched_matmul(q[:, :, s:e], k[:, :, :e], transpose_b=True)  # q k^T, (B, H, e-s, e)
+        p, softmax_cache = softmax.forward(a, scale)
+        p, drop_cache = dropout.forward(p, attn_pdrop, rng, training)
+        batched_matmul(p, v[:, :, :e], out=y_heads[:, :, s:e])  # p v, (B, H, e-s, D)
+        blocks.append((s, e, p, softmax_cache, drop_cache))
+    out, proj_cache = linear.forward(merge_heads(y_heads), c_proj_w, c_proj_b)
+    return out, (attn_cache, qkv_heads, blocks, proj_cache)
+
+
+def backward_heads_major(dout, cache):
+    """`backward_blocked` of forward_heads_major."""
+    attn_cache, qkv_heads, blocks, proj_cache = cache
+    xp = array_module(dout)
+    _, B, n_head, T, D = qkv_heads.shape
+    q, k, v = qkv_heads
+    dy, proj_grads = linear.backward(dout, proj_cache)  # (B, T, C)
+    dy = xp.ascontiguousarray(heads_view(dy, n_head))  # (B, H, T, D)
+    dqkv_heads = xp.empty_like(qkv_heads)  # (3, B, H, T, D): every entry is written below
+    dq, dk, dv = dqkv_heads
+    # Blocks last to first, as in backward_blocked: the last block writes dk and dv, the others add.
+    for s, e, p, softmax_cache, drop_cache in reversed(blocks):
+        accumulate = e != T
+        dy_block = dy[:, :, s:e]
+        batched_matmul(p, dy_block, transpose_a=True, out=dv[:, :, :e], accumulate=accumulate)  # dv (+)= p^T dy
+        dp, _ = dropout.backward(batched_matmul(dy_block, v[:, :, :e], transpose_b=True), drop_cache)  # dy v^T
+        da, _ = softmax.backward(dp, softmax_cache)
+        batched_matmul(da, k[:, :, :e], out=dq[:, :, s:e])  # dq = da k
+        batched_matmul(da, q[:, :, s:e], transpose_a=True, out=dk[:, :, :e], accumulate=accumulate)  # dk (+)= da^T q
+    dqkv = dqkv_heads.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * n_head * D)  # (B, T, 3C), one copy
+    dx, attn_grads = linear.backward(dqkv, attn_cache)
+    return dx, _prefixed(attn_grads, proj_grads)
 
 
 # -- inference -------------------------------------------------------------------------

@@ -12,15 +12,42 @@ Backward (fused with the softmax, so the probabilities are formed once):
 so dz = (softmax(z) - onehot(y)) * dloss / N_valid on valid rows, and 0 on ignored rows.
 The forward already computes e = exp(z - m) to get S; it is kept, and the
 backward forms softmax(z) = e / S from it instead of exponentiating again.
+
+NumPy arrays are computed here; CuPy arrays go to the fused kernels in
+minigpt/kernels/cross_entropy_cuda.py (one block per row: max, logsumexp and
+loss in one pass; the backward's softmax - onehot, scaled, in one more), which
+keep logsumexp(z) per row instead of e.
 """
 
+import numpy as np
+
 from minigpt.backend import array_module, sum_last_axis
+from minigpt.kernels import cross_entropy_cuda
 
 IGNORE_INDEX = -1
 
 
 def forward(logits, targets):
-    """logits: (..., V), targets: (...) ints with -1 = ignore -> 0-d loss array."""
+    """logits: (..., V), targets: (...) ints with -1 = ignore -> 0-d loss array, and the cache."""
+    if array_module(logits) is np:
+        return forward_numpy(logits, targets)
+    V = logits.shape[-1]
+    z, y = logits.reshape(-1, V), targets.reshape(-1)  # (N, V), (N,)
+    loss_rows, lse = cross_entropy_cuda.cross_entropy_forward_cuda(z, y)  # loss_rows: 0 on ignored rows
+    n_valid = (y != IGNORE_INDEX).sum()
+    return loss_rows.sum() / n_valid, (z, y, lse, n_valid, logits.shape)
+
+
+def backward(dloss, cache):
+    """Returns dlogits, shaped like the logits, and {} (no parameters); the cache is left as it was."""
+    if array_module(cache[0]) is np:
+        return backward_numpy(dloss, cache)
+    z, y, lse, n_valid, shape = cache
+    coef = (dloss / n_valid).astype(z.dtype).reshape(1)  # on the device: dloss / N_valid
+    return cross_entropy_cuda.cross_entropy_backward_cuda(z, y, lse, coef).reshape(shape), {}
+
+
+def forward_numpy(logits, targets):
     xp = array_module(logits)
     V = logits.shape[-1]
     z = logits.reshape(-1, V)  # (N, V)
@@ -38,8 +65,7 @@ def forward(logits, targets):
     return loss, (e, s, y_safe, valid, n_valid, logits.shape)
 
 
-def backward(dloss, cache):
-    """Returns dlogits, shaped like the logits, and {} (no parameters); the cache is left as it was."""
+def backward_numpy(dloss, cache):
     e, s, y_safe, valid, n_valid, shape = cache
     xp = array_module(e)
     dz = e * (1.0 / s)  # softmax(z), (N, V), a new array

@@ -13,15 +13,26 @@ its row through mu and rstd:
 
 so
     dx_j = rstd * (g_j - mean(g) - xhat_j * mean(g * xhat))
+
+NumPy arrays are computed here (the twin is the NumPy code of `forward` and
+`backward`); CuPy arrays go to the CUDA kernels in minigpt/kernels/layernorm_cuda.py
+(one warp per row), which evaluate the same formulas in the same order and keep
+the same cache.
 """
 
-from minigpt.backend import sum_first_axis, sum_last_axis
+import numpy as np
+
+from minigpt.backend import array_module, sum_first_axis, sum_last_axis
+from minigpt.kernels import layernorm_cuda
 
 EPS = 1e-5
 
 
 def forward(x, weight, bias=None, eps=EPS):
-    """x: (..., C), weight/bias: (C,) -> y: (..., C)."""
+    """x: (..., C), weight/bias: (C,) -> y: (..., C), and the cache (xhat, rstd, weight, has_bias)."""
+    if array_module(x) is not np:
+        y, xhat, rstd = layernorm_cuda.layernorm_forward_cuda(x, weight, bias, eps)
+        return y, (xhat, rstd, weight, bias is not None)
     inv_C = 1.0 / x.shape[-1]
     mu = sum_last_axis(x) * inv_C  # mean(x) over the C features, (..., 1)
     xhat = x - mu  # (..., C)
@@ -37,6 +48,9 @@ def forward(x, weight, bias=None, eps=EPS):
 def backward(dy, cache):
     """Returns dx (..., C) and {"weight": dw, "bias": db}."""
     xhat, rstd, weight, has_bias = cache
+    if array_module(xhat) is not np:
+        dx, dw, db = layernorm_cuda.layernorm_backward_cuda(dy, xhat, rstd, weight)
+        return dx, ({"weight": dw, "bias": db} if has_bias else {"weight": dw})
     C = xhat.shape[-1]
     dy2 = dy.reshape(-1, C)
     grads = {"weight": sum_first_axis(dy2 * xhat.reshape(-1, C))}  # dw = sum over rows of dy * xhat

@@ -7,7 +7,8 @@
 Needs CuPy and an NVIDIA GPU; the PyTorch rows need torch with CUDA and
 transformers (skipped with a note otherwise). Both sides train the same
 randomly initialised weights on the same random batch: minigpt's hand-written
-forward/backward + `minigpt.optim.AdamW`, against transformers'
+forward/backward + `minigpt.optim.FlatAdamW` (clipping and AdamW in one kernel over one flat
+buffer, the trainer's optimizer), against transformers'
 `GPT2LMHeadModel` + `torch.optim.AdamW` in eager mode (no torch.compile), each
 step = forward, cross-entropy, backward, gradient clipping to 1.0, AdamW.
 
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from minigpt.backend import get_xp, scalar, set_tf32, tf32_enabled, to_host  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
-from minigpt.optim import AdamW, clip_grad_norm  # noqa: E402
+from minigpt.optim import FlatAdamW  # noqa: E402
 from minigpt.weights import config_to_hf  # noqa: E402
 
 # Nominal dense TF32 tensor-core peaks from NVIDIA's datasheets (half the
@@ -93,14 +94,13 @@ def bench_minigpt_training(cupy, config, idx_host, targets_host, warmup, steps):
     pool = cupy.get_default_memory_pool()
     pool.free_all_blocks()
     model = GPT(config, dtype="float32", device="gpu", seed=0).train()
-    optimizer = AdamW(model.params, lr=LEARNING_RATE)
+    optimizer = FlatAdamW(model.params, lr=LEARNING_RATE)  # betas (0.9, 0.95), weight decay 0.1, as torch's below
     idx, targets = cupy.asarray(idx_host), cupy.asarray(targets_host)
 
     def step():
         _, loss = model.forward(idx, targets)
         grads = model.backward()
-        clip_grad_norm(grads, 1.0)
-        optimizer.step(grads)
+        optimizer.step(grads, grad_clip=1.0)
         return loss
 
     # The first step's loss is read before any update: the weights are still the ones torch gets.
