@@ -12,14 +12,16 @@ checkpoints `out_dir/latest` (and `out_dir/best`, when val loss improved) are
 written.
 
 Exact resume: everything that decides the next iterations is in the
-checkpoint (weights, AdamW moments and step count, the batch sampler's and the
-dropout's RNG states). Evaluation and sampling draw from their own generators,
-seeded by (seed, iteration), so they never shift the training randomness.
+checkpoint (weights, AdamW moments and step count, the batch sampler's RNG
+state); dropout masks are seeded by (seed, iteration, micro-batch, row).
+Evaluation and sampling draw from their own generators, seeded by (seed,
+iteration), so they never shift the training randomness.
 
 The loop stays device-agnostic: batches go to the model's device, and the loss
-and the gradient norm are read back to the host only at log intervals. On the
-CPU each batch is split over one worker thread per core (--workers, see
-minigpt.parallel); the gradients are the same up to float rounding.
+and the gradient norm are read back to the host only at log intervals. Each
+step's global batch is split over the ranks (mpiexec -n N, minigpt.distributed)
+and, on the CPU, over worker threads (--workers, see minigpt.parallel); the
+gradients are the same up to float rounding. Rank 0 prints, logs and saves.
 """
 
 import json
@@ -39,6 +41,7 @@ from minigpt.config import PRETRAINED, TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
 from minigpt.errors import MinigptError
 from minigpt.optim import AdamW, clip_grad_norm, cosine_lr
+from minigpt.distributed import communicator
 from minigpt.parallel import DataParallel
 
 LOG_FILE = "log.jsonl"
@@ -80,22 +83,26 @@ class Trainer:
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
         get_xp(cfg.device)  # fail now if --device gpu cannot work
+        self.comm = communicator(cfg.device)  # before any device array: rank r takes local GPU r
+        self.is_main = self.comm.rank == 0  # the rank that prints, logs, samples and writes checkpoints
         self.start_iter = 0
         self.best_val_loss = None
         self.last_eval_iter = None
         self.elapsed_before = 0.0  # wall time of the earlier runs this one resumes
         self.batch_rng = np.random.default_rng(cfg.seed)
-        if cfg.init_from == "scratch":
-            self._init_scratch()
-        else:
-            self._init_from_checkpoint()
+        with self.comm.local_first():  # one rank per machine prepares data/ and downloads; the others reuse it
+            if cfg.init_from == "scratch":
+                self._init_scratch()
+            else:
+                self._init_from_checkpoint()
         self.model.config.dropout = cfg.dropout  # a fine-tuning run picks its own dropout
         if cfg.block_size > self.model.config.block_size:
             raise MinigptError(
                 f"--block_size {cfg.block_size} exceeds the model's context of {self.model.config.block_size} tokens"
             )
         check_block_size(self.data, cfg.block_size)
-        self.parallel = DataParallel(self.model, cfg.workers or None)  # batches split over the CPU cores
+        # each step's global batch is split over the ranks and, on the CPU, over worker threads in each
+        self.parallel = DataParallel(self.model, cfg.workers or None, self.comm)
         self.optimizer = AdamW(
             self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
         )
@@ -142,8 +149,6 @@ class Trainer:
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         if state.get("batch_rng"):
             self.batch_rng.bit_generator.state = state["batch_rng"]
-        if state.get("model_rng") and rng_state(self.model.rng) is not None:
-            self.model.rng.bit_generator.state = state["model_rng"]
 
     # -- one iteration -----------------------------------------------------------
 
@@ -154,41 +159,63 @@ class Trainer:
         return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
 
     def train_step(self, it: int):
-        """One optimizer step; returns (mean loss, gradient norm before clipping or None), on the device."""
-        cfg, model = self.cfg, self.model
-        model.train()
-        steps = cfg.gradient_accumulation_steps
-        total_loss, grads = 0.0, None
-        for _ in range(steps):
-            x, y = get_batch(self.data.train, cfg.batch_size, cfg.block_size, self.batch_rng)
-            loss, micro_grads = self.parallel.forward_backward(to_device(x, cfg.device), to_device(y, cfg.device))
-            total_loss = total_loss + loss
-            if grads is None:
-                grads = micro_grads if steps == 1 else {k: g.copy() for k, g in micro_grads.items()}
-            else:
-                for name, g in micro_grads.items():
-                    grads[name] += g
-        if steps > 1:
+        """One optimizer step; returns (mean loss, gradient norm before clipping or None), on the device.
+
+        The step's A micro-batches of B rows are drawn from batch_rng alike on
+        every rank; each rank reads and computes only its slices of them
+        (minigpt.parallel), and the optimizer sums the gradients over the ranks.
+        Dropout masks are seeded by (seed, it, micro-batch, row).
+        """
+        cfg = self.cfg
+        self.model.train()
+
+        def read(micro, rows):
+            return get_batch(self.data.train, cfg.batch_size, cfg.block_size, self.batch_rng, rows)
+
+        loss, grads = self.parallel.forward_backward(
+            read, cfg.gradient_accumulation_steps, cfg.batch_size, dropout_key=(cfg.seed, it)
+        )
+        return loss, self.optimizer_step(grads, self.lr_at(it))
+
+    def optimizer_step(self, grads: dict, lr: float):
+        """Sum the ranks' gradients, clip them, update the parameters; the norm before clipping (or None).
+
+        TEMPORARY stand-in for the flat-buffer optimizer (issue 13, the `opt`
+        branch): one all-reduce of the gradients packed into one flat buffer,
+        then today's clip_grad_norm and AdamW. When merging, this body becomes
+        `return self.optimizer.step(grads, lr, self.cfg.grad_clip)` (and the
+        optimizer is built with comm=self.comm, zero=cfg.zero).
+        """
+        if self.comm.world_size > 1:
+            xp = self.model.xp
+            flat = xp.concatenate([g.ravel() for g in grads.values()])
+            self.comm.all_reduce(flat)
+            at = 0
             for g in grads.values():
-                g *= 1.0 / steps
-        grad_norm = clip_grad_norm(grads, cfg.grad_clip) if cfg.grad_clip > 0 else None
-        self.optimizer.step(grads, lr=self.lr_at(it))
-        return total_loss / steps, grad_norm
+                g[...] = flat[at:at + g.size].reshape(g.shape)
+                at += g.size
+        grad_norm = clip_grad_norm(grads, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else None
+        self.optimizer.step(grads, lr=lr)
+        return grad_norm
 
     # -- evaluation ----------------------------------------------------------------
 
     def estimate_loss(self, it: int) -> dict:
-        """Mean loss over eval_iters batches of each split, with the model in eval mode (no dropout)."""
+        """Mean loss over eval_iters batches of each split, with the model in eval mode (no dropout).
+
+        The batches are split over the ranks (and threads) like a training
+        step's micro-batches; the loss is summed over the ranks.
+        """
         cfg, model = self.cfg, self.model
         rng = np.random.default_rng([cfg.seed, it, 1])  # its own stream: training randomness is untouched
         model.eval()
         losses = {}
         for split, tokens in (("train", self.data.train), ("val", self.data.val)):
-            total = 0.0
-            for _ in range(cfg.eval_iters):
-                x, y = get_batch(tokens, cfg.batch_size, cfg.block_size, rng)
-                total += scalar(self.parallel.loss(to_device(x, cfg.device), to_device(y, cfg.device)))
-            losses[split] = total / cfg.eval_iters
+
+            def read(batch, rows, tokens=tokens):
+                return get_batch(tokens, cfg.batch_size, cfg.block_size, rng, rows)
+
+            losses[split] = scalar(self.parallel.loss(read, cfg.eval_iters, cfg.batch_size))
         model.train()
         return losses
 
@@ -211,12 +238,15 @@ class Trainer:
             "last_eval_iter": self.last_eval_iter,
             "elapsed_s": elapsed,
             "batch_rng": rng_state(self.batch_rng),
-            "model_rng": rng_state(self.model.rng),
             "data": str(self.data.dir),
             "options": self.cfg.to_dict(),
         }
 
     def save(self, name: str, it: int, elapsed: float) -> Path:
+        """Rank 0 writes the checkpoint; the others take part in gathering the optimizer state (ZeRO-1)."""
+        if not self.is_main:
+            self.optimizer.state_dict()
+            return self.out_dir / name
         return save_checkpoint(
             self.out_dir / name, self.model, self.tokenizer, self.optimizer, self.trainer_state(it, elapsed)
         )
@@ -225,20 +255,22 @@ class Trainer:
         """Train from start_iter to max_iters; returns the exit status (0, or 130 after Ctrl-C)."""
         cfg = self.cfg
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        log = RunLog(self.out_dir / LOG_FILE, keep_before=self.start_iter if cfg.init_from == "resume" else 0)
+        log = RunLog(self.out_dir / LOG_FILE if self.is_main else None,
+                     keep_before=self.start_iter if cfg.init_from == "resume" else 0)
         print(
             f"model: {self.model.num_params():,} parameters ({self.model.config.n_layer} layers), "
             f"data: {self.data.dir} ({self.data.train.size:,} train / {self.data.val.size:,} val tokens, "
             f"vocab {self.tokenizer.vocab_size}), {cfg.tokens_per_iter:,} tokens per iteration, device {cfg.device}"
-            + (f" ({self.parallel.workers} worker threads)" if self.parallel.workers > 1 else "")
+            + (f" ({self.parallel.describe()})" if self.parallel.workers > 1 or self.comm.world_size > 1 else "")
         )
         if self.start_iter:
             print(f"resuming {self.out_dir / 'latest'} at iteration {self.start_iter}")
 
-        stop = StopFlag()
+        stop = StopFlag(self.comm)
         run_start = time.perf_counter()
         window_start, window_tokens, tokens_per_sec = run_start, 0, 0.0
-        bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True)
+        bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True,
+                   disable=not self.is_main)
         loss = None
         it = self.start_iter
         with stop:
@@ -289,7 +321,7 @@ class Trainer:
                   "tokens_per_sec": tokens_per_sec, "elapsed_s": elapsed}
         log.write(record)
         bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        if self.cfg.sample_tokens:
+        if self.cfg.sample_tokens and self.is_main:
             bar.write("sample: " + self.sample(it).replace("\n", "\n        ")[:2000])
         improved = self.best_val_loss is None or losses["val"] < self.best_val_loss
         if improved:
@@ -297,7 +329,8 @@ class Trainer:
         self.save("latest", it, elapsed)
         if improved:
             self.save("best", it, elapsed)
-        plot_losses(log.records, self.out_dir / PLOT_FILE)
+        if self.is_main:
+            plot_losses(log.records, self.out_dir / PLOT_FILE)
 
     def _check_finite(self, loss, it: int) -> float | None:
         """The loss as a float; a NaN or infinite one stops training, keeping the last good checkpoint."""
@@ -322,16 +355,25 @@ class StopFlag:
     """While active, the first Ctrl-C (or SIGTERM) asks the loop to stop after the current iteration.
 
     The loop then saves `latest` and exits cleanly; a second Ctrl-C interrupts at once.
+    With several ranks, `requested` is a collective (every rank reads it once per
+    iteration): all stop at the same iteration when any of them was signalled.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, comm=None):
+        self.comm = comm
+        self._signalled = False
         self._previous = {}
 
+    @property
+    def requested(self) -> bool:
+        if self.comm is None or self.comm.world_size == 1:
+            return self._signalled
+        return bool(self.comm.sum_host([float(self._signalled)])[0])
+
     def _handle(self, signum, frame):
-        self.requested = True
+        self._signalled = True
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
         tqdm.write("stopping after this iteration (Ctrl-C again to stop at once, without a checkpoint)")
 
@@ -353,9 +395,11 @@ class RunLog:
     reads as one uninterrupted run; a fresh run starts an empty file.
     """
 
-    def __init__(self, path: Path, keep_before: int = 0):
-        self.path = path
+    def __init__(self, path: Path | None, keep_before: int = 0):
+        self.path = path  # None: records kept in memory only (the ranks other than 0)
         self.records = []
+        if path is None:
+            return
         if keep_before and path.is_file():
             for line in path.read_text().splitlines():
                 try:
@@ -368,6 +412,8 @@ class RunLog:
 
     def write(self, record: dict) -> None:
         self.records.append(record)
+        if self.path is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
