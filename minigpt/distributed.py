@@ -274,8 +274,8 @@ def run_cli(main, argv=None):
     file) happens on every rank alike, so rank 0 reports it; another rank that
     meets one alone reports it after a short grace. Any other exception is
     reported with its rank. Either way the job is then aborted, so no rank waits
-    forever in a collective; a non-zero exit status (130 after Ctrl-C) also ends
-    the job at once.
+    forever in a collective. A normal return (0, or 130 after Ctrl-C) waits for
+    every rank, so none is cut short while rank 0 writes a checkpoint.
     """
     if launched_world_size() == 1:
         return run_cli_one_process(main, argv)
@@ -293,8 +293,7 @@ def run_cli(main, argv=None):
     except BaseException as err:  # noqa: BLE001 -- any failure must end every rank, not leave them waiting
         print(f"error on rank {rank}: {type(err).__name__}: {err}", file=sys.stderr)
         _abort(1)
-    if code:
-        comm.abort(code)
+    comm.barrier()  # e.g. after Ctrl-C (130): no rank exits while rank 0 still writes its checkpoint
     return code
 
 
