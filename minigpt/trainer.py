@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from minigpt.atomic import write_file, write_text
-from minigpt.backend import get_xp, scalar, to_device, to_host
+from minigpt.backend import array_module, get_xp, scalar, to_host
 from minigpt.checkpoint import is_checkpoint, load_optimizer_state, load_trainer_state, save_checkpoint
 from minigpt.config import PRETRAINED, TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
@@ -178,25 +178,8 @@ class Trainer:
         return loss, self.optimizer_step(grads, self.lr_at(it))
 
     def optimizer_step(self, grads: dict, lr: float):
-        """Sum the ranks' gradients, clip them, update the parameters; the norm before clipping (or None).
-
-        TEMPORARY stand-in for the flat-buffer optimizer (issue 13, the `opt`
-        branch): one all-reduce of the gradients packed into one flat buffer,
-        then today's clip_grad_norm and AdamW. When merging, this body becomes
-        `return self.optimizer.step(grads, lr, self.cfg.grad_clip)` (and the
-        optimizer is built with comm=self.comm, zero=cfg.zero).
-        """
-        if self.comm.world_size > 1:
-            xp = self.model.xp
-            flat = xp.concatenate([g.ravel() for g in grads.values()])
-            self.comm.all_reduce(flat)
-            at = 0
-            for g in grads.values():
-                g[...] = flat[at:at + g.size].reshape(g.shape)
-                at += g.size
-        grad_norm = clip_grad_norm(grads, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else None
-        self.optimizer.step(grads, lr=lr)
-        return grad_norm
+        """Sum the ranks' gradients, clip them, update the parameters; the norm before clipping (or None)."""
+        return optimizer_step(self.optimizer, self.comm, grads, lr, self.cfg.grad_clip)
 
     # -- evaluation ----------------------------------------------------------------
 
@@ -345,6 +328,29 @@ class Trainer:
         kept = self.out_dir / "latest"
         keep = f"the last good checkpoint is {kept}" if is_checkpoint(kept) else "no checkpoint was written"
         return f"training diverged at iteration {it}: {what}; {keep}; try a lower --learning_rate or --grad_clip 1.0"
+
+
+def optimizer_step(optimizer, comm, grads: dict, lr: float, grad_clip: float):
+    """One update from this rank's gradients (their sum over the ranks is the gradient of the global mean loss).
+
+    TEMPORARY stand-in for the flat-buffer optimizer (issue 13, the `opt`
+    branch): one all-reduce of the gradients packed into one flat buffer, then
+    today's clip_grad_norm and AdamW on every rank. When merging, the body
+    becomes `return optimizer.step(grads, lr, grad_clip)`, and Trainer builds
+    the optimizer with comm=self.comm, zero=cfg.zero. Returns the gradient
+    norm before clipping (None without clipping).
+    """
+    if comm.world_size > 1:
+        xp = array_module(next(iter(grads.values())))
+        flat = xp.concatenate([g.ravel() for g in grads.values()])
+        comm.all_reduce(flat)
+        at = 0
+        for g in grads.values():
+            g[...] = flat[at:at + g.size].reshape(g.shape)
+            at += g.size
+    grad_norm = clip_grad_norm(grads, grad_clip) if grad_clip > 0 else None
+    optimizer.step(grads, lr=lr)
+    return grad_norm
 
 
 # ---------------------------------------------------------------------------
