@@ -27,10 +27,14 @@ over micro-batches of each one's mean loss, so
 Each slice's backward starts from dloss_s = N_s / (A N_a) (N_a summed over the
 ranks: one small host all-reduce), the gradients of the shared parameters add
 up over the slices, and the sum over the ranks (the optimizer's one collective)
-is the gradient of the global mean loss. Each part adds its slices' gradients
-in order and the parts are summed in order, so a run is reproducible, and
-resumes exactly, for a given R and W; across R and W only float rounding
-differs.
+is the gradient of the global mean loss.
+
+The order of the sums. Whichever worker finishes first, a rank adds its slices'
+losses and gradients into one accumulator in the slices' order (micro-batch,
+then row; `Accumulator`): with whole micro-batches per slice the sums are
+bit for bit those of the sequential loop, whatever W, and a rank keeps one set
+of gradients, not one per worker. A run is reproducible, and resumes exactly,
+for a given R and W; across R and W only float rounding differs.
 
 Dropout. Row j of micro-batch a at iteration `it` draws its masks from its own
 stream, seeded by (seed, it, a, j): the masks depend neither on R, W nor on
@@ -38,6 +42,7 @@ where a run resumed (dropout's first axis is always the row).
 """
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -91,6 +96,36 @@ class RowRNG:
         for row, stream in zip(out, self.streams):
             stream.random(shape[1:], dtype=dtype, out=row)
         return out
+
+
+class Accumulator:
+    """A rank's loss and gradient sums, added in turn order (0, 1, 2, ...) whatever thread arrives first."""
+
+    def __init__(self):
+        self.loss, self.grads, self.turn = 0.0, None, 0
+        self.failed = False
+        self._ready = threading.Condition()
+
+    def add(self, turn: int, loss, grads) -> None:
+        """Wait for `turn`, then add (the first gradients are kept as they are: no copy)."""
+        with self._ready:
+            self._ready.wait_for(lambda: self.turn == turn or self.failed)
+            if self.failed:
+                raise RuntimeError("another worker thread failed")
+            self.loss = self.loss + loss
+            if grads is not None and self.grads is None:
+                self.grads = grads
+            elif grads is not None:
+                for name, acc in self.grads.items():
+                    acc += grads[name]
+            self.turn += 1
+            self._ready.notify_all()
+
+    def fail(self) -> None:
+        """A worker failed: wake the others, who would wait for its turn forever."""
+        with self._ready:
+            self.failed = True
+            self._ready.notify_all()
 
 
 def batches_from(idx, targets):
@@ -173,63 +208,49 @@ class DataParallel:
             n_valid[p.micro] += c
         n_valid = self.comm.sum_host(n_valid)  # every rank's targets count
         dropout = dropout_key is not None and model.training and model.config.dropout
+        turns = {p: t for t, p in enumerate(p for p in mine if counts[p] or not n_valid[p.micro])}  # slice order
         jobs = []
         for replica, share in zip(self.replicas, plan):
             replica.training = model.training
             tasks = []
             for p in share:
-                if counts[p] == 0 and n_valid[p.micro]:
+                if p not in turns:
                     continue  # no valid target: the slice adds nothing to the loss or the gradients
                 weight = (counts[p] / n_valid[p.micro] if n_valid[p.micro] else 1.0) / n_micro  # none anywhere: NaN
                 rng = RowRNG(model.device, dropout_key, p) if dropout else None
-                tasks.append((*data[p], weight, rng))
+                tasks.append((turns[p], *data[p], weight, rng))
             if tasks:
                 jobs.append((replica, tasks, backward))
-        results = self._in_threads(jobs)
-        loss = sum(r[0] for r in results) if results else 0.0
-        grads = self._sum_grads([r[1] for r in results]) if backward else None
-        if self.comm.world_size > 1:
-            loss = self._sum_loss(loss)
+        total = Accumulator()
+        self._in_threads(jobs, total)
+        grads = total.grads
+        if backward and grads is None:  # no slice on this rank: it still takes part in the sum over ranks
+            grads = {name: model.xp.zeros_like(p) for name, p in model.params.items()}
+        loss = self._sum_loss(total.loss) if self.comm.world_size > 1 else total.loss
         return loss, grads
 
-    def _in_threads(self, jobs):
-        """_work(*job) for every job, the first on this thread; BLAS threads share the cores out."""
+    def _in_threads(self, jobs, total):
+        """_work(*job, total) for every job, the first on this thread; BLAS threads share the cores out."""
         if not jobs:
-            return []
+            return
         with blas_threads(max(1, self.cores // len(jobs))):  # one busy worker gets every core's BLAS
-            futures = [self._pool.submit(self._work, *job) for job in jobs[1:]]
-            first = self._work(*jobs[0])
-            return [first] + [f.result() for f in futures]
+            futures = [self._pool.submit(self._work, *job, total) for job in jobs[1:]]
+            self._work(*jobs[0], total)
+            for f in futures:
+                f.result()
 
-    def _work(self, replica, tasks, backward):
-        """A worker's slices in order: the sum of their weighted losses and of their gradients."""
+    def _work(self, replica, tasks, backward, total):
+        """A worker's slices in order, each added to `total` in its turn."""
         device = self.model.device
-        loss, grads = 0.0, None
-        for x, y, weight, rng in tasks:
-            if rng is not None:
-                replica.rng = rng
-            _, slice_loss = replica.forward(to_device(x, device), to_device(y, device))
-            loss = loss + slice_loss * weight
-            if backward:
-                g = replica.backward(dloss=weight)
-                if grads is None:
-                    grads = g
-                else:
-                    for name, acc in grads.items():
-                        acc += g[name]
-        return loss, grads
-
-    def _sum_grads(self, parts):
-        """The workers' gradient sums added in order (zeros for a rank without slices)."""
-        parts = [g for g in parts if g is not None]
-        if not parts:
-            xp = self.model.xp
-            return {name: xp.zeros_like(p) for name, p in self.model.params.items()}
-        grads = parts[0]
-        for other in parts[1:]:
-            for name, g in grads.items():
-                g += other[name]
-        return grads
+        try:
+            for turn, x, y, weight, rng in tasks:
+                if rng is not None:
+                    replica.rng = rng
+                _, slice_loss = replica.forward(to_device(x, device), to_device(y, device))
+                total.add(turn, slice_loss * weight, replica.backward(dloss=weight) if backward else None)
+        except BaseException:
+            total.fail()
+            raise
 
     def _sum_loss(self, loss):
         """The loss summed over the ranks, on the model's device (no host sync on a GPU)."""

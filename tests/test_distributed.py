@@ -75,7 +75,7 @@ def test_one_process_needs_no_mpi():
 def test_collectives_and_summed_gradients_equal_one_process():
     result = mpiexec(REPO / "tests" / "mpi_checks.py", "collectives")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.split().count("ok") == 2
+    assert result.stderr.count("ok") == 2  # one per rank (their lines may interleave)
 
 
 @needs_mpi

@@ -61,7 +61,22 @@ def test_micro_batches_spread_over_workers_add_up_as_the_sequential_loop(workers
     targets[0, 0, :3] = -1
     loss, grads = sequential(model, idx, targets)
     parallel = DataParallel(model, workers)
-    assert_same(*parallel.forward_backward(*batches_from(idx, targets)), loss, grads)
+    p_loss, p_grads = parallel.forward_backward(*batches_from(idx, targets))
+    assert_same(p_loss, p_grads, loss, grads)
+    if split_step(A, B, workers)[0][0].stop == B:  # whole micro-batches: added in the loop's order, bit for bit
+        for name, g in grads.items():
+            np.testing.assert_array_equal(p_grads[name], g, err_msg=name)
+    parallel.close()
+
+
+def test_a_failing_worker_does_not_leave_the_others_waiting():
+    model = GPT(GPTConfig(**TINY), dtype="float64", seed=0)
+    idx = np.random.default_rng(0).integers(0, 11, (4, 1, 8))
+    targets = idx.copy()
+    targets[0, 0, 0] = 99  # outside the vocabulary: the worker of micro-batch 0 fails, the other waits for its turn
+    parallel = DataParallel(model, 2)
+    with pytest.raises(IndexError):
+        parallel.forward_backward(*batches_from(idx, targets))
     parallel.close()
 
 
