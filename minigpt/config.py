@@ -65,7 +65,8 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 1337
-    workers: int = 0  # CPU threads that share each batch (minigpt.parallel); 0: one per core
+    workers: int = 0  # CPU threads per process that share each step (minigpt.parallel); 0: one per core
+    zero: bool = True  # with several ranks (mpiexec -n N), each keeps AdamW's moments for its 1/N shard (ZeRO-1)
 
     MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
 

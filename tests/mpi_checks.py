@@ -2,6 +2,8 @@
 
     collectives   all_reduce, reduce_scatter, all_gather, sum_host, broadcast against their definitions;
                   the gradients summed over the ranks equal one process's (float64, 1e-10, with dropout)
+    zero          the flat-buffer AdamW sharded over the ranks (ZeRO-1) equals AdamW + clipping in one process
+                  (float64, 1e-10, several steps), and its state_dict gathers the whole state
     crash         rank 1 raises while rank 0 waits in a collective: the job must end, with one line
 Each rank prints "ok" when all its assertions held.
 """
@@ -62,10 +64,39 @@ def check_gradients():
         parallel.close()
 
 
+def check_zero():
+    from minigpt.optim import AdamW, FlatAdamW, clip_grad_norm
+
+    comm = world()
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=6, block_size=5, vocab_size=7)  # 269 parameters: not divisible by 2
+    ours, reference = (GPT(config, dtype="float64", seed=0) for _ in range(2))
+    hyper = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    flat = FlatAdamW(ours.params, **hyper, comm=comm, zero=True)
+    adamw = AdamW(reference.params, **hyper)
+    rng = np.random.default_rng(5)
+    for step in range(3):
+        grads = {k: rng.standard_normal(p.shape) for k, p in reference.params.items()}  # the same on every rank
+        share = (comm.rank + 1) / sum(range(1, comm.world_size + 1))  # rank r's share: the shares sum to 1
+        norm = flat.step({k: g * share for k, g in grads.items()}, lr=1e-2, grad_clip=1.0)
+        expected = clip_grad_norm(grads, 1.0)
+        adamw.step(grads, lr=1e-2)
+        assert abs(float(norm) - float(expected)) <= 1e-10 * float(expected)
+    for name, p in reference.params.items():
+        np.testing.assert_allclose(ours.params[name], p, rtol=1e-10, atol=1e-14, err_msg=name)
+    tensors, metadata = flat.state_dict()  # a collective: every rank calls it
+    expected_tensors, expected_metadata = adamw.state_dict()
+    assert metadata["step"] == expected_metadata["step"] == "3"
+    for key, value in expected_tensors.items():
+        np.testing.assert_allclose(tensors[key], value, rtol=1e-10, atol=1e-14, err_msg=key)
+
+
 def main(argv):
     if argv[0] == "collectives":
         check_collectives()
         check_gradients()
+        print("ok", file=sys.stderr)
+    elif argv[0] == "zero":
+        check_zero()
         print("ok", file=sys.stderr)
     elif argv[0] == "crash":
         if world().rank == 1:

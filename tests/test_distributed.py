@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minigpt import optim
 from minigpt.backend import gpu_available
 from minigpt.checkpoint import load_trainer_state
 from minigpt.trainer import main
@@ -76,6 +77,14 @@ def test_collectives_and_summed_gradients_equal_one_process():
     result = mpiexec(REPO / "tests" / "mpi_checks.py", "collectives")
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("ok") == 2  # one per rank (their lines may interleave)
+
+
+@needs_mpi
+@pytest.mark.skipif(not hasattr(optim, "FlatAdamW"), reason="the flat-buffer optimizer (FlatAdamW) is not merged yet")
+def test_zero1_on_two_ranks_equals_adamw_in_one_process():
+    result = mpiexec(REPO / "tests" / "mpi_checks.py", "zero")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("ok") == 2
 
 
 @needs_mpi
