@@ -94,7 +94,7 @@ class RowRNG:
             raise ValueError(f"dropout masks for {len(self.streams)} rows, asked for shape {shape}")
         out = self.xp.empty(shape, dtype=dtype)
         for row, stream in zip(out, self.streams):
-            stream.random(shape[1:], dtype=dtype, out=row)
+            row[...] = stream.random(shape[1:], dtype=dtype)
         return out
 
 

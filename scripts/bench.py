@@ -37,6 +37,8 @@ from minigpt.errors import MinigptError, run_cli  # noqa: E402
 
 # name: (model, batch_size B, block T, gradient_accumulation_steps A); a step is A x B x T tokens
 SHAPES = {
+    # nanoGPT's CPU recipe (train.py's defaults, Tiny Shakespeare's 65 characters)
+    "recipe-4x128": (dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65), 12, 64, 1),
     "char-6x384": (dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65), 8, 256, 1),
     "gpt2-width-2L": (dict(n_layer=2, n_head=12, n_embd=768, block_size=1024, vocab_size=50257), 4, 512, 1),
     # nanoGPT's fine-tuning recipe (batch 1, context 1024, accumulation) on the full GPT-2 124M
