@@ -21,6 +21,7 @@ import pytest
 from minigpt import optim
 from minigpt.backend import gpu_available
 from minigpt.checkpoint import load_trainer_state
+from minigpt.data import get_batch
 from minigpt.trainer import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +62,20 @@ def assert_close(losses, expected, rel):
     assert sorted(losses) == sorted(expected)
     for it, value in expected.items():
         assert losses[it] == pytest.approx(value, rel=rel), it
+
+
+def test_each_rank_reads_its_rows_of_the_same_draw():
+    """get_batch(rows=...) returns those rows of the whole batch, and the generator advances alike."""
+    tokens = np.arange(1000) % 251
+    whole_rng, part_rng = np.random.default_rng(0), np.random.default_rng(0)
+    for _ in range(3):
+        x, y = get_batch(tokens, 6, 8, whole_rng)
+        xr, yr = get_batch(tokens, 6, 8, part_rng, rows=np.array([1, 4]))
+        np.testing.assert_array_equal(xr, x[[1, 4]])
+        np.testing.assert_array_equal(yr, y[[1, 4]])
+    empty, _ = get_batch(tokens, 6, 8, part_rng, rows=np.zeros(0, dtype=np.int64))  # a rank without rows ...
+    get_batch(tokens, 6, 8, whole_rng)
+    assert empty.shape == (0, 8) and part_rng.integers(1 << 30) == whole_rng.integers(1 << 30)  # ... keeps in step
 
 
 def test_one_process_needs_no_mpi():
