@@ -39,9 +39,9 @@ from minigpt.backend import array_module, get_xp, scalar, to_host
 from minigpt.checkpoint import is_checkpoint, load_optimizer_state, load_trainer_state, save_checkpoint
 from minigpt.config import PRETRAINED, TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
+from minigpt.distributed import communicator
 from minigpt.errors import MinigptError
 from minigpt.optim import AdamW, clip_grad_norm, cosine_lr
-from minigpt.distributed import communicator
 from minigpt.parallel import DataParallel
 
 LOG_FILE = "log.jsonl"
