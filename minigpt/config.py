@@ -71,7 +71,8 @@ class TrainConfig:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 1337
-    workers: int = 0  # CPU threads that share each batch (minigpt.parallel); 0: one per core
+    workers: int = 0  # CPU threads per process that share each step (minigpt.parallel); 0: one per core
+    zero: bool = True  # with several ranks (mpiexec -n N), each keeps AdamW's moments for its 1/N shard (ZeRO-1)
 
     MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
 
@@ -218,6 +219,7 @@ HELP = {
     "device": f"{' or '.join(DEVICES)}",
     "dtype": f"{' or '.join(DTYPES)}",
     "seed": "seeds the weights, the batches and the dropout",
+    "zero": "ZeRO-1 under mpiexec -n N: each rank keeps AdamW's moments for its 1/N shard (no effect on one rank)",
     "workers": "CPU threads that share each batch; 0: one per core",
 }
 

@@ -412,11 +412,16 @@ def check_block_size(data: PreparedData, block_size: int) -> None:
 # Batches
 
 
-def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator):
+def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator, rows=None):
     """B random windows of T + 1 tokens -> inputs x (B, T) and targets y = x shifted by one (B, T).
 
+    `rows` (an index array or slice) reads only those rows of the batch: the
+    positions of all B are drawn, so the generator advances alike whichever rows
+    a caller reads (each rank of a multi-process run reads its own).
     Host-side int64 arrays; the trainer moves them to the model's device.
     """
     starts = rng.integers(0, tokens.size - block_size, size=batch_size)
+    if rows is not None:
+        starts = starts[rows]
     windows = np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int64)
     return windows[:, :-1], windows[:, 1:]

@@ -1,115 +1,264 @@
-"""Data parallelism over CPU cores: each worker thread runs forward and backward on a slice of the batch.
+"""Data parallelism: the global batch of a step, cut into slices, spread over processes and threads.
 
-Why: NumPy runs every elementwise pass (GELU, softmax, LayerNorm, the adds) on
-one core, and only the matmuls use them all. Splitting the batch over one
-worker per core, each with single-threaded BLAS, keeps every core busy for the
-whole step. (llm.c spreads each layer's loop over the batch with OpenMP; nanoGPT
-splits batches across GPUs with DDP, as here across cores.)
-NumPy releases the GIL inside its loops and BLAS calls, so Python threads run
-them in parallel.
+One optimizer step reads A micro-batches (gradient_accumulation_steps) of B
+rows (batch_size): the global batch. Its slices, each some rows of one
+micro-batch, are dealt out to P = R x W parts: R ranks (processes, see
+minigpt.distributed) times W worker threads in each (part p = r W + w).
 
-The math. The batch of B sequences is cut along B into slices s = 1..S. The
-loss is the mean over the N valid targets (those not -1); slice s holds N_s of
-them and its own forward returns loss_s, their mean. So
+The cut (`split_step`). Each micro-batch is cut into k = P / gcd(A, P) slices
+of about B / k rows (at most B slices of one row), so that the A k slices are a
+multiple of P and every part gets as many; slice i goes to part i mod P:
 
-    loss = sum_s N_s * loss_s / N        dloss / dloss_s = N_s / N
+    A = 4, B = 1,  P = 2:   part 0 takes micro-batches 0 and 2, part 1 takes 1 and 3
+    A = 1, B = 12, P = 2:   part 0 takes rows 0-5, part 1 rows 6-11
+    A = 1, B = 1,  P = 2:   one slice, on one thread, with BLAS on every core
 
-and each slice's backward starts from dloss_s = N_s / N; the gradients of the
-parameters, which every slice shares, add up over the slices.
+Why threads: NumPy runs every elementwise pass (GELU, softmax, LayerNorm) on
+one core, and only the matmuls use them all; one worker per core, each with
+single-threaded BLAS, keeps every core busy (NumPy and BLAS release the GIL).
+Why processes: no GIL at all, and more machines than one.
 
-Each worker has a replica of the model (`GPT.replica`): the same parameter
-arrays, its own activations and its own dropout generator. Those generators are
-seeded from the model's own generator at every step, so a run is reproducible
-(and resumable) for a given number of workers; with a different number the
-dropout masks, and the float32 rounding of the sums, differ.
+The math. Micro-batch a has N_a valid targets (not -1), slice s of it N_s, and
+the slice's forward returns loss_s, their mean. The step's loss is the mean
+over micro-batches of each one's mean loss, so
+
+    loss = 1/A sum_a sum_{s in a} N_s loss_s / N_a        dloss / dloss_s = N_s / (A N_a)
+
+Each slice's backward starts from dloss_s = N_s / (A N_a) (N_a summed over the
+ranks: one small host all-reduce), the gradients of the shared parameters add
+up over the slices, and the sum over the ranks (the optimizer's one collective)
+is the gradient of the global mean loss.
+
+The order of the sums. Whichever worker finishes first, a rank adds its slices'
+losses and gradients into one accumulator in the slices' order (micro-batch,
+then row; `Accumulator`): with whole micro-batches per slice the sums are
+bit for bit those of the sequential loop, whatever W, and a rank keeps one set
+of gradients, not one per worker. A run is reproducible, and resumes exactly,
+for a given R and W; across R and W only float rounding differs.
+
+Dropout. Row j of micro-batch a at iteration `it` draws its masks from its own
+stream, seeded by (seed, it, a, j): the masks depend neither on R, W nor on
+where a run resumed (dropout's first axis is always the row).
 """
 
-import os
+import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
-from minigpt.backend import blas_threads, make_rng
+from minigpt.backend import blas_threads, get_xp, make_rng, to_device
+from minigpt.distributed import SingleProcess, cores_per_rank
 from minigpt.errors import MinigptError
 from minigpt.nn.cross_entropy import IGNORE_INDEX
 
 
 def default_workers() -> int:
-    """One worker per CPU core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    """One worker per CPU core this rank may use (the machine's cores shared by the ranks on it)."""
+    return cores_per_rank()
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Rows start .. stop-1 of micro-batch `micro`."""
+
+    micro: int
+    start: int
+    stop: int
+
+
+def split_step(n_micro: int, batch_size: int, parts: int) -> list[list[Slice]]:
+    """The slices of each of `parts` parts, for a step of n_micro micro-batches of batch_size rows."""
+    k = min(parts // math.gcd(n_micro, parts), batch_size)  # slices per micro-batch
+    shares = [[] for _ in range(parts)]
+    for i in range(n_micro * k):
+        a, s = divmod(i, k)
+        shares[i % parts].append(Slice(a, batch_size * s // k, batch_size * (s + 1) // k))
+    return shares
+
+
+class RowRNG:
+    """Dropout's generator for a slice: row j's masks come from its own stream seeded by (*key, micro, j)."""
+
+    def __init__(self, device, key, piece: Slice):
+        self.streams = [
+            make_rng(device, int(np.random.SeedSequence([*key, piece.micro, j]).generate_state(1, np.uint64)[0]))
+            for j in range(piece.start, piece.stop)
+        ]
+        self.xp = get_xp(device)
+
+    def random(self, shape, dtype):
+        """Uniform [0, 1) of `shape`, whose first axis is the slice's rows."""
+        if shape[0] != len(self.streams):
+            raise ValueError(f"dropout masks for {len(self.streams)} rows, asked for shape {shape}")
+        out = self.xp.empty(shape, dtype=dtype)
+        for row, stream in zip(out, self.streams):
+            row[...] = stream.random(shape[1:], dtype=dtype)
+        return out
+
+
+class Accumulator:
+    """A rank's loss and gradient sums, added in turn order (0, 1, 2, ...) whatever thread arrives first."""
+
+    def __init__(self):
+        self.loss, self.grads, self.turn = 0.0, None, 0
+        self.failed = False
+        self._ready = threading.Condition()
+
+    def add(self, turn: int, loss, grads) -> None:
+        """Wait for `turn`, then add (the first gradients are kept as they are: no copy)."""
+        with self._ready:
+            self._ready.wait_for(lambda: self.turn == turn or self.failed)
+            if self.failed:
+                raise RuntimeError("another worker thread failed")
+            self.loss = self.loss + loss
+            if grads is not None and self.grads is None:
+                self.grads = grads
+            elif grads is not None:
+                for name, acc in self.grads.items():
+                    acc += grads[name]
+            self.turn += 1
+            self._ready.notify_all()
+
+    def fail(self) -> None:
+        """A worker failed: wake the others, who would wait for its turn forever."""
+        with self._ready:
+            self.failed = True
+            self._ready.notify_all()
+
+
+def batches_from(idx, targets):
+    """(read, n_micro, batch_size) for arrays already in memory: (B, T) one micro-batch, or (A, B, T)."""
+    idx, targets = np.asarray(idx), np.asarray(targets)
+    if idx.ndim == 2:
+        idx, targets = idx[None], targets[None]
+    return (lambda a, rows: (idx[a][rows], targets[a][rows])), idx.shape[0], idx.shape[1]
 
 
 class DataParallel:
-    """Runs `model` over slices of each batch on `workers` threads (CPU only; 1 worker: the model as it is)."""
+    """Runs `model` over this rank's slices of each step on `workers` threads (CPU; one on a GPU).
 
-    def __init__(self, model, workers=None):
+    A step's data comes from `read(micro, rows) -> (x, y)`, which gives rows
+    `rows` (an index array) of micro-batch `micro`; it is called once per
+    micro-batch, in order, on every rank (with an empty `rows` when the rank
+    has none), so a sampler that draws every row's position advances alike
+    everywhere while each rank reads only its own rows.
+    """
+
+    def __init__(self, model, workers=None, comm=None):
         workers = default_workers() if workers is None else int(workers)
         if workers < 1:
             raise MinigptError(f"--workers must be at least 1 (or 0 in train.py: one per core), got {workers}")
         self.model = model
+        self.comm = comm if comm is not None else SingleProcess()
         self.workers = 1 if model.device != "cpu" else workers
-        self._blas_threads = max(1, default_workers() // self.workers)  # per worker: the cores are shared out
-        self.replicas = [model.replica() for _ in range(self.workers)] if self.workers > 1 else []
+        self.cores = default_workers()
+        self.replicas = [model.replica() for _ in range(self.workers)]
         self._pool = ThreadPoolExecutor(self.workers - 1) if self.workers > 1 else None
+        self._plans = {}
 
-    def forward_backward(self, idx, targets):
-        """The mean loss over the batch and the gradients of every parameter (keyed like model.params)."""
-        if self.workers == 1:
-            _, loss = self.model.forward(idx, targets)
-            return loss, self.model.backward()
-        results = self._run(idx, targets, self._slice_forward_backward)
-        loss = sum(loss for loss, _ in results)
-        grads = results[0][1]
-        for _, other in results[1:]:
-            for name, g in grads.items():
-                g += other[name]
+    def describe(self) -> str:
+        threads = f"{self.workers} worker thread{'s' if self.workers > 1 else ''}"
+        return threads if self.comm.world_size == 1 else f"{self.comm.describe()} x {threads}"
+
+    # -- the two jobs ---------------------------------------------------------------
+
+    def forward_backward(self, read, n_micro: int, batch_size: int, dropout_key=None):
+        """(loss, grads) of one optimizer step: the global mean loss (the same on every rank) and this rank's
+        share of its gradient (keyed like model.params; their sum over the ranks is the whole gradient)."""
+        model = self.model
+        if dropout_key is None and model.training and model.config.dropout:
+            dropout_key = (int(model.rng.integers(0, 2**63)),)  # no key given: masks from the model's generator
+        return self._run(read, n_micro, batch_size, dropout_key, backward=True)
+
+    def loss(self, read, n_batches: int, batch_size: int):
+        """The mean over n_batches batches of each one's mean loss, for evaluation (no gradients, no dropout)."""
+        loss, _ = self._run(read, n_batches, batch_size, None, backward=False)
+        return loss
+
+    # -- the slices ---------------------------------------------------------------------
+
+    def _plan(self, n_micro, batch_size):
+        """This rank's slices, per worker (made once per shape)."""
+        key = (n_micro, batch_size)
+        if key not in self._plans:
+            W, rank = self.workers, self.comm.rank
+            shares = split_step(n_micro, batch_size, self.comm.world_size * W)
+            self._plans[key] = shares[rank * W:(rank + 1) * W]
+        return self._plans[key]
+
+    def _run(self, read, n_micro, batch_size, dropout_key, backward):
+        model = self.model
+        plan = self._plan(n_micro, batch_size)
+        mine = sorted((piece for share in plan for piece in share), key=lambda p: (p.micro, p.start))
+        data = {}
+        for a in range(n_micro):  # every micro-batch, in order, on every rank
+            pieces = [p for p in mine if p.micro == a]
+            rows = np.concatenate([np.arange(p.start, p.stop) for p in pieces] or [np.zeros(0, np.int64)])
+            x, y = read(a, rows)
+            at = 0
+            for p in pieces:
+                n = p.stop - p.start
+                data[p] = (x[at:at + n], y[at:at + n])
+                at += n
+        counts = {p: int((np.asarray(y) != IGNORE_INDEX).sum()) for p, (_, y) in data.items()}
+        n_valid = np.zeros(n_micro)
+        for p, c in counts.items():
+            n_valid[p.micro] += c
+        n_valid = self.comm.sum_host(n_valid)  # every rank's targets count
+        dropout = dropout_key is not None and model.training and model.config.dropout
+        turns = {p: t for t, p in enumerate(p for p in mine if counts[p] or not n_valid[p.micro])}  # slice order
+        jobs = []
+        for replica, share in zip(self.replicas, plan):
+            replica.training = model.training
+            tasks = []
+            for p in share:
+                if p not in turns:
+                    continue  # no valid target: the slice adds nothing to the loss or the gradients
+                weight = (counts[p] / n_valid[p.micro] if n_valid[p.micro] else 1.0) / n_micro  # none anywhere: NaN
+                rng = RowRNG(model.device, dropout_key, p) if dropout else None
+                tasks.append((turns[p], *data[p], weight, rng))
+            if tasks:
+                jobs.append((replica, tasks, backward))
+        total = Accumulator()
+        self._in_threads(jobs, total)
+        grads = total.grads
+        if backward and grads is None:  # no slice on this rank: it still takes part in the sum over ranks
+            grads = {name: model.xp.zeros_like(p) for name, p in model.params.items()}
+        loss = self._sum_loss(total.loss) if self.comm.world_size > 1 else total.loss
         return loss, grads
 
-    def loss(self, idx, targets):
-        """The mean loss over the batch, for evaluation (no gradients)."""
-        if self.workers == 1:
-            _, loss = self.model.forward(idx, targets)
-            return loss
-        return sum(self._run(idx, targets, self._slice_loss))
+    def _in_threads(self, jobs, total):
+        """_work(*job, total) for every job, the first on this thread; BLAS threads share the cores out."""
+        if not jobs:
+            return
+        with blas_threads(max(1, self.cores // len(jobs))):  # one busy worker gets every core's BLAS
+            futures = [self._pool.submit(self._work, *job, total) for job in jobs[1:]]
+            self._work(*jobs[0], total)
+            for f in futures:
+                f.result()
 
-    # -- the slices ------------------------------------------------------------
+    def _work(self, replica, tasks, backward, total):
+        """A worker's slices in order, each added to `total` in its turn."""
+        device = self.model.device
+        try:
+            for turn, x, y, weight, rng in tasks:
+                if rng is not None:
+                    replica.rng = rng
+                _, slice_loss = replica.forward(to_device(x, device), to_device(y, device))
+                total.add(turn, slice_loss * weight, replica.backward(dloss=weight) if backward else None)
+        except BaseException:
+            total.fail()
+            raise
 
-    def _run(self, idx, targets, job):
-        """job(replica, idx_s, targets_s, weight_s) on every slice, slice 0 on this thread; their results."""
-        idx, targets = np.asarray(idx), np.asarray(targets)
-        B, model = idx.shape[0], self.model
-        S = min(self.workers, B)
-        edges = [B * s // S for s in range(S + 1)]  # slice s is rows edges[s] .. edges[s+1]-1
-        counts = [int((targets[a:b] != IGNORE_INDEX).sum()) for a, b in zip(edges, edges[1:])]
-        n_valid = sum(counts)
-        seeds = model.rng.integers(0, 2**63, size=S) if model.training and model.config.dropout else None
-        tasks = []
-        for s, (a, b) in enumerate(zip(edges, edges[1:])):
-            if counts[s] == 0 and n_valid:
-                continue  # no valid target: the slice adds nothing to the loss or the gradients
-            replica = self.replicas[s]
-            replica.training = model.training
-            if seeds is not None:
-                replica.rng = make_rng("cpu", int(seeds[s]))
-            weight = counts[s] / n_valid if n_valid else 1.0  # no valid target anywhere: NaN, as without slices
-            tasks.append((replica, idx[a:b], targets[a:b], weight))
-        with blas_threads(self._blas_threads):
-            futures = [self._pool.submit(job, *task) for task in tasks[1:]]
-            first = job(*tasks[0])
-            return [first] + [f.result() for f in futures]
-
-    @staticmethod
-    def _slice_forward_backward(replica, idx, targets, weight):
-        _, loss = replica.forward(idx, targets)
-        return loss * weight, replica.backward(dloss=weight)
-
-    @staticmethod
-    def _slice_loss(replica, idx, targets, weight):
-        _, loss = replica.forward(idx, targets)
-        return loss * weight
+    def _sum_loss(self, loss):
+        """The loss summed over the ranks, on the model's device (no host sync on a GPU)."""
+        xp = self.model.xp
+        buf = xp.zeros(1, dtype=np.float64)
+        buf[0] = loss
+        self.comm.all_reduce(buf)
+        return buf[0]
 
     def close(self):
         if self._pool is not None:

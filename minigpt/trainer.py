@@ -14,14 +14,16 @@ step's batch loss, and at an evaluation also the two estimates (`val_loss`,
 `train_loss_eval`), so an iteration never has two records.
 
 Exact resume: everything that decides the next iterations is in the
-checkpoint (weights, AdamW moments and step count, the batch sampler's and the
-dropout's RNG states). Evaluation and sampling draw from their own generators,
-seeded by (seed, iteration), so they never shift the training randomness.
+checkpoint (weights, AdamW moments and step count, the batch sampler's RNG
+state); dropout masks are seeded by (seed, iteration, micro-batch, row).
+Evaluation and sampling draw from their own generators, seeded by (seed,
+iteration), so they never shift the training randomness.
 
 The loop stays device-agnostic: batches go to the model's device, and the loss
-and the gradient norm are read back to the host only at log intervals. On the
-CPU each batch is split over one worker thread per core (--workers, see
-minigpt.parallel); the gradients are the same up to float rounding.
+and the gradient norm are read back to the host only at log intervals. Each
+step's global batch is split over the ranks (mpiexec -n N, minigpt.distributed)
+and, on the CPU, over worker threads (--workers, see minigpt.parallel); the
+gradients are the same up to float rounding. Rank 0 prints, logs and saves.
 """
 
 import json
@@ -38,16 +40,17 @@ import numpy as np
 from tqdm import tqdm
 
 from minigpt.atomic import write_file, write_text
-from minigpt.backend import get_xp, scalar, to_device, to_host, tune_host_allocator
+from minigpt.backend import get_xp, scalar, to_host, tune_host_allocator
 from minigpt.checkpoint import (is_checkpoint, load_optimizer_state, load_trainer_state, recover_checkpoint,
                                 save_checkpoint)
 from minigpt.config import TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
+from minigpt.distributed import communicator
 from minigpt.errors import MinigptError
 from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
 from minigpt.model import GPT, GPTConfig
-from minigpt.optim import AdamW, clip_grad_norm, cosine_lr
+from minigpt.optim import FlatAdamW, cosine_lr
 from minigpt.parallel import DataParallel
 
 LOG_FILE = "log.jsonl"
@@ -91,28 +94,34 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         get_xp(cfg.device)  # fail now if --device gpu cannot work
         tune_host_allocator()
-        check_out_dir(self.out_dir)  # before any data is prepared: a bad out_dir fails in a second, not after it
-        if cfg.init_from != "resume" and not cfg.overwrite:
-            refuse_to_overwrite(self.out_dir)
+        self.comm = communicator(cfg.device)  # before any device array: rank r takes local GPU r
+        self.is_main = self.comm.rank == 0  # the rank that prints, logs, samples and writes checkpoints
+        if self.is_main:
+            check_out_dir(self.out_dir)  # before any data is prepared: a bad out_dir fails in a second, not after it
+            if cfg.init_from != "resume" and not cfg.overwrite:
+                refuse_to_overwrite(self.out_dir)
         self.start_iter = 0
         self.best_val_loss = None
         self.last_eval_iter = None
         self.pending_eval = None  # the evaluation at the current iteration, logged with its training step
         self.elapsed_before = 0.0  # wall time of the earlier runs this one resumes
         self.batch_rng = np.random.default_rng(cfg.seed)
-        if cfg.init_from == "scratch":
-            self._init_scratch()
-        else:
-            self._init_from_checkpoint()
+        with self.comm.local_first():  # one rank per machine prepares data/ and downloads; the others reuse it
+            if cfg.init_from == "scratch":
+                self._init_scratch()
+            else:
+                self._init_from_checkpoint()
         self.model.config.dropout = cfg.dropout  # a fine-tuning run picks its own dropout
         if cfg.block_size > self.model.config.block_size:
             raise MinigptError(
                 f"--block_size {cfg.block_size} exceeds the model's context of {self.model.config.block_size} tokens"
             )
         check_block_size(self.data, cfg.block_size)
-        self.parallel = DataParallel(self.model, cfg.workers or None)  # batches split over the CPU cores
-        self.optimizer = AdamW(
-            self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay
+        # each step's global batch is split over the ranks and, on the CPU, over worker threads in each
+        self.parallel = DataParallel(self.model, cfg.workers or None, self.comm)
+        self.optimizer = FlatAdamW(  # the parameters become views into its flat buffer (minigpt.optim)
+            self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+            comm=self.comm, zero=cfg.zero,
         )
         if cfg.init_from == "resume":
             self._restore_training_state(self.out_dir / "latest")
@@ -148,8 +157,6 @@ class Trainer:
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         if state.get("batch_rng"):
             self.batch_rng.bit_generator.state = state["batch_rng"]
-        if state.get("model_rng") and rng_state(self.model.rng) is not None:
-            self.model.rng.bit_generator.state = state["model_rng"]
 
     # -- one iteration -----------------------------------------------------------
 
@@ -160,41 +167,43 @@ class Trainer:
         return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
 
     def train_step(self, it: int):
-        """One optimizer step; returns (mean loss, gradient norm before clipping or None), on the device."""
-        cfg, model = self.cfg, self.model
-        model.train()
-        steps = cfg.gradient_accumulation_steps
-        total_loss, grads = 0.0, None
-        for _ in range(steps):
-            x, y = get_batch(self.data.train, cfg.batch_size, cfg.block_size, self.batch_rng)
-            loss, micro_grads = self.parallel.forward_backward(to_device(x, cfg.device), to_device(y, cfg.device))
-            total_loss = total_loss + loss
-            if grads is None:
-                grads = micro_grads if steps == 1 else {k: g.copy() for k, g in micro_grads.items()}
-            else:
-                for name, g in micro_grads.items():
-                    grads[name] += g
-        if steps > 1:
-            for g in grads.values():
-                g *= 1.0 / steps
-        grad_norm = clip_grad_norm(grads, cfg.grad_clip) if cfg.grad_clip > 0 else None
-        self.optimizer.step(grads, lr=self.lr_at(it))
-        return total_loss / steps, grad_norm
+        """One optimizer step; returns (mean loss, gradient norm before clipping or None), on the device.
+
+        The step's A micro-batches of B rows are drawn from batch_rng alike on
+        every rank; each rank reads and computes only its slices of them
+        (minigpt.parallel), and the optimizer sums the gradients over the ranks.
+        Dropout masks are seeded by (seed, it, micro-batch, row).
+        """
+        cfg = self.cfg
+        self.model.train()
+
+        def read(micro, rows):
+            return get_batch(self.data.train, cfg.batch_size, cfg.block_size, self.batch_rng, rows)
+
+        loss, grads = self.parallel.forward_backward(
+            read, cfg.gradient_accumulation_steps, cfg.batch_size, dropout_key=(cfg.seed, it)
+        )
+        # one collective sums the ranks' gradients (all-reduce, or reduce-scatter under ZeRO-1), then clip + AdamW
+        return loss, self.optimizer.step(grads, lr=self.lr_at(it), grad_clip=cfg.grad_clip)
 
     # -- evaluation ----------------------------------------------------------------
 
     def estimate_loss(self, it: int) -> dict:
-        """Mean loss over eval_iters batches of each split, with the model in eval mode (no dropout)."""
+        """Mean loss over eval_iters batches of each split, with the model in eval mode (no dropout).
+
+        The batches are split over the ranks (and threads) like a training
+        step's micro-batches; the loss is summed over the ranks.
+        """
         cfg, model = self.cfg, self.model
         rng = np.random.default_rng([cfg.seed, it, 1])  # its own stream: training randomness is untouched
         model.eval()
         losses = {}
         for split, tokens in (("train", self.data.train), ("val", self.data.val)):
-            total = 0.0
-            for _ in range(cfg.eval_iters):
-                x, y = get_batch(tokens, cfg.batch_size, cfg.block_size, rng)
-                total += scalar(self.parallel.loss(to_device(x, cfg.device), to_device(y, cfg.device)))
-            losses[split] = total / cfg.eval_iters
+
+            def read(batch, rows, tokens=tokens):
+                return get_batch(tokens, cfg.batch_size, cfg.block_size, rng, rows)
+
+            losses[split] = scalar(self.parallel.loss(read, cfg.eval_iters, cfg.batch_size))
         model.train()
         return losses
 
@@ -218,12 +227,15 @@ class Trainer:
             "last_eval": self.pending_eval,  # None once logged; else the record's evaluation fields
             "elapsed_s": elapsed,
             "batch_rng": rng_state(self.batch_rng),
-            "model_rng": rng_state(self.model.rng),
             "data": str(self.data.dir),
             "options": self.cfg.to_dict(),
         }
 
     def save(self, name: str, it: int, elapsed: float) -> Path:
+        """Rank 0 writes the checkpoint; the others take part in gathering the optimizer state (ZeRO-1)."""
+        if not self.is_main:
+            self.optimizer.state_dict()
+            return self.out_dir / name
         with self.writing(self.out_dir / name):
             return save_checkpoint(
                 self.out_dir / name, self.model, self.tokenizer, self.optimizer, self.trainer_state(it, elapsed)
@@ -265,24 +277,25 @@ class Trainer:
                   f"--max_iters N with N > {self.start_iter}")
             return 0
         with self.writing(self.out_dir / LOG_FILE):
-            log = RunLog(self.out_dir / LOG_FILE, keep_before=self.start_iter if resuming else 0)
+            log = RunLog(self.out_dir / LOG_FILE if self.is_main else None, keep_before=self.start_iter if resuming else 0)
         print(
             f"model: {self.model.num_params():,} parameters ({self.model.config.n_layer} layers), "
             f"data: {self.data.dir} ({self.data.train.size:,} train / {self.data.val.size:,} val tokens, "
             f"vocab {self.tokenizer.vocab_size}), {cfg.tokens_per_iter:,} tokens per iteration, device {cfg.device}"
-            + (f" ({self.parallel.workers} worker threads)" if self.parallel.workers > 1 else "")
+            + (f" ({self.parallel.describe()})" if self.parallel.workers > 1 or self.comm.world_size > 1 else "")
         )
         if resuming:
             print(f"resuming {self.out_dir / 'latest'} at iteration {self.start_iter} of {cfg.max_iters}; "
                   + self.schedule_summary())
-        pyplot = import_pyplot()
-        if pyplot is None:
+        pyplot = import_pyplot() if self.is_main else None  # rank 0 alone draws loss.png
+        if pyplot is None and self.is_main:
             print(f"note: no {PLOT_FILE} (matplotlib is not installed; pip install -e '.[plot]' to draw it)")
 
-        stop = StopFlag()
+        stop = StopFlag(self.comm)
         run_start = time.perf_counter()
         window_start, window_tokens = run_start, 0
-        bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True)
+        bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True,
+                   disable=not self.is_main)
         loss = None
         it = self.start_iter
         with stop, closing(bar):  # an error closes the bar first, so its one line starts a line of its own
@@ -350,7 +363,7 @@ class Trainer:
         self.last_eval_iter = it
         self.pending_eval = {"iter": it, "val_loss": losses["val"], "train_loss_eval": losses["train"]}
         bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        if self.cfg.sample_tokens:
+        if self.cfg.sample_tokens and self.is_main:
             bar.write("sample: " + self.sample(it).replace("\n", "\n        ")[:2000])
         improved = self.best_val_loss is None or losses["val"] < self.best_val_loss
         if improved:
@@ -373,6 +386,7 @@ class Trainer:
         kept = self.out_dir / "latest"
         keep = f"the last good checkpoint is {kept}" if is_checkpoint(kept) else "no checkpoint was written"
         return f"training diverged at iteration {it}: {what}; {keep}; try a lower --learning_rate or --grad_clip 1.0"
+
 
 
 # ---------------------------------------------------------------------------
@@ -410,16 +424,25 @@ class StopFlag:
     """While active, the first Ctrl-C (or SIGTERM) asks the loop to stop after the current iteration.
 
     The loop then saves `latest` and exits cleanly; a second Ctrl-C interrupts at once.
+    With several ranks, `requested` is a collective (every rank reads it once per
+    iteration): all stop at the same iteration when any of them was signalled.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, comm=None):
+        self.comm = comm
+        self._signalled = False
         self._previous = {}
 
+    @property
+    def requested(self) -> bool:
+        if self.comm is None or self.comm.world_size == 1:
+            return self._signalled
+        return bool(self.comm.sum_host([float(self._signalled)])[0])
+
     def _handle(self, signum, frame):
-        self.requested = True
+        self._signalled = True
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
         tqdm.write("stopping after this iteration (Ctrl-C again to stop at once, without a checkpoint)")
 
@@ -443,9 +466,11 @@ class RunLog:
     a fresh run starts an empty file.
     """
 
-    def __init__(self, path: Path, keep_before: int = 0):
-        self.path = path
+    def __init__(self, path: Path | None, keep_before: int = 0):
+        self.path = path  # None: records kept in memory only (the ranks other than 0)
         self.records = []
+        if path is None:
+            return
         if keep_before and path.is_file():
             for line in path.read_text().splitlines():
                 try:
@@ -458,6 +483,8 @@ class RunLog:
 
     def write(self, record: dict) -> None:
         self.records.append(record)
+        if self.path is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 

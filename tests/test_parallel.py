@@ -1,11 +1,14 @@
-"""DataParallel: a batch split over worker threads gives the loss and gradients of the whole batch."""
+"""DataParallel: a step's global batch, cut into slices over worker threads, gives the whole batch's loss and gradients."""
+
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
+import minigpt.parallel as parallel_module
 from minigpt.errors import MinigptError
 from minigpt.model import GPT, GPTConfig
-from minigpt.parallel import DataParallel
+from minigpt.parallel import DataParallel, Slice, batches_from, split_step
 
 TINY = dict(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11)
 
@@ -18,45 +21,122 @@ def batch(B=5, T=8, seed=0):
     return idx, targets
 
 
+def sequential(model, idx, targets):
+    """The trainer's loop before any slicing: each micro-batch whole, gradients summed and divided by A."""
+    A = idx.shape[0]
+    loss, grads = 0.0, None
+    for a in range(A):
+        _, micro_loss = model.forward(idx[a], targets[a])
+        loss += float(micro_loss) / A
+        g = model.backward(dloss=1.0 / A)
+        grads = {k: v.copy() for k, v in g.items()} if grads is None else {k: grads[k] + g[k] for k in g}
+    return loss, grads
+
+
+def assert_same(p_loss, p_grads, loss, grads):
+    assert float(p_loss) == pytest.approx(float(loss), rel=1e-13)
+    assert list(p_grads) == list(grads)
+    for name, g in grads.items():
+        np.testing.assert_allclose(p_grads[name], g, rtol=1e-10, atol=1e-15, err_msg=name)
+
+
 @pytest.mark.parametrize("workers", [2, 3, 5, 7])
 def test_slices_give_the_whole_batch_loss_and_gradients(workers):
     """Uneven slices, ignored targets, more workers than rows: float64 sums agree to rounding."""
     model = GPT(GPTConfig(**TINY), dtype="float64", seed=0)
     idx, targets = batch()
-    _, loss = model.forward(idx, targets)
-    grads = {k: g.copy() for k, g in model.backward().items()}
+    loss, grads = sequential(model, idx[None], targets[None])
     parallel = DataParallel(model, workers)
-    p_loss, p_grads = parallel.forward_backward(idx, targets)
-    assert p_loss == pytest.approx(float(loss), rel=1e-13)
-    assert list(p_grads) == list(grads)
-    for name, g in grads.items():
-        np.testing.assert_allclose(p_grads[name], g, rtol=1e-10, atol=1e-15, err_msg=name)
-    assert parallel.loss(idx, targets) == pytest.approx(float(loss), rel=1e-13)
+    assert_same(*parallel.forward_backward(*batches_from(idx, targets)), loss, grads)
+    assert float(parallel.loss(*batches_from(idx, targets))) == pytest.approx(loss, rel=1e-13)
     parallel.close()
 
 
-def test_dropout_is_seeded_from_the_model_and_off_in_eval_mode():
-    idx, targets = batch(B=4)
-    losses = []
-    for _ in range(2):
+@pytest.mark.parametrize("workers, A, B", [(2, 4, 1), (2, 3, 1), (3, 4, 2), (2, 3, 5)])
+def test_micro_batches_spread_over_workers_add_up_as_the_sequential_loop(workers, A, B):
+    """Gradient accumulation: the workers share the micro-batches (and rows); float64 sums agree to rounding."""
+    model = GPT(GPTConfig(**TINY), dtype="float64", seed=0)
+    rng = np.random.default_rng(1)
+    idx, targets = rng.integers(0, 11, (A, B, 8)), rng.integers(0, 11, (A, B, 8))
+    targets[0, 0, :3] = -1
+    loss, grads = sequential(model, idx, targets)
+    parallel = DataParallel(model, workers)
+    p_loss, p_grads = parallel.forward_backward(*batches_from(idx, targets))
+    assert_same(p_loss, p_grads, loss, grads)
+    if split_step(A, B, workers)[0][0].stop == B:  # whole micro-batches: added in the loop's order, bit for bit
+        for name, g in grads.items():
+            np.testing.assert_array_equal(p_grads[name], g, err_msg=name)
+    parallel.close()
+
+
+def test_a_failing_worker_does_not_leave_the_others_waiting():
+    model = GPT(GPTConfig(**TINY), dtype="float64", seed=0)
+    idx = np.random.default_rng(0).integers(0, 11, (4, 1, 8))
+    targets = idx.copy()
+    targets[0, 0, 0] = 99  # outside the vocabulary: the worker of micro-batch 0 fails, the other waits for its turn
+    parallel = DataParallel(model, 2)
+    with pytest.raises(IndexError):
+        parallel.forward_backward(*batches_from(idx, targets))
+    parallel.close()
+
+
+def test_the_cut_deals_micro_batches_then_rows():
+    assert split_step(4, 1, 2) == [[Slice(0, 0, 1), Slice(2, 0, 1)], [Slice(1, 0, 1), Slice(3, 0, 1)]]
+    assert split_step(1, 12, 2) == [[Slice(0, 0, 6)], [Slice(0, 6, 12)]]
+    assert split_step(1, 1, 2) == [[Slice(0, 0, 1)], []]  # nothing to spread: one slice
+    shares = split_step(3, 12, 2)  # 3 micro-batches on 2 parts: each cut in two, 3 halves per part
+    assert [sum(s.stop - s.start for s in share) for share in shares] == [18, 18]
+    for A, B, P in [(5, 3, 4), (32, 1, 2), (2, 7, 6)]:  # every row of every micro-batch exactly once
+        rows = sorted((s.micro, r) for share in split_step(A, B, P) for s in share for r in range(s.start, s.stop))
+        assert rows == [(a, r) for a in range(A) for r in range(B)]
+
+
+def test_dropout_masks_do_not_depend_on_the_workers():
+    """Masks are seeded by (key, micro-batch, row): 1, 2 or 3 workers give the same loss and gradients."""
+    rng = np.random.default_rng(2)
+    idx, targets = rng.integers(0, 11, (2, 3, 8)), rng.integers(0, 11, (2, 3, 8))
+    results = []
+    for workers in (1, 2, 3):
         model = GPT(GPTConfig(**TINY, dropout=0.3), dtype="float64", seed=7).train()
-        parallel = DataParallel(model, 2)
-        losses.append([float(parallel.forward_backward(idx, targets)[0]) for _ in range(3)])
+        parallel = DataParallel(model, workers)
+        results.append(parallel.forward_backward(*batches_from(idx, targets), dropout_key=(5, 0)))
+        other = parallel.forward_backward(*batches_from(idx, targets), dropout_key=(5, 1))
+        assert float(other[0]) != float(results[-1][0])  # another iteration: other masks
         model.eval()
-        _, eval_loss = model.forward(idx, targets)
-        assert float(parallel.loss(idx, targets)) == pytest.approx(float(eval_loss), rel=1e-13)
+        _, eval_loss = model.forward(idx[0], targets[0])
+        assert float(parallel.loss(*batches_from(idx[0], targets[0]))) == pytest.approx(float(eval_loss), rel=1e-13)
         parallel.close()
-    assert losses[0] == losses[1]  # the same seed: the same masks in every worker
-    assert len(set(losses[0])) == 3  # new masks at every step
+    for loss, grads in results[1:]:
+        assert_same(loss, grads, *results[0])
 
 
-def test_one_worker_is_the_model_itself():
+def test_one_busy_worker_gets_every_core(monkeypatch):
+    """B = 1 without accumulation: one slice, run on this thread with BLAS on every core."""
+    seen = []
+
+    @contextmanager
+    def spy(n):
+        seen.append(n)
+        yield
+
+    monkeypatch.setattr(parallel_module, "blas_threads", spy)
+    model = GPT(GPTConfig(**TINY), dtype="float64", seed=0)
+    parallel = DataParallel(model, 2)
+    parallel.cores = 2
+    idx, targets = batch()
+    parallel.forward_backward(*batches_from(idx[:1], targets[:1]))
+    parallel.forward_backward(*batches_from(idx[:2], targets[:2]))
+    assert seen == [2, 1]
+    parallel.close()
+
+
+def test_one_worker_and_bad_counts():
     model = GPT(GPTConfig(**TINY), dtype="float64", seed=0)
     idx, targets = batch()
     parallel = DataParallel(model, 1)
-    loss, grads = parallel.forward_backward(idx, targets)
+    loss, _ = parallel.forward_backward(*batches_from(idx, targets))
     _, again = model.forward(idx, targets)
-    assert float(loss) == float(again) and parallel.replicas == []
+    assert float(loss) == pytest.approx(float(again), rel=1e-15) and len(parallel.replicas) == 1
     with pytest.raises(MinigptError, match="at least 1"):
         DataParallel(model, 0)
 

@@ -9,17 +9,11 @@ model's generator is replaced by one whose `bit_generator.state` is a method.
 """
 
 import numpy as np
-import pytest
 
 import minigpt.model
 import minigpt.parallel
 from tests.test_train import TINY, read_log, run_main, train_losses
 
-pytestmark = pytest.mark.skipif(
-    not hasattr(minigpt.parallel, "RowRNG"),
-    reason="needs dropout masks keyed by (seed, iteration, row) from the dist branch (minigpt.parallel.RowRNG); "
-           "without them a CuPy-14 generator cannot resume exactly",
-)
 
 
 class StatelessBitGenerator:

@@ -191,8 +191,8 @@ def test_gradient_accumulation_equals_one_big_batch(tmp_path, corpus, monkeypatc
     for accumulate, batch_size in ((1, 4), (2, 2)):
         chunks = iter(np.split(tokens, 4 // batch_size))
 
-        def fixed_batch(_tokens, _batch_size, _block_size, _rng):
-            chunk = next(chunks)
+        def fixed_batch(_tokens, _batch_size, _block_size, _rng, rows=slice(None)):
+            chunk = next(chunks)[rows]
             return chunk[:, :-1], chunk[:, 1:]
 
         monkeypatch.setattr(trainer_module, "get_batch", fixed_batch)
