@@ -73,23 +73,24 @@ def check_logits(logits: np.ndarray, what: str = "logits") -> None:
         raise MinigptError(f"row {int(np.argmax(empty))} of the {what} is all -inf: no token is left to sample")
 
 
-def top_k_mask(logits: np.ndarray, k: int) -> np.ndarray:
+def top_k_mask(logits, k: int):
     """(B, V) boolean, True for exactly k tokens per row: the k largest logits.
 
     Ties at the k-th value are broken in favour of lower token ids, so a row of
     equal logits keeps tokens 0..k-1. Linear time (a partition, not a sort).
     """
+    xp = array_module(logits)  # NumPy or CuPy: the sampler runs where the logits are
     vocab_size = logits.shape[-1]
     if k >= vocab_size:
-        return np.ones(logits.shape, dtype=bool)
-    kth_largest = np.partition(logits, vocab_size - k, axis=-1)[:, vocab_size - k, None]
+        return xp.ones(logits.shape, dtype=bool)
+    kth_largest = xp.partition(logits, vocab_size - k, axis=-1)[:, vocab_size - k, None]
     above = logits > kth_largest
     ties = logits == kth_largest
     ties_needed = k - above.sum(axis=-1, keepdims=True)  # >= 1, by definition of the k-th value
-    return above | (ties & (np.cumsum(ties, axis=-1) <= ties_needed))
+    return above | (ties & (xp.cumsum(ties, axis=-1) <= ties_needed))
 
 
-def top_p_mask(probs: np.ndarray, p: float) -> np.ndarray:
+def top_p_mask(probs, p: float):
     """(B, V) boolean, True for the smallest set of most likely tokens whose mass reaches p.
 
     With probabilities sorted descending, p_(1) >= p_(2) >= ..., token (r) is kept
@@ -97,13 +98,14 @@ def top_p_mask(probs: np.ndarray, p: float) -> np.ndarray:
     mass to p or beyond. The most likely token is always kept. Equal
     probabilities are ordered by token id (a stable sort), lower first.
     """
+    xp = array_module(probs)  # NumPy or CuPy, as top_k_mask
     if p >= 1.0:
-        return np.ones(probs.shape, dtype=bool)  # no rounding in the sum may drop a token
-    order = np.argsort(-probs, axis=-1, kind="stable")
-    sorted_probs = np.take_along_axis(probs, order, axis=-1)
-    mass_before = np.cumsum(sorted_probs, axis=-1) - sorted_probs
-    keep = np.zeros(probs.shape, dtype=bool)
-    np.put_along_axis(keep, order, mass_before < p, axis=-1)
+        return xp.ones(probs.shape, dtype=bool)  # no rounding in the sum may drop a token
+    order = stable_argsort(-probs)  # (B, V), most likely first
+    sorted_probs = xp.take_along_axis(probs, order, axis=-1)
+    mass_before = xp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    keep = xp.empty(probs.shape, dtype=bool)
+    keep[xp.arange(probs.shape[0])[:, None], order] = mass_before < p  # scattered back to token order
     return keep
 
 
@@ -320,32 +322,6 @@ def encode_prompt(tokenizer, text: str, block_size: int, note=print):
 # gets B ids back: one device-to-host copy of 8 B bytes per token.
 
 
-def top_k_mask_on_device(logits, k: int):
-    """`top_k_mask` for logits of any array module (same ties rule: lower token ids first)."""
-    xp = array_module(logits)
-    vocab_size = logits.shape[-1]
-    if k >= vocab_size:
-        return xp.ones(logits.shape, dtype=bool)
-    kth_largest = xp.partition(logits, vocab_size - k, axis=-1)[:, vocab_size - k, None]
-    above = logits > kth_largest
-    ties = logits == kth_largest
-    ties_needed = k - above.sum(axis=-1, keepdims=True)
-    return above | (ties & (xp.cumsum(ties, axis=-1) <= ties_needed))
-
-
-def top_p_mask_on_device(probs, p: float):
-    """`top_p_mask` for probabilities of any array module (equal probabilities ordered by token id)."""
-    xp = array_module(probs)
-    if p >= 1.0:
-        return xp.ones(probs.shape, dtype=bool)
-    order = stable_argsort(-probs)  # (B, V), most likely first
-    sorted_probs = xp.take_along_axis(probs, order, axis=-1)
-    mass_before = xp.cumsum(sorted_probs, axis=-1) - sorted_probs
-    keep = xp.empty(probs.shape, dtype=bool)
-    keep[xp.arange(probs.shape[0])[:, None], order] = mass_before < p  # scattered back to token order
-    return keep
-
-
 def sample_next_on_device(logits, temperature=1.0, top_k=None, top_p=None, rng=None) -> np.ndarray:
     """`sample_next` computed where `logits` (B, V) are; returns (B,) int64 ids on the host.
 
@@ -362,11 +338,11 @@ def sample_next_on_device(logits, temperature=1.0, top_k=None, top_p=None, rng=N
             rng = np.random.default_rng()
         scaled = logits.astype(xp.float64) / temperature
         if top_k is not None:
-            scaled = xp.where(top_k_mask_on_device(scaled, int(top_k)), scaled, -xp.inf)
+            scaled = xp.where(top_k_mask(scaled, int(top_k)), scaled, -xp.inf)
         probs = xp.exp(scaled - scaled.max(axis=-1, keepdims=True))
         probs /= probs.sum(axis=-1, keepdims=True)
         if top_p is not None:
-            probs = xp.where(top_p_mask_on_device(probs, top_p), probs, 0.0)
+            probs = xp.where(top_p_mask(probs, top_p), probs, 0.0)
             probs /= probs.sum(axis=-1, keepdims=True)  # as sampling_probs, so the draws agree exactly
         cdf = xp.cumsum(probs, axis=-1)
         u = xp.asarray(rng.random(logits.shape[0]))[:, None] * cdf[:, -1:]  # B uniforms to the device

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from minigpt.errors import MinigptError
-from minigpt.generation import (sample_next, sample_next_on_device, sampling_probs, softmax, top_k_mask,
-                                top_k_mask_on_device, top_p_mask, top_p_mask_on_device)
+from minigpt.generation import sample_next, sample_next_on_device, sampling_probs
 from tests import device_standin
 
 SETTINGS = [  # (temperature, top_k, top_p)
@@ -33,20 +32,6 @@ def test_the_device_sampler_on_numpy_draws_what_the_host_sampler_draws(temperatu
         ours = sample_next_on_device(logits, temperature, top_k, top_p, rng=np.random.default_rng(seed))
         assert ours.dtype == np.int64 and ours.shape == (4,)
         np.testing.assert_array_equal(ours, host)
-
-
-@pytest.mark.parametrize("k", [1, 3, 7, 50, 60])
-def test_top_k_mask_on_device_equals_the_host_mask(k):
-    for seed in range(5):
-        logits = logits_with_ties(seed).astype(np.float64)
-        np.testing.assert_array_equal(top_k_mask_on_device(logits, k), top_k_mask(logits, k))
-
-
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.999, 1.0])
-def test_top_p_mask_on_device_equals_the_host_mask(p):
-    for seed in range(5):
-        probs = softmax(logits_with_ties(seed).astype(np.float64))
-        np.testing.assert_array_equal(top_p_mask_on_device(probs, p), top_p_mask(probs, p))
 
 
 def test_the_draws_follow_the_sampling_distribution():
