@@ -202,13 +202,15 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     rng = _as_rng(seed)
     finished = np.zeros(context.shape[0], dtype=bool)
 
+    # on the GPU the logits stay there and only the B ids come back (sample_next_on_device)
+    sample = sample_next if xp is np else sample_next_on_device
     was_training = getattr(model, "training", False)
     model.eval()
     try:
         cache = model.new_kv_cache()
         logits = _next_logits(model, context[:, -block_size:], cache, xp)  # prefill
         for step in range(max_new_tokens):
-            next_ids = sample_next(logits, temperature, top_k, top_p, rng)
+            next_ids = sample(logits, temperature, top_k, top_p, rng)
             if stop_token is not None:
                 next_ids[finished] = stop_token
                 finished |= next_ids == stop_token

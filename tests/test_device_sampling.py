@@ -65,3 +65,23 @@ def test_only_the_b_ids_come_back_to_the_host(temperature, top_k, top_p):
     assert isinstance(ids, np.ndarray) and ids.shape == (B,)
     assert [t for t in transfers if t[0] == "d2h"] == [("d2h", B * 8)]  # B int64 ids, nothing else
     assert sum(n for d, n in transfers if d == "h2d") <= B * 8  # at most the B uniforms go out
+
+
+def test_generation_samples_on_the_device_when_the_model_is_there(monkeypatch):
+    """generate_stream hands a GPU model's logits to sample_next_on_device (only B ids come back per token)."""
+    import types
+
+    import minigpt.generation as generation
+    from minigpt.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=16, vocab_size=11), seed=0)
+    calls = []
+
+    def spy(logits, *args):
+        calls.append(logits.shape)
+        return sample_next(logits, *args)
+
+    monkeypatch.setattr(generation, "sample_next_on_device", spy)
+    model.xp = types.SimpleNamespace(asarray=np.asarray, empty=np.empty)  # not numpy itself: the device path
+    steps = list(generation.generate_stream(model, np.array([[1, 2]]), 3, temperature=1.0, seed=0))
+    assert len(steps) == 3 and calls == [(1, 11)] * 3
