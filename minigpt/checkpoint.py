@@ -5,7 +5,8 @@
         model.safetensors      Hugging Face GPT-2 weights } loads these unchanged
         <tokenizer files>      whatever `tokenizer.save` writes; `load_tokenizer` reads it back
         optimizer.safetensors  AdamW moments m.<param>, v.<param>; the step count in the metadata
-        trainer_state.json     iter, best_val_loss, RNG states, the run's options
+        trainer_state.json     iter, best_val_loss, the batch sampler's RNG state, last_eval (an evaluation
+                               not yet logged, so a resumed run still logs it), the run's options
 
 Everything is safetensors or JSON, so loading a checkpoint can never run code.
 
