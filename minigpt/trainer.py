@@ -260,7 +260,12 @@ class Trainer:
         if not cfg.decay_lr:
             return f"learning rate {cfg.learning_rate:g} throughout (--decay_lr false)"
         end = cfg.decay_iters
-        text = (f"learning rate {self.lr_at(self.start_iter):.3g} now, on a cosine from --learning_rate "
+        now = f"learning rate {self.lr_at(self.start_iter):.3g} now"
+        if self.start_iter < cfg.warmup_iters:  # cosine_lr warms up first, even past the decay's end
+            now += f", warming up to --learning_rate {cfg.learning_rate:g} until iteration {cfg.warmup_iters} (--warmup_iters)"
+            if cfg.warmup_iters >= end:
+                return now + f", then --min_lr {cfg.min_lr:g} (--lr_decay_iters {end} ends before the warmup does)"
+        text = (f"{now}, on a cosine from --learning_rate "
                 f"{cfg.learning_rate:g} to --min_lr {cfg.min_lr:g} at iteration {end} (--lr_decay_iters)")
         if end < cfg.max_iters:
             text += (f", then --min_lr until {cfg.max_iters}; --lr_decay_iters {cfg.max_iters} would stretch "

@@ -362,6 +362,18 @@ def test_raising_max_iters_keeps_the_saved_learning_rate_schedule(tmp_path, corp
     assert load_trainer_state(out / "latest")["options"]["lr_decay_iters"] == 6
 
 
+def test_the_schedule_said_on_resume_includes_a_warmup_that_outlasts_the_decay(tmp_path, corpus, capsys):
+    """The first run stops inside the warmup (--warmup_iters 100 > --max_iters 6): the rate keeps rising."""
+    out = tmp_path / "out"
+    run_main(*TINY, "--data", corpus, "--max_iters", 6, "--eval_interval", 3, "--warmup_iters", 100, "--out_dir", out)
+    capsys.readouterr()
+    run_main("--init_from", "resume", "--max_iters", 9, "--out_dir", out)
+    printed = capsys.readouterr().out
+    assert "warming up to --learning_rate 0.001 until iteration 100 (--warmup_iters)" in printed
+    lrs = {r["iter"]: r["lr"] for r in read_log(out)}
+    assert lrs[6] < lrs[7] < lrs[8]  # what was said: still warming up
+
+
 def test_an_explicit_lr_decay_iters_on_resume_changes_the_schedule(tmp_path, corpus):
     out = tmp_path / "out"
     run_main(*TINY, "--data", corpus, "--max_iters", 6, "--eval_interval", 3, "--out_dir", out)
