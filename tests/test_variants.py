@@ -268,3 +268,61 @@ def test_train_options_of_the_same_names():
         parse_args(["--n_kv_head", "3"])
     with pytest.raises(MinigptError, match="--activation must be one of"):
         parse_args(["--activation", "swish"])
+
+
+# -- the CuPy path, on the CPU (tests/device_standin.py) ---------------------------------------
+
+from tests.test_gpu_path_on_cpu import host_builds, one_step  # noqa: E402, F401 (host_builds is a fixture)
+
+
+@pytest.mark.parametrize("switches", [
+    MODERN,
+    pytest.param(dict(activation="gelu", n_kv_head=1), marks=pytest.mark.slow),  # ~4 s each
+    pytest.param(dict(activation="relu2", n_head=4, n_kv_head=2, position="rotary"), marks=pytest.mark.slow),
+], ids=["modern", "gelu-mqa", "relu2-gqa-rotary"])
+def test_a_training_step_with_switches_on_the_gpu_path_equals_the_cpu_path(host_builds, monkeypatch, switches):  # noqa: F811
+    """The variants are xp code: under the CuPy stand-in they run the same operations as on NumPy."""
+    from minigpt.kernels import adamw_cuda, softmax_cuda
+    from tests import cuda_host, device_standin
+    from tests.test_gpu_path_on_cpu import adamw_twin
+
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 4)  # three query blocks at T = 10
+    config = GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=16, block_size=10, vocab_size=17), **switches})
+    tokens = np.random.default_rng(0).integers(0, config.vocab_size, (3, config.block_size + 1))
+    params = {name: np.array(p) for name, p in GPT(config, dtype="float64", seed=1).params.items()}
+    cpu_loss, cpu_grads, cpu_after = one_step(np, config, tokens, params)
+    with device_standin.installed() as cupy:
+        for module, built in host_builds.items():
+            monkeypatch.setattr(module, "raw_kernel", cuda_host.host_launcher(*built, []))
+        monkeypatch.setattr(adamw_cuda, "raw_kernel", adamw_twin)
+        gpu_loss, gpu_grads, gpu_after = one_step(cupy, config, tokens, params)
+    assert softmax_cuda in host_builds
+    assert gpu_loss == pytest.approx(cpu_loss, rel=1e-12)
+    for name, g in cpu_grads.items():
+        np.testing.assert_allclose(gpu_grads[name], g, rtol=1e-10, atol=1e-12, err_msg=name)
+    for name, p in cpu_after.items():
+        np.testing.assert_allclose(gpu_after[name], p, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+# -- training and resuming -----------------------------------------------------------------------
+
+from tests.test_train import TINY as TRAIN_TINY, corpus, read_log, run_main, train_losses  # noqa: E402, F401
+
+
+def test_the_modern_combination_trains_resumes_exactly_and_generates(tmp_path, corpus):  # noqa: F811
+    """Issue 16's command (on a tiny model): N iterations then N more on resume == 2N in one run."""
+    switches = ["--norm", "rmsnorm", "--activation", "swiglu", "--position", "rotary", "--tie_embeddings", "false",
+                "--n_kv_head", 1]
+    common = [*TRAIN_TINY, *switches, "--data", corpus, "--dropout", 0.1, "--eval_interval", 3, "--lr_decay_iters", 6]
+    run_main(*common, "--max_iters", 6, "--out_dir", tmp_path / "straight")
+    run_main(*common, "--max_iters", 3, "--out_dir", tmp_path / "split")
+    run_main("--init_from", "resume", "--max_iters", 6, "--out_dir", tmp_path / "split")
+    straight, split = read_log(tmp_path / "straight"), read_log(tmp_path / "split")
+    assert train_losses(split) == train_losses(straight) and len(train_losses(split)) == 6
+    a, b = GPT.from_pretrained(tmp_path / "straight" / "latest"), GPT.from_pretrained(tmp_path / "split" / "latest")
+    assert a.config == b.config and (a.config.norm, a.config.n_kv_head, a.config.tie_embeddings) == ("rmsnorm", 1, False)
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name])
+    assert a.generate(np.zeros((1, 1), dtype=np.int64), 5, seed=0).shape == (1, 6)
+    with pytest.raises(MinigptError, match="--norm layernorm differs from the checkpoint's rmsnorm"):
+        run_main("--init_from", "resume", "--max_iters", 8, "--norm", "layernorm", "--out_dir", tmp_path / "split")

@@ -113,7 +113,12 @@ def split_qkv(qkv, n_head, n_kv_head):
 
 def repeat_kv(k, group):
     """(B, KV, T, D) -> (B, KV * group, T, D), head h = k[h // group]; k itself when group is 1."""
-    return k if group == 1 else array_module(k).repeat(k, group, axis=1)
+    if group == 1:
+        return k
+    B, KV, T, D = k.shape
+    k_rep = array_module(k).empty((B, KV, group, T, D), dtype=k.dtype)
+    k_rep[...] = k[:, :, None]  # broadcast over the group's axis
+    return k_rep.reshape(B, KV * group, T, D)
 
 
 def sum_kv(dk_rep, n_kv_head):
