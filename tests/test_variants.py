@@ -326,3 +326,64 @@ def test_the_modern_combination_trains_resumes_exactly_and_generates(tmp_path, c
     assert a.generate(np.zeros((1, 1), dtype=np.int64), 5, seed=0).shape == (1, 6)
     with pytest.raises(MinigptError, match="--norm layernorm differs from the checkpoint's rmsnorm"):
         run_main("--init_from", "resume", "--max_iters", 8, "--norm", "layernorm", "--out_dir", tmp_path / "split")
+
+
+# -- outside references: torch (scripts/bench/make_reference.py's variants_float64.safetensors) ----------
+
+from pathlib import Path  # noqa: E402
+
+from minigpt.weights import read_safetensors  # noqa: E402
+
+REFERENCE = read_safetensors(Path(__file__).parent / "fixtures" / "variants_float64.safetensors")
+
+
+def assert_matches_torch(layer, out, grads):
+    np.testing.assert_allclose(out, REFERENCE[f"{layer}.out"], rtol=1e-12, atol=1e-12)
+    for name, grad in grads.items():
+        np.testing.assert_allclose(grad, REFERENCE[f"{layer}.grad.{name}"], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_rmsnorm_equals_torch_nn_rmsnorm():
+    r = REFERENCE
+    out, cache = rmsnorm.forward(r["rmsnorm.x"], r["rmsnorm.weight"])
+    dx, g = rmsnorm.backward(r["rmsnorm.dout"], cache)
+    assert_matches_torch("rmsnorm", out, {"x": dx, "weight": g["weight"]})
+
+
+def test_exact_gelu_and_silu_equal_torch():
+    r = REFERENCE
+    out, cache = gelu_erf.forward(r["gelu.x"])
+    assert_matches_torch("gelu", out, {"x": gelu_erf.backward(r["gelu.dout"], cache)[0]})
+    out, cache = swiglu.silu_forward(r["silu.x"])
+    assert_matches_torch("silu", out, {"x": swiglu.silu_backward(r["silu.dout"], cache)[0]})
+
+
+def test_swiglu_equals_torch():
+    r = REFERENCE
+    names = ("c_fc.weight", "c_gate.weight", "c_proj.weight")
+    w_fc, w_gate, w_proj = (r[f"swiglu.{n}"] for n in names)
+    out, cache = swiglu.forward(r["swiglu.x"], w_fc, None, w_gate, None, w_proj, None)
+    dx, g = swiglu.backward(r["swiglu.dout"], cache)
+    assert_matches_torch("swiglu", out, {"x": dx, **g})
+
+
+def test_rotary_equals_llamas_apply_rotary_pos_emb():
+    r = REFERENCE
+    q, k = r["rotary.q"], r["rotary.k"]
+    cos, sin = rotary.tables(np, np.float64, 0, q.shape[2], q.shape[3])
+    out = np.concatenate([rotary.forward(q, cos, sin)[0], rotary.forward(k, cos, sin)[0]], axis=1)
+    dout = r["rotary.dout"]
+    H = q.shape[1]
+    assert_matches_torch("rotary", out, {"q": rotary.backward(dout[:, :H], (cos, sin))[0],
+                                         "k": rotary.backward(dout[:, H:], (cos, sin))[0]})
+
+
+@pytest.mark.parametrize("forward, backward", [(attention.forward, attention.backward),
+                                               (attention.forward_blocked, attention.backward_blocked)])
+def test_grouped_query_attention_equals_torch_sdpa_with_enable_gqa(monkeypatch, forward, backward):
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 4)  # T = 6: two blocks on the fast path
+    r = REFERENCE
+    params = [r[f"gqa.{n}"] for n in ("c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")]
+    out, cache = forward(r["gqa.x"], *params, 6, n_kv_head=2)
+    dx, g = backward(r["gqa.dout"], cache)
+    assert_matches_torch("gqa", out, {"x": dx, **g})
