@@ -180,7 +180,7 @@ class KVCache:
 
     def __init__(self, model):
         self.model = model
-        self.keys = self.values = None  # lists of (B, H, block_size, D), made on first use
+        self.keys = self.values = None  # lists of (B, n_kv_head, block_size, D), made on first use
         self.length = 0  # positions filled so far
 
     def ensure(self, batch_size):

@@ -334,7 +334,8 @@ def load_pretrained(cls, directory, dtype="float32", device="cpu"):
 
 
 def save_pretrained(model, directory):
-    """config.json + model.safetensors, as GPT2LMHeadModel.save_pretrained writes them.
+    """config.json + model.safetensors, as GPT2LMHeadModel.save_pretrained writes them (a model with switches
+    away from GPT-2: the same layout, its config.json marked "minigpt", see config_to_hf).
 
     Each file is written to a temporary name and renamed, so a crash never leaves a half-written file.
     """

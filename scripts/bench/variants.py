@@ -1,7 +1,7 @@
 """The experiment table of issue 16: nanoGPT's CPU Shakespeare-char recipe with GPT-2's layers, with each
 switch alone, and with the modern combination, several seeds each.
 
-    python scripts/bench/variants.py                          # every row, seeds 1337,1,2 (27 runs; hours on 2 cores)
+    python scripts/bench/variants.py                          # every row, seeds 1337,1,2 (27 runs of the 2000-step recipe)
     python scripts/bench/variants.py --rows gpt2,rmsnorm      # some rows
     python scripts/bench/variants.py --rows modern --seeds 7  # one row, one seed
     python scripts/bench/variants.py --max_iters 2 --data small.txt   # other options go to train.py and win
