@@ -387,3 +387,22 @@ def test_grouped_query_attention_equals_torch_sdpa_with_enable_gqa(monkeypatch, 
     out, cache = forward(r["gqa.x"], *params, 6, n_kv_head=2)
     dx, g = backward(r["gqa.dout"], cache)
     assert_matches_torch("gqa", out, {"x": dx, **g})
+
+
+def test_gpt2s_config_never_enters_the_variant_code(monkeypatch):
+    """Every switch at GPT-2's value: training and KV-cache decoding run GPT-2's own attention and layers."""
+    from minigpt.nn import block
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("GPT-2's path entered the variant code")
+
+    for module, name in ((attention, "project_qkv"), (attention, "_forward_blocked_variant"), (rotary, "forward")):
+        monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setitem(block.NORMS, "rmsnorm", None)
+    model = tiny_model("cpu", dropout=0.1)
+    idx = np.arange(16).reshape(2, 8) % 11
+    model.forward(idx, idx)
+    model.backward()
+    model.eval().forward_cached(idx, model.new_kv_cache())
+    with pytest.raises(AssertionError, match="variant code"):
+        tiny_model("cpu", n_kv_head=1).forward(idx, idx)
