@@ -17,8 +17,9 @@ scipy compiles), relative error about 1e-16 in float64:
 
 (Cephes switches to a third pair R/S beyond |x| = 8, where erfc < 1e-28 and
 erf is 1 to float64 precision; |x| is clipped at 8 instead, which gives the same
-erf.) tests/test_variants.py compares it with math.erf. The same xp code runs on
-NumPy and CuPy.
+erf.) tests/test_variants.py compares it with math.erf. The cache keeps Phi(x)
+beside x, so that the backward does not evaluate erf again. The same xp code
+runs on NumPy and CuPy.
 """
 
 import math
@@ -54,26 +55,30 @@ def erf(x):
     """erf of every element of x (float32 or float64), to about float64 precision."""
     xp = array_module(x)
     a = xp.minimum(xp.abs(x), 8.0)
-    z = x * x
+    z = xp.minimum(a, 1.0)
+    z *= z  # x^2 for |x| < 1, where `inner` is used; 1 elsewhere (no overflow)
     inner = x * _poly(_T, z) / _poly(_U, z)  # |x| < 1
     outer = 1.0 - xp.exp(-a * a) * _poly(_P, a) / _poly(_Q, a)  # |x| >= 1, for |x|
     return xp.where(a < 1.0, inner, xp.copysign(outer, x)).astype(x.dtype, copy=False)
 
 
 def forward(x):
-    """x: any shape -> gelu(x), and x as the cache."""
+    """x: any shape -> gelu(x), and the cache (x, Phi(x)): the backward reuses Phi, the costly part."""
     cdf = erf(x * SQRT_HALF)
     cdf += 1.0
     cdf *= 0.5  # Phi(x)
-    return x * cdf, x
+    return x * cdf, (x, cdf)
 
 
-def backward(dy, x):
+def backward(dy, cache):
     """Returns dx = dy * (Phi(x) + x phi(x)) and {} (no parameters)."""
+    x, cdf = cache
     xp = array_module(x)
-    dx = erf(x * SQRT_HALF)
-    dx += 1.0
-    dx *= 0.5  # Phi(x)
-    dx += x * xp.exp(-0.5 * x * x) * INV_SQRT_2PI  # + x phi(x)
+    dx = x * x
+    dx *= -0.5
+    xp.exp(dx, out=dx)
+    dx *= INV_SQRT_2PI  # phi(x)
+    dx *= x
+    dx += cdf  # Phi(x) + x phi(x)
     dx *= dy
     return dx, {}
