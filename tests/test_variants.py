@@ -406,3 +406,16 @@ def test_gpt2s_config_never_enters_the_variant_code(monkeypatch):
     model.eval().forward_cached(idx, model.new_kv_cache())
     with pytest.raises(AssertionError, match="variant code"):
         tiny_model("cpu", n_kv_head=1).forward(idx, idx)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n_kv_head", "3"], "error: --n_head 4 is not a multiple of --n_kv_head 3"),
+    (["--position", "rotary", "--n_embd", "12", "--n_head", "4"], "error: --position rotary rotates channel pairs"),
+    (["--tie_embeddings", "maybe"], "error: --tie_embeddings expects true or false, got 'maybe'"),
+])
+def test_train_script_refuses_an_impossible_switch_in_one_line(tmp_path, argv, message):
+    from tests.test_train import run_script
+
+    result = run_script(*argv, "--out_dir", tmp_path / "out")
+    assert result.returncode == 2 and result.stderr.startswith(message) and result.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
