@@ -334,7 +334,8 @@ MODELS = {
 
 def check_model(rng, entries_per_tensor=12, layer="model"):
     """The whole GPT, loss = cross-entropy: a sample of entries of every parameter (tied wte included)."""
-    config = GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11, dropout=0.1), **MODELS[layer]})
+    shape = dict(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11, dropout=0.1)
+    config = GPTConfig(**{**shape, **MODELS[layer]})
     model = GPT(config, dtype="float64", seed=0)
     for name, p in model.params.items():
         if name.endswith(".bias") or ".ln_" in name:  # LayerNorm and bias values away from 1 and 0

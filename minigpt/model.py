@@ -251,7 +251,8 @@ class GPT:
         count takes half.
         """
         c = self.config
-        lookup = 0 if c.tie_embeddings else int(self.params["transformer.wte.weight"].size)  # untied: wte only looked up
+        # untied, wte is only looked up: no multiply-adds
+        lookup = 0 if c.tie_embeddings else int(self.params["transformer.wte.weight"].size)
         return 6 * (self.num_params(non_embedding=True) - lookup) + 6 * c.n_layer * c.n_embd * seq_len
 
     def replica(self):
@@ -280,7 +281,8 @@ class GPT:
     def _final_norm_and_head(self, x):
         """ln_f, then the head (wte^T when tied, else lm_head.weight^T): (logits, (ln_f cache, head cache))."""
         p = self.params
-        x, ln_f_cache = block.NORMS[self.config.norm].forward(x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"))
+        ln_f = block.NORMS[self.config.norm]
+        x, ln_f_cache = ln_f.forward(x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"))
         logits, head_cache = lm_head.forward(x, p.get("lm_head.weight", p["transformer.wte.weight"]))  # (B, T, V)
         return logits, (ln_f_cache, head_cache)
 

@@ -46,7 +46,8 @@ def config_from_hf(hf: dict, source):
     if hf.get("model_type") == MINIGPT_TYPE:
         return _config_from_minigpt(hf, source)
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise MinigptError(f"{source}: model_type is {hf.get('model_type')!r}, only 'gpt2' (and minigpt's own) is supported")
+        raise MinigptError(f"{source}: model_type is {hf.get('model_type')!r}, "
+                           f"only 'gpt2' (and minigpt's own) is supported")
     act = hf.get("activation_function", "gelu_new")
     if act not in TANH_GELU_NAMES:
         raise MinigptError(f"{source}: activation_function {act!r} is not supported (GPT-2 uses 'gelu_new')")
@@ -71,7 +72,8 @@ def _config_from_minigpt(hf: dict, source):
     """GPTConfig of a config.json minigpt wrote for a model with switches, refusing switches it does not know."""
     switches = hf.get("minigpt")
     if not isinstance(switches, dict):
-        raise MinigptError(f"{source}: model_type 'minigpt' without its \"minigpt\" object of switches; re-save the model")
+        raise MinigptError(f"{source}: model_type 'minigpt' without its \"minigpt\" object of switches; "
+                           f"re-save the model")
     unknown = sorted(set(switches) - set(SWITCH_FIELDS))
     if unknown:
         raise MinigptError(f"{source}: unknown switch {unknown[0]!r} (this minigpt knows {', '.join(SWITCH_FIELDS)}); "

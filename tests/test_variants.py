@@ -11,8 +11,8 @@ from minigpt import gradcheck
 from minigpt.config import TrainConfig, parse_args
 from minigpt.errors import MinigptError
 from minigpt.model import GPT, GPTConfig, mlp_hidden, param_shapes
-from minigpt.nn import attention, gelu_erf, layernorm, relu2, rmsnorm, rotary, swiglu
-from minigpt.weights import config_to_hf, load_pretrained
+from minigpt.nn import attention, gelu_erf, relu2, rmsnorm, rotary, swiglu
+from minigpt.weights import config_to_hf
 from tests.test_gradcheck import break_line
 from tests.test_model import TINY, model_gradcheck, tiny_model
 
