@@ -41,6 +41,14 @@ class TrainConfig:
     block_size: int = 64
     dropout: float = 0.0
     bias: bool = True
+    # the model's switches (minigpt.model.GPTConfig), GPT-2's values the defaults
+    norm: str = "layernorm"
+    activation: str = "gelu_tanh"
+    position: str = "learned"
+    tie_embeddings: bool = True
+    n_kv_head: int | None = None  # None: n_head
+    mlp_hidden: int | None = None  # None: 4 n_embd (about 8/3 n_embd for swiglu)
+    rope_base: float = 10000.0
     # data
     dataset: str = "pydoc"
     data: str | None = None
@@ -74,7 +82,8 @@ class TrainConfig:
     workers: int = 0  # CPU threads per process that share each step (minigpt.parallel); 0: one per core
     zero: bool = True  # with several ranks (mpiexec -n N), each keeps AdamW's moments for its 1/N shard (ZeRO-1)
 
-    MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
+    MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias",
+                    "norm", "activation", "position", "tie_embeddings", "n_kv_head", "mlp_hidden", "rope_base")
 
     @property
     def decay_iters(self) -> int:
@@ -193,6 +202,13 @@ HELP = {
     "block_size": "context length in tokens",
     "dropout": "dropout probability while training, in [0, 1)",
     "bias": "biases in the linear layers and LayerNorms (GPT-2 has them)",
+    "norm": "layernorm (GPT-2) or rmsnorm",
+    "activation": "the MLP's: gelu_tanh (GPT-2), gelu (exact, erf), relu2 (squared ReLU) or swiglu (gated, 3 matrices)",
+    "position": "learned (GPT-2's wpe) or rotary (RoPE on q and k, no wpe)",
+    "tie_embeddings": "the LM head reuses wte (GPT-2); false: a separate lm_head.weight",
+    "n_kv_head": "key/value heads, n_head a multiple of it: grouped query attention (1: multi query; None: n_head)",
+    "mlp_hidden": "the MLP's hidden width (None: 4 n_embd, or round(8 n_embd / 3) for swiglu)",
+    "rope_base": "RoPE's base: the angle of channel pair i at position t is t * rope_base^(-2i/head_dim)",
     "dataset": f"a built-in corpus: {', '.join(DATASETS)} (shakespeare is downloaded once)",
     "data": "a UTF-8 text file or a folder of them, used instead of --dataset",
     "tokenizer": "char, gpt2, or bpe:N (a BPE of N tokens trained on the text)",

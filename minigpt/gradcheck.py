@@ -21,8 +21,9 @@ from typing import NamedTuple
 import numpy as np
 
 from minigpt.backend import to_host
-from minigpt.model import GPT, GPTConfig
-from minigpt.nn import attention, block, cross_entropy, dropout, embedding, gelu, layernorm, linear, lm_head, mlp, softmax
+from minigpt.model import GPT, GPTConfig, param_shapes
+from minigpt.nn import (attention, block, cross_entropy, dropout, embedding, gelu, gelu_erf, layernorm, linear, lm_head,
+                        mlp, relu2, rmsnorm, rotary, softmax, swiglu)
 
 TOLERANCE = 1e-6  # the largest relative error a row may have
 
@@ -130,6 +131,58 @@ def check_gelu(rng):
                    {"x": x}, randn(3, 5))
 
 
+def check_rmsnorm(rng):
+    randn = _randn(rng)
+    x, w = randn(2, 3, 6, scale=3.0), randn(6)
+
+    def backward_of(dout):
+        dx, g = rmsnorm.backward(dout, rmsnorm.forward(x, w)[1])
+        return {"x": dx, "weight": g["weight"]}
+
+    return compare("rmsnorm", lambda: rmsnorm.forward(x, w)[0], backward_of, {"x": x, "weight": w}, randn(2, 3, 6))
+
+
+def _activation_check(layer, module, rng):
+    randn = _randn(rng)
+    x = randn(3, 5, scale=2.0)
+    return compare(layer, lambda: module.forward(x)[0],
+                   lambda dout: {"x": module.backward(dout, module.forward(x)[1])[0]}, {"x": x}, randn(3, 5))
+
+
+def check_gelu_erf(rng):
+    return _activation_check("gelu_erf", gelu_erf, rng)
+
+
+def check_relu2(rng):
+    return _activation_check("relu2", relu2, rng)
+
+
+def check_swiglu(rng):
+    randn = _randn(rng)
+    C, h = 4, 6
+    x = randn(2, 3, C)
+    p = {"c_fc.weight": randn(C, h), "c_fc.bias": randn(h), "c_gate.weight": randn(C, h), "c_gate.bias": randn(h),
+         "c_proj.weight": randn(h, C), "c_proj.bias": randn(C)}
+
+    def fwd():
+        return swiglu.forward(x, *p.values())
+
+    def backward_of(dout):
+        dx, g = swiglu.backward(dout, fwd()[1])
+        return {"x": dx, **g}
+
+    return compare("swiglu", lambda: fwd()[0], backward_of, {"x": x, **p}, randn(2, 3, C))
+
+
+def check_rotary(rng):
+    randn = _randn(rng)
+    x = randn(2, 3, 5, 6)  # (B, H, T, D)
+    cos, sin = rotary.tables(np, np.float64, 2, 5, 6, base=10.0)  # positions 2..6, large angles
+    return compare("rotary", lambda: rotary.forward(x, cos, sin)[0],
+                   lambda dout: {"x": rotary.backward(dout, rotary.forward(x, cos, sin)[1])[0]}, {"x": x},
+                   randn(2, 3, 5, 6))
+
+
 def check_mlp(rng):
     randn = _randn(rng)
     C = 4
@@ -170,16 +223,21 @@ def check_dropout(rng):
                    randn(4, 6))
 
 
-def _attention_check(layer, forward, backward, rng):
+def _attention_check(layer, forward, backward, rng, n_kv_head=None, rotary_base=None):
+    """Attention with H = 2 heads (D = 3); GPT-2's, or with n_kv_head key/value heads and rotary q, k."""
     randn = _randn(rng)
     B, T, C, H = 2, 5, 6, 2
+    if n_kv_head is not None:  # D = 2 (rotary needs it even), H = 4 query heads
+        C, H = 8, 4
+    width = C + 2 * (n_kv_head or H) * (C // H)  # c_attn's q | k | v columns
     x = randn(B, T, C)
-    p = {"c_attn.weight": randn(C, 3 * C, scale=0.5), "c_attn.bias": randn(3 * C),
+    p = {"c_attn.weight": randn(C, width, scale=0.5), "c_attn.bias": randn(width),
          "c_proj.weight": randn(C, C, scale=0.5), "c_proj.bias": randn(C)}
+    rope = None if rotary_base is None else rotary.tables(np, np.float64, 0, T, C // H, rotary_base)
 
     def fwd():
         return forward(x, p["c_attn.weight"], p["c_attn.bias"], p["c_proj.weight"], p["c_proj.bias"], H,
-                       attn_pdrop=0.2, rng=np.random.default_rng(3), training=True)
+                       attn_pdrop=0.2, rng=np.random.default_rng(3), training=True, n_kv_head=n_kv_head, rope=rope)
 
     def backward_of(dout):
         dx, g = backward(dout, fwd()[1])
@@ -201,25 +259,49 @@ def check_attention_blocked(rng):
         attention.QUERY_BLOCK = query_block
 
 
-def check_block(rng):
+def check_attention_gqa_rotary(rng):
+    """The textbook attention with 4 query heads sharing 2 key/value heads, rotary q and k."""
+    return _attention_check("attention_gqa_rotary", attention.forward, attention.backward, rng, n_kv_head=2,
+                            rotary_base=10.0)
+
+
+def check_attention_blocked_mqa_rotary(rng):
+    """The fast path (blocks of 2 rows) with one key/value head for 4 query heads (multi-query), rotary."""
+    query_block, attention.QUERY_BLOCK = attention.QUERY_BLOCK, 2
+    try:
+        return _attention_check("attention_blocked_mqa_rotary", attention.forward_blocked, attention.backward_blocked,
+                                rng, n_kv_head=1, rotary_base=10.0)
+    finally:
+        attention.QUERY_BLOCK = query_block
+
+
+def _block_check(layer, rng, **switches):
     randn = _randn(rng)
-    C, H = 4, 2
-    shapes = {
-        "ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
-        "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
-        "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,),
-    }
-    p = {name: randn(*shape, scale=0.5) for name, shape in shapes.items()}
-    x = randn(2, 3, C)
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=4, block_size=3, vocab_size=5, **switches)
+    prefix = "transformer.h.0."
+    p = {name[len(prefix):]: randn(*shape, scale=0.5) for name, shape in param_shapes(config).items()
+         if name.startswith(prefix)}
+    x = randn(2, 3, config.n_embd)
+    options = GPT(config, dtype="float64", seed=0)._block_options(0, 3)
 
     def fwd():
-        return block.forward(x, p, H, 0.1, np.random.default_rng(11), training=True)
+        return block.forward(x, p, config.n_head, 0.1, np.random.default_rng(11), training=True, **options)
 
     def backward_of(dout):
         dx, g = block.backward(dout, fwd()[1])
         return {"x": dx, **g}
 
-    return compare("block", lambda: fwd()[0], backward_of, {"x": x, **p}, randn(2, 3, C))
+    return compare(layer, lambda: fwd()[0], backward_of, {"x": x, **p}, randn(2, 3, config.n_embd))
+
+
+def check_block(rng):
+    return _block_check("block", rng)
+
+
+def check_block_modern(rng):
+    """A block with RMSNorm, SwiGLU, rotary and one key/value head for its two query heads."""
+    return _block_check("block_modern", rng, norm="rmsnorm", activation="swiglu", position="rotary", n_kv_head=1,
+                        rope_base=10.0)
 
 
 def check_lm_head(rng):
@@ -241,9 +323,19 @@ def check_cross_entropy(rng):
     return [Row("cross_entropy", "logits", rel_error(dlogits, numeric))]
 
 
-def check_model(rng, entries_per_tensor=12):
+# the whole model's checks: GPT-2, and combinations that between them use every switch value
+MODELS = {
+    "model": {},
+    "model_modern": dict(norm="rmsnorm", activation="swiglu", position="rotary", tie_embeddings=False, n_kv_head=1),
+    "model_gelu_gqa": dict(activation="gelu", n_kv_head=2, n_head=4, bias=False),
+    "model_relu2_rotary": dict(activation="relu2", position="rotary", rope_base=100.0),
+}
+
+
+def check_model(rng, entries_per_tensor=12, layer="model"):
     """The whole GPT, loss = cross-entropy: a sample of entries of every parameter (tied wte included)."""
-    config = GPTConfig(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11, dropout=0.1)
+    shape = dict(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11, dropout=0.1)
+    config = GPTConfig(**{**shape, **MODELS[layer]})
     model = GPT(config, dtype="float64", seed=0)
     for name, p in model.params.items():
         if name.endswith(".bias") or ".ln_" in name:  # LayerNorm and bias values away from 1 and 0
@@ -265,7 +357,7 @@ def check_model(rng, entries_per_tensor=12):
     for name, p in model.params.items():
         indices = rng.choice(p.size, size=min(p.size, entries_per_tensor), replace=False)
         numeric = numerical_grad(loss, p, indices=indices)
-        rows.append(Row("model", name, rel_error(grads[name].ravel()[indices], numeric.ravel()[indices])))
+        rows.append(Row(layer, name, rel_error(grads[name].ravel()[indices], numeric.ravel()[indices])))
     return rows
 
 
@@ -273,16 +365,24 @@ LAYERS = {
     "linear": check_linear,
     "embedding": check_embedding,
     "layernorm": check_layernorm,
+    "rmsnorm": check_rmsnorm,
     "gelu": check_gelu,
+    "gelu_erf": check_gelu_erf,
+    "relu2": check_relu2,
     "mlp": check_mlp,
+    "swiglu": check_swiglu,
+    "rotary": check_rotary,
     "softmax": check_softmax,
     "dropout": check_dropout,
     "attention": check_attention,
     "attention_blocked": check_attention_blocked,
+    "attention_gqa_rotary": check_attention_gqa_rotary,
+    "attention_blocked_mqa_rotary": check_attention_blocked_mqa_rotary,
     "block": check_block,
+    "block_modern": check_block_modern,
     "lm_head": check_lm_head,
     "cross_entropy": check_cross_entropy,
-    "model": check_model,
+    **{name: (lambda rng, name=name: check_model(rng, layer=name)) for name in MODELS},
 }
 
 

@@ -7,6 +7,13 @@ The whole model is a composition of the layers in minigpt.nn:
     logits = ln_f(x) @ wte^T                               # (B, T, V), head tied to wte
     loss = cross_entropy(logits, targets)
 
+GPTConfig's switches swap layers for the variants modern models use, GPT-2's
+value the default of each: `norm` (layernorm | rmsnorm), `activation`
+(gelu_tanh | gelu | relu2 | swiglu, `mlp_hidden` its width), `position` (learned
+wpe | rotary, `rope_base`), `tie_embeddings` (false: a separate lm_head.weight),
+`n_kv_head` (< n_head: grouped-query attention). Each layer is a module of
+minigpt.nn; with every switch at GPT-2's value the model runs GPT-2's code path.
+
 `forward` keeps every layer's cache (in training mode); `backward` walks the
 same list in reverse and returns one gradient per parameter (minigpt/nn/README.md
 tells the story layer by layer). Reading and writing Hugging Face files is in
@@ -24,7 +31,15 @@ from minigpt.backend import check_dtype, get_xp, make_rng
 from minigpt.errors import MinigptError
 from minigpt.generation import generate
 from minigpt.hub import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE
-from minigpt.nn import block, cross_entropy, dropout, embedding, layernorm, lm_head
+from minigpt.nn import block, cross_entropy, dropout, embedding, lm_head, rotary
+
+# the values of each switch, GPT-2's first
+SWITCHES = {
+    "norm": ("layernorm", "rmsnorm"),
+    "activation": ("gelu_tanh", "gelu", "relu2", "swiglu"),
+    "position": ("learned", "rotary"),
+    "tie_embeddings": (True, False),
+}
 
 
 def check_shape(values: dict, option=str) -> None:
@@ -41,6 +56,31 @@ def check_shape(values: dict, option=str) -> None:
                            f"{values['n_head']}: each head gets n_embd / n_head channels")
     if not 0.0 <= values.get("dropout", 0.0) < 1.0:
         raise MinigptError(f"{option('dropout')} must be in [0, 1), got {values['dropout']}")
+    check_switches(values, option)
+
+
+def check_switches(values: dict, option=str) -> None:
+    """Raise a MinigptError for a switch value (or combination) minigpt cannot build."""
+    for name, choices in SWITCHES.items():
+        if name in values and (values[name] not in choices or type(values[name]) is not type(choices[0])):
+            raise MinigptError(f"{option(name)} must be one of {', '.join(str(c).lower() for c in choices)}, "
+                               f"got {values[name]!r}")
+    n_head, n_kv_head = values.get("n_head", 1), values.get("n_kv_head")
+    if n_kv_head is not None:
+        if not isinstance(n_kv_head, (int, np.integer)) or isinstance(n_kv_head, bool) or n_kv_head < 1:
+            raise MinigptError(f"{option('n_kv_head')} must be a positive integer, got {n_kv_head!r}")
+        if n_head % n_kv_head:
+            raise MinigptError(f"{option('n_head')} {n_head} is not a multiple of {option('n_kv_head')} {n_kv_head}: "
+                               f"each key/value head serves n_head / n_kv_head query heads")
+    hidden = values.get("mlp_hidden")
+    if hidden is not None and (not isinstance(hidden, (int, np.integer)) or isinstance(hidden, bool) or hidden < 1):
+        raise MinigptError(f"{option('mlp_hidden')} must be a positive integer, got {hidden!r}")
+    base = values.get("rope_base", rotary.ROPE_BASE)
+    if isinstance(base, bool) or not isinstance(base, (int, float)) or not 1.0 < base < math.inf:
+        raise MinigptError(f"{option('rope_base')} must be a number above 1, got {base!r}")
+    if values.get("position") == "rotary" and "n_embd" in values and (values["n_embd"] // n_head) % 2:
+        raise MinigptError(f"{option('position')} rotary rotates channel pairs: n_embd / n_head = "
+                           f"{values['n_embd'] // n_head} must be even")
 
 
 @dataclass
@@ -52,11 +92,26 @@ class GPTConfig:
     vocab_size: int = 50257
     dropout: float = 0.0
     bias: bool = True
+    # the switches (module docstring); GPT-2's values
+    norm: str = "layernorm"
+    activation: str = "gelu_tanh"
+    position: str = "learned"
+    tie_embeddings: bool = True
+    n_kv_head: int | None = None  # None: n_head (GPT-2's multi-head attention)
+    mlp_hidden: int | None = None  # None: 4 n_embd, or about 8/3 n_embd for swiglu (see mlp_hidden)
+    rope_base: float = rotary.ROPE_BASE
 
     PRESETS = GPT2_SIZES  # the shapes of OpenAI's four GPT-2 models, by name
 
     def __post_init__(self):
         check_shape(asdict(self))
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+
+    def is_gpt2(self) -> bool:
+        """Every switch at GPT-2's value: the model is a GPT-2, and its files are GPT-2 files."""
+        return (all(getattr(self, name) == choices[0] for name, choices in SWITCHES.items())
+                and self.n_kv_head == self.n_head and self.mlp_hidden in (None, 4 * self.n_embd))
 
     @classmethod
     def preset(cls, name, **overrides):
@@ -73,25 +128,51 @@ class GPTConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def mlp_hidden(config) -> int:
+    """The MLP's hidden width: mlp_hidden when given, else GPT-2's 4C, or round(8C/3) for swiglu,
+    whose three C x h matrices then hold as many weights as the 4x MLP's two (3 h = 8 C)."""
+    if config.mlp_hidden is not None:
+        return config.mlp_hidden
+    return round(8 * config.n_embd / 3) if config.activation == "swiglu" else 4 * config.n_embd
+
+
 def param_shapes(config):
-    """Hugging Face GPT2LMHeadModel's parameter names and shapes, in its order."""
-    C, V = config.n_embd, config.vocab_size
-    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (config.block_size, C)}
+    """Hugging Face GPT2LMHeadModel's parameter names and shapes, in its order.
+
+    The switches add or drop tensors: no wpe with rotary positions, no LayerNorm
+    bias with RMSNorm, mlp.c_gate with swiglu, lm_head.weight (V, C) untied, and
+    c_attn's width is C + 2 n_kv_head D with grouped-query attention.
+    """
+    C, V, D = config.n_embd, config.vocab_size, config.n_embd // config.n_head
+    qkv, hidden = C + 2 * config.n_kv_head * D, mlp_hidden(config)
+    shapes = {"transformer.wte.weight": (V, C)}
+    if config.position == "learned":
+        shapes["transformer.wpe.weight"] = (config.block_size, C)
     for i in range(config.n_layer):
         h = f"transformer.h.{i}."
         layer = {
             "ln_1.weight": (C,), "ln_1.bias": (C,),
-            "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+            "attn.c_attn.weight": (C, qkv), "attn.c_attn.bias": (qkv,),
             "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
             "ln_2.weight": (C,), "ln_2.bias": (C,),
-            "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,),
-            "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,),
+            "mlp.c_fc.weight": (C, hidden), "mlp.c_fc.bias": (hidden,),
         }
-        shapes.update({h + k: s for k, s in layer.items() if config.bias or not k.endswith(".bias")})
+        if config.activation == "swiglu":
+            layer.update({"mlp.c_gate.weight": (C, hidden), "mlp.c_gate.bias": (hidden,)})
+        layer.update({"mlp.c_proj.weight": (hidden, C), "mlp.c_proj.bias": (C,)})
+        shapes.update({h + k: s for k, s in layer.items() if _has_param(config, k)})
     shapes["transformer.ln_f.weight"] = (C,)
-    if config.bias:
+    if _has_param(config, "ln_f.bias"):
         shapes["transformer.ln_f.bias"] = (C,)
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (V, C)
     return shapes
+
+
+def _has_param(config, name):
+    if not name.endswith(".bias"):
+        return True
+    return config.bias and not (name.startswith("ln_") and config.norm == "rmsnorm")  # RMSNorm has no bias
 
 
 class KVCache:
@@ -99,13 +180,13 @@ class KVCache:
 
     def __init__(self, model):
         self.model = model
-        self.keys = self.values = None  # lists of (B, H, block_size, D), made on first use
+        self.keys = self.values = None  # lists of (B, n_kv_head, block_size, D), made on first use
         self.length = 0  # positions filled so far
 
     def ensure(self, batch_size):
         if self.keys is None:
             c = self.model.config
-            shape = (batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)
+            shape = (batch_size, c.n_kv_head, c.block_size, c.n_embd // c.n_head)
             xp, dtype = self.model.xp, self.model.dtype
             self.keys = [xp.empty(shape, dtype=dtype) for _ in range(c.n_layer)]
             self.values = [xp.empty(shape, dtype=dtype) for _ in range(c.n_layer)]
@@ -157,7 +238,8 @@ class GPT:
     def num_params(self, non_embedding=False):
         """Parameter count (the tied head counted once); non_embedding drops wpe, as in nanoGPT."""
         n = sum(int(p.size) for p in self.params.values())
-        return n - int(self.params["transformer.wpe.weight"].size) if non_embedding else n
+        wpe = self.params.get("transformer.wpe.weight")
+        return n - int(wpe.size) if non_embedding and wpe is not None else n
 
     def flops_per_token(self, seq_len):
         """Training FLOPs (forward + backward) per token of a length-seq_len sequence, for MFU.
@@ -169,7 +251,9 @@ class GPT:
         count takes half.
         """
         c = self.config
-        return 6 * self.num_params(non_embedding=True) + 6 * c.n_layer * c.n_embd * seq_len
+        # untied, wte is only looked up: no multiply-adds
+        lookup = 0 if c.tie_embeddings else int(self.params["transformer.wte.weight"].size)
+        return 6 * (self.num_params(non_embedding=True) - lookup) + 6 * c.n_layer * c.n_embd * seq_len
 
     def replica(self):
         """A GPT sharing this one's config and parameter arrays, with its own activations and dropout RNG.
@@ -185,6 +269,22 @@ class GPT:
     def block_params(self, i):
         """Block i's parameters under their names inside the block (`ln_1.weight`, ...)."""
         return {local: self.params[full] for local, full in self._block_names[i]}
+
+    def _block_options(self, start, length):
+        """block.forward's switch keywords, with the rotary tables of positions start .. start + length - 1."""
+        c = self.config
+        rope = None
+        if c.position == "rotary":
+            rope = rotary.tables(self.xp, self.dtype, start, length, c.n_embd // c.n_head, c.rope_base)
+        return {"norm": c.norm, "activation": c.activation, "n_kv_head": c.n_kv_head, "rope": rope}
+
+    def _final_norm_and_head(self, x):
+        """ln_f, then the head (wte^T when tied, else lm_head.weight^T): (logits, (ln_f cache, head cache))."""
+        p = self.params
+        ln_f = block.NORMS[self.config.norm]
+        x, ln_f_cache = ln_f.forward(x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"))
+        logits, head_cache = lm_head.forward(x, p.get("lm_head.weight", p["transformer.wte.weight"]))  # (B, T, V)
+        return logits, (ln_f_cache, head_cache)
 
     def _check_idx(self, idx, offset=0):
         xp = self.xp
@@ -211,15 +311,15 @@ class GPT:
         self._caches = None
         keep = (self.training if keep_for_backward is None else keep_for_backward) and targets is not None
         idx = self._check_idx(idx)
-        x, emb_cache = embedding.forward(idx, p["transformer.wte.weight"], p["transformer.wpe.weight"])
+        x, emb_cache = embedding.forward(idx, p["transformer.wte.weight"], p.get("transformer.wpe.weight"))
         x, emb_drop_cache = dropout.forward(x, c.dropout, self.rng, self.training)
+        options = self._block_options(0, idx.shape[1])
         block_caches = []
         for i in range(c.n_layer):
-            x, cache = block.forward(x, self.block_params(i), c.n_head, c.dropout, self.rng, self.training)
+            x, cache = block.forward(x, self.block_params(i), c.n_head, c.dropout, self.rng, self.training, **options)
             if keep:  # otherwise this block's activations are freed here, before the next block runs
                 block_caches.append(cache)
-        x, ln_f_cache = layernorm.forward(x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"))
-        logits, head_cache = lm_head.forward(x, p["transformer.wte.weight"])  # (B, T, V)
+        logits, (ln_f_cache, head_cache) = self._final_norm_and_head(x)  # (B, T, V)
         if targets is None:
             return logits, None
         loss, ce_cache = cross_entropy.forward(logits, self.xp.asarray(targets))
@@ -246,7 +346,7 @@ class GPT:
         dx, g = lm_head.backward(dlogits, head_cache)
         del dlogits  # (N, V)
         dwte_head = g["weight"]
-        dx, g = layernorm.backward(dx, ln_f_cache)
+        dx, g = block.NORMS[self.config.norm].backward(dx, ln_f_cache)
         grads.update({f"transformer.ln_f.{k}": v for k, v in g.items()})
         for i in reversed(range(self.config.n_layer)):
             dx, g = block.backward(dx, block_caches[i])
@@ -254,9 +354,13 @@ class GPT:
             block_caches[i] = None
         dx, _ = dropout.backward(dx, emb_drop_cache)
         _, g = embedding.backward(dx, emb_cache)
-        dwte_head += g["wte"]  # the tied head and the embedding read the same matrix: their gradients add
-        grads["transformer.wte.weight"] = dwte_head
-        grads["transformer.wpe.weight"] = g["wpe"]
+        if self.config.tie_embeddings:
+            dwte_head += g["wte"]  # the tied head and the embedding read the same matrix: their gradients add
+            grads["transformer.wte.weight"] = dwte_head
+        else:
+            grads["transformer.wte.weight"], grads["lm_head.weight"] = g["wte"], dwte_head
+        if "wpe" in g:
+            grads["transformer.wpe.weight"] = g["wpe"]
         return {name: grads[name] for name in self.params}  # the params' order
 
     # -- inference with a KV cache --------------------------------------------
@@ -273,14 +377,15 @@ class GPT:
         c, p = self.config, self.params
         idx = self._check_idx(idx, offset=cache.length)
         cache.ensure(idx.shape[0])
-        x, _ = embedding.forward(idx, p["transformer.wte.weight"], p["transformer.wpe.weight"], offset=cache.length)
+        x, _ = embedding.forward(idx, p["transformer.wte.weight"], p.get("transformer.wpe.weight"), offset=cache.length)
+        options = self._block_options(cache.length, idx.shape[1])
         for i in range(c.n_layer):
-            x = block.forward_cached(x, self.block_params(i), c.n_head, cache.keys[i], cache.values[i], cache.length)
+            x = block.forward_cached(x, self.block_params(i), c.n_head, cache.keys[i], cache.values[i], cache.length,
+                                     **options)
         cache.length += idx.shape[1]
         if last_only:
             x = x[:, -1:]
-        x, _ = layernorm.forward(x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"))
-        logits, _ = lm_head.forward(x, p["transformer.wte.weight"])
+        logits, _ = self._final_norm_and_head(x)
         return logits
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None):

@@ -133,6 +133,8 @@ class Trainer:
         model_config = GPTConfig(
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
             vocab_size=self.data.meta["vocab_size"], dropout=cfg.dropout, bias=cfg.bias,
+            norm=cfg.norm, activation=cfg.activation, position=cfg.position, tie_embeddings=cfg.tie_embeddings,
+            n_kv_head=cfg.n_kv_head, mlp_hidden=cfg.mlp_hidden, rope_base=cfg.rope_base,
         )
         self.model = GPT(model_config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
 

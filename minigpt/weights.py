@@ -7,6 +7,13 @@ Two namings exist in the wild and both load:
     `lm_head.weight` absent or equal to `wte` (the head is tied).
 Weights are Conv1D-shaped (in, out) in both, the layout minigpt uses, so nothing
 is transposed. Every problem with a file is a one-line MinigptError.
+
+A model with a switch away from GPT-2 (minigpt.model.SWITCHES, n_kv_head,
+mlp_hidden) is not a GPT-2: its config.json says `"model_type": "minigpt"` (so
+that transformers refuses it instead of loading a wrong model) and holds the
+switches in a `"minigpt"` object; its extra tensors are named in Hugging Face's
+style (`transformer.h.0.mlp.c_gate.weight`, `lm_head.weight`). A GPT-2 model's
+files are exactly GPT-2's.
 """
 
 import json
@@ -20,11 +27,13 @@ import numpy as np
 from minigpt.atomic import write_file, write_text
 from minigpt.backend import to_device, to_host
 from minigpt.errors import MinigptError
-from minigpt.model import GPTConfig, param_shapes
+from minigpt.model import SWITCHES, GPTConfig, mlp_hidden, param_shapes
 
 # activations that are exactly GPT-2's tanh approximation
 TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+MINIGPT_TYPE = "minigpt"  # config.json's model_type for a model with switches away from GPT-2
+SWITCH_FIELDS = (*SWITCHES, "n_kv_head", "mlp_hidden", "rope_base")  # the keys of config.json's "minigpt" object
 JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 CHECK_CHUNK = 1 << 20  # elements looked at per step when a sum is not finite (4 MB of float32)
 
@@ -34,8 +43,11 @@ def config_from_hf(hf: dict, source):
     if not isinstance(hf, dict):
         raise MinigptError(f"{source} holds a JSON {JSON_KINDS[type(hf)]}, not an object "
                            f"of GPT-2 settings ({{\"n_layer\": ..., ...}}); re-download it or rewrite it")
+    if hf.get("model_type") == MINIGPT_TYPE:
+        return _config_from_minigpt(hf, source)
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise MinigptError(f"{source}: model_type is {hf.get('model_type')!r}, only 'gpt2' is supported")
+        raise MinigptError(f"{source}: model_type is {hf.get('model_type')!r}, "
+                           f"only 'gpt2' (and minigpt's own) is supported")
     act = hf.get("activation_function", "gelu_new")
     if act not in TANH_GELU_NAMES:
         raise MinigptError(f"{source}: activation_function {act!r} is not supported (GPT-2 uses 'gelu_new')")
@@ -56,10 +68,33 @@ def config_from_hf(hf: dict, source):
     )
 
 
+def _config_from_minigpt(hf: dict, source):
+    """GPTConfig of a config.json minigpt wrote for a model with switches, refusing switches it does not know."""
+    switches = hf.get("minigpt")
+    if not isinstance(switches, dict):
+        raise MinigptError(f"{source}: model_type 'minigpt' without its \"minigpt\" object of switches; "
+                           f"re-save the model")
+    unknown = sorted(set(switches) - set(SWITCH_FIELDS))
+    if unknown:
+        raise MinigptError(f"{source}: unknown switch {unknown[0]!r} (this minigpt knows {', '.join(SWITCH_FIELDS)}); "
+                           f"the file needs a newer minigpt")
+    missing = [k for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions") if k not in hf]
+    if missing:
+        raise MinigptError(f"{source}: missing {', '.join(missing)}")
+    return GPTConfig(
+        n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], block_size=hf["n_positions"],
+        vocab_size=hf["vocab_size"], dropout=hf.get("resid_pdrop", 0.0), bias=hf.get("bias", True), **switches,
+    )
+
+
 def config_to_hf(config) -> dict:
-    """The config.json that transformers' GPT2LMHeadModel expects for this config."""
+    """The config.json that transformers' GPT2LMHeadModel expects for this config.
+
+    A config with switches away from GPT-2 gets model_type "minigpt" and its
+    switches under "minigpt": transformers refuses the file, minigpt loads it back exactly.
+    """
     eot = 50256 if config.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, when the vocabulary has it
-    return {
+    hf = {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],
         "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
@@ -69,6 +104,12 @@ def config_to_hf(config) -> dict:
         "initializer_range": 0.02, "bos_token_id": eot, "eos_token_id": eot,
         "tie_word_embeddings": True, "bias": config.bias,
     }
+    if not config.is_gpt2():
+        hf.update({"model_type": MINIGPT_TYPE, "architectures": ["minigpt (not a GPT-2: see minigpt's README)"],
+                   "tie_word_embeddings": config.tie_embeddings, "activation_function": config.activation,
+                   "n_inner": mlp_hidden(config), "layer_norm_epsilon": 1e-5,
+                   MINIGPT_TYPE: {name: getattr(config, name) for name in SWITCH_FIELDS}})
+    return hf
 
 
 # safetensors (https://github.com/huggingface/safetensors) is a flat file:
@@ -237,8 +278,11 @@ def check_finite(tensors: dict, source) -> None:
                                    f"the weights are damaged (a diverged run, or a bad conversion): use another checkpoint")
 
 
-def normalize_keys(tensors: dict, source) -> dict:
-    """Hub or save_pretrained naming -> `transformer.`-prefixed names, dropping mask buffers and a tied head."""
+def normalize_keys(tensors: dict, source, tied=True) -> dict:
+    """Hub or save_pretrained naming -> `transformer.`-prefixed names, dropping mask buffers and a tied head.
+
+    An untied head (`tied` false) keeps its own name, `lm_head.weight`.
+    """
     out, head = {}, None
     for key, value in tensors.items():
         bare = key[len("transformer."):] if key.startswith("transformer.") else key
@@ -246,10 +290,12 @@ def normalize_keys(tensors: dict, source) -> dict:
             continue
         if bare == "lm_head.weight":
             head = value
+            if not tied:
+                out[bare] = value
             continue
         out["transformer." + bare] = value
     wte = out.get("transformer.wte.weight")
-    if head is not None and wte is not None and not (head.shape == wte.shape and np.array_equal(head, wte)):
+    if tied and head is not None and wte is not None and not (head.shape == wte.shape and np.array_equal(head, wte)):
         raise MinigptError(f"{source}: lm_head.weight differs from wte.weight; minigpt needs the tied head of GPT-2")
     return out
 
@@ -266,7 +312,7 @@ def load_pretrained(cls, directory, dtype="float32", device="cpu"):
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MinigptError(f"{config_path} is not valid JSON ({err})") from None
     config = config_from_hf(hf, config_path)
-    tensors = normalize_keys(read_safetensors(weights_path), weights_path)
+    tensors = normalize_keys(read_safetensors(weights_path), weights_path, tied=config.tie_embeddings)
     if not config.bias:  # save_pretrained wrote zero biases for the file format's sake
         tensors = {k: v for k, v in tensors.items() if not (k.endswith(".bias") and not v.any())}
 
@@ -290,7 +336,8 @@ def load_pretrained(cls, directory, dtype="float32", device="cpu"):
 
 
 def save_pretrained(model, directory):
-    """config.json + model.safetensors, as GPT2LMHeadModel.save_pretrained writes them.
+    """config.json + model.safetensors, as GPT2LMHeadModel.save_pretrained writes them (a model with switches
+    away from GPT-2: the same layout, its config.json marked "minigpt", see config_to_hf).
 
     Each file is written to a temporary name and renamed, so a crash never leaves a half-written file.
     """

@@ -10,6 +10,10 @@ Writes:
                             input_ids, targets (-1 = ignored), logits, loss and `grad.<name>` for every parameter,
                             from torch autograd on the same model
   adamw_float64.safetensors 10 steps of torch.optim.AdamW on a (4, 3) weight (decayed) and a (3,) bias (not decayed)
+  variants_float64.safetensors
+                            issue 16's layers from torch: torch.nn.RMSNorm, F.gelu (exact), F.silu, a SwiGLU
+                            MLP, Llama's apply_rotary_pos_emb, and attention through
+                            F.scaled_dot_product_attention(enable_gqa=True): inputs, outputs, autograd gradients
 """
 
 import json
@@ -94,6 +98,62 @@ def write_adamw(path):
     save_file(out, str(path), metadata=metadata)
 
 
+def write_variants(path):
+    """Issue 16's variant layers, float64: `<layer>.<input>`, `<layer>.out`, `<layer>.dout`, `<layer>.grad.<input>`."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    rng = np.random.default_rng(SEED)
+    out = {}
+
+    def tensor(name, *shape, scale=1.0):
+        value = rng.standard_normal(shape) * scale
+        out[name] = value
+        return torch.tensor(value, dtype=torch.float64, requires_grad=True)
+
+    def record(layer, result, inputs):
+        dout = torch.tensor(rng.standard_normal(tuple(result.shape)), dtype=torch.float64)
+        result.backward(dout)
+        out[f"{layer}.out"], out[f"{layer}.dout"] = result.detach().numpy(), dout.numpy()
+        for name, t in inputs.items():
+            out[f"{layer}.grad.{name}"] = t.grad.numpy()
+
+    x, w = tensor("rmsnorm.x", 2, 3, 7, scale=3.0), tensor("rmsnorm.weight", 7)
+    norm = torch.nn.RMSNorm(7, eps=1e-5, dtype=torch.float64)
+    norm.weight = torch.nn.Parameter(w)
+    record("rmsnorm", norm(x), {"x": x, "weight": norm.weight})
+    x = tensor("gelu.x", 4, 9, scale=3.0)
+    record("gelu", F.gelu(x), {"x": x})
+    x = tensor("silu.x", 4, 9, scale=3.0)
+    record("silu", F.silu(x), {"x": x})
+    x, w_fc, w_gate, w_proj = (tensor("swiglu.x", 2, 3, 4), tensor("swiglu.c_fc.weight", 4, 6),
+                               tensor("swiglu.c_gate.weight", 4, 6), tensor("swiglu.c_proj.weight", 6, 4))
+    record("swiglu", (F.silu(x @ w_gate) * (x @ w_fc)) @ w_proj,
+           {"x": x, "c_fc.weight": w_fc, "c_gate.weight": w_gate, "c_proj.weight": w_proj})
+    # RoPE as Llama applies it (rotate_half: channel i pairs with i + D/2), base 10000, positions 0..T-1
+    B, H, T, D = 2, 3, 5, 8
+    q, k = tensor("rotary.q", B, H, T, D), tensor("rotary.k", B, H, T, D)
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
+    angles = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)
+    emb = torch.cat([angles, angles], dim=-1)[None]  # (1, T, D)
+    q_rot, k_rot = apply_rotary_pos_emb(q, k, emb.cos(), emb.sin())
+    record("rotary", torch.cat([q_rot, k_rot], dim=1), {"q": q, "k": k})  # (B, 2H, T, D): q's heads then k's
+    # causal grouped-query attention with c_attn / c_proj, columns q (H D) | k (KV D) | v (KV D)
+    B, T, C, H, KV = 2, 6, 12, 6, 2
+    D = C // H
+    x, w_attn, b_attn = tensor("gqa.x", B, T, C), tensor("gqa.c_attn.weight", C, C + 2 * KV * D, scale=0.5), \
+        tensor("gqa.c_attn.bias", C + 2 * KV * D)
+    w_proj, b_proj = tensor("gqa.c_proj.weight", C, C, scale=0.5), tensor("gqa.c_proj.bias", C)
+    qkv = x @ w_attn + b_attn
+    q = qkv[..., :C].reshape(B, T, H, D).transpose(1, 2)
+    k = qkv[..., C:C + KV * D].reshape(B, T, KV, D).transpose(1, 2)
+    v = qkv[..., C + KV * D:].reshape(B, T, KV, D).transpose(1, 2)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # head h reads key/value h // (H / KV)
+    record("gqa", y.transpose(1, 2).reshape(B, T, C) @ w_proj + b_proj,
+           {"x": x, "c_attn.weight": w_attn, "c_attn.bias": b_attn, "c_proj.weight": w_proj, "c_proj.bias": b_proj})
+    save_file({k: np.require(v, requirements="C") for k, v in out.items()}, str(path),
+              metadata={"gqa.n_head": str(H), "gqa.n_kv_head": str(KV)})
+
+
 def main():
     FIXTURES.mkdir(parents=True, exist_ok=True)
     model = tiny_model()
@@ -107,6 +167,7 @@ def main():
     write_reference(torch.float64, FIXTURES / "gpt2_tiny_reference_float64.safetensors")
     write_reference(torch.float32, FIXTURES / "gpt2_tiny_reference_float32.safetensors")
     write_adamw(FIXTURES / "adamw_float64.safetensors")
+    write_variants(FIXTURES / "variants_float64.safetensors")
     print(f"wrote fixtures to {FIXTURES}")
 
 
