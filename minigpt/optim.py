@@ -33,27 +33,27 @@ from minigpt.errors import MinigptError
 from minigpt.kernels import adamw_cuda
 
 
-def _check_hyperparameters(lr, betas, eps, weight_decay) -> tuple[float, float]:
+def _set_hyperparameters(optimizer, lr, betas, eps, weight_decay) -> None:
+    """Check AdamW's hyper-parameters and set them, with the step count t = 0, on `optimizer` (both AdamWs)."""
     b1, b2 = betas
     if not lr >= 0 or not 0 <= b1 < 1 or not 0 <= b2 < 1 or not eps >= 0 or not weight_decay >= 0:
         raise MinigptError(
             f"AdamW needs lr >= 0, 0 <= beta1, beta2 < 1, eps >= 0 and weight_decay >= 0; "
             f"got lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}"
         )
-    return b1, b2
+    optimizer.lr = lr
+    optimizer.betas = (float(b1), float(b2))
+    optimizer.eps = eps
+    optimizer.weight_decay = weight_decay
+    optimizer.t = 0  # steps taken
 
 
 class AdamW:
     """AdamW over a dict of parameter arrays, updated in place by `step(grads)`."""
 
     def __init__(self, params: dict, lr: float = 6e-4, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
-        b1, b2 = _check_hyperparameters(lr, betas, eps, weight_decay)
+        _set_hyperparameters(self, lr, betas, eps, weight_decay)
         self.params = params
-        self.lr = lr
-        self.betas = (float(b1), float(b2))
-        self.eps = eps
-        self.weight_decay = weight_decay
-        self.t = 0  # steps taken
         self.m = {name: array_module(p).zeros_like(p) for name, p in params.items()}
         self.v = {name: array_module(p).zeros_like(p) for name, p in params.items()}
         self._buffer = None  # scratch space for step(), made on first use
@@ -243,14 +243,9 @@ class FlatAdamW:
 
     def __init__(self, params: dict, lr: float = 6e-4, betas=(0.9, 0.95), eps: float = 1e-8,
                  weight_decay: float = 0.1, comm=None, zero: bool = False):
-        b1, b2 = _check_hyperparameters(lr, betas, eps, weight_decay)
+        _set_hyperparameters(self, lr, betas, eps, weight_decay)
         xp, dtype = _common_array_module_and_dtype(params)
         self.params = params
-        self.lr = lr
-        self.betas = (float(b1), float(b2))
-        self.eps = eps
-        self.weight_decay = weight_decay
-        self.t = 0  # steps taken
         self.comm = comm
         self.rank, self.world_size = (0, 1) if comm is None else (comm.rank, comm.world_size)
         self.sharded = zero and self.world_size > 1
