@@ -20,7 +20,6 @@ memory model.
 """
 
 import ctypes
-import re
 import shutil
 import subprocess
 import types
@@ -28,6 +27,7 @@ import types
 import numpy as np
 
 from minigpt.kernels.build_cuda import CTYPES
+from tests.device_standin import check_launch, host_memory, kernel_parameters
 
 PRELUDE = r"""
 #include <algorithm>
@@ -123,12 +123,6 @@ void launch(Dim3 grid, Dim3 block, F body) {
 _C_TYPES = {"int": ctypes.c_int, "long long": ctypes.c_longlong}
 
 
-def kernel_parameters(code: str, name: str):
-    """[(C type, name)] of kernel `name`'s parameters, read from the CUDA source."""
-    signature = re.search(rf"__global__ void {name}\((.*?)\)\s*\{{", code, re.S).group(1)
-    return [(" ".join(d.split()[:-1]), d.split()[-1]) for d in signature.split(",")]
-
-
 def build(source, tmp_path):
     """The source's kernels compiled for the host; returns (library, {expression: parameters})."""
     compiler = shutil.which("c++") or shutil.which("g++")
@@ -164,19 +158,15 @@ def host_launcher(library, signatures, launches=None):
         scalar = ctypes.c_float if ctype == "float" else ctypes.c_double
 
         def kernel(grid, block, args, shared_mem=0):
-            assert len(args) == len(params), f"{kernel_name}: {len(args)} arguments for {len(params)} parameters"
+            args = [host_memory(a) for a in args]  # the stand-in's device arrays, or NumPy arrays (fake_cupy)
+            check_launch(kernel_name, params, args, dtype)
             c_args = []
-            for (ptype, pname), arg in zip(params, args):
+            for (ptype, _), arg in zip(params, args):
                 if ptype.endswith("*"):
-                    want = np.int64 if "long long" in ptype else dtype
-                    assert isinstance(arg, np.ndarray) and arg.dtype == want, f"{kernel_name}.{pname}: {arg!r}"
-                    assert arg.flags.c_contiguous, f"{kernel_name}.{pname} is not contiguous"
                     c_args.append(arg.ctypes.data_as(ctypes.c_void_p))
                 elif ptype == "T":
-                    assert type(arg) is dtype.type, f"{kernel_name}.{pname}: {type(arg)} is not passed as {dtype}"
                     c_args.append(scalar(arg))
                 else:
-                    assert type(arg) is {"int": np.int32, "long long": np.int64}[ptype], f"{kernel_name}.{pname}"
                     c_args.append(_C_TYPES[ptype](int(arg)))
             grid = (*grid, 1)[:2] if len(grid) < 2 else grid
             block = (*block, 1)[:2] if len(block) < 2 else block

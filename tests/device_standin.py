@@ -1,10 +1,34 @@
-"""A counting stand-in for CuPy over NumPy: every device operation CuPy would launch, counted by kind.
+"""A strict stand-in for CuPy over NumPy: what the GPU path may do, refused when it may not, counted when it may.
 
-`installed()` puts a fake `cupy` (and `cupy.cuda`, `cupyx`) in
-sys.modules. Its arrays are `ndarray`, a NumPy subclass whose type says
-"cupy" to backend.array_module, so minigpt takes its GPU branches. Each
-operation adds to `LAUNCHES`, keyed by kind, the device launches real CuPy
-makes for it:
+`installed()` puts a fake `cupy` (and `cupy.cuda`, `cupyx`) in sys.modules.
+Its arrays are `ndarray`, a wrapper around a NumPy array (the "device
+memory") whose type says "cupy" to backend.array_module, so minigpt takes
+its GPU branches. It is a test of discipline, not a GPU:
+
+* **No implicit trip to the host.** `np.asarray(x)` (`__array__`),
+  `float(x)`, `int(x)`, `bool(x)`, `x.item()`, `x.tolist()`, an f-string
+  format and a host-index `x[int_array]` built from a device array raise
+  TypeError. Real CuPy refuses `__array__` the same way; the others it allows
+  with a hidden device-to-host copy and synchronisation, which is exactly what
+  a training step must not do, so the stand-in refuses them too. The only ways
+  to the host are explicit: `x.get()`, `cupy.asnumpy(x)` (what
+  backend.to_host and backend.scalar call), each counted as one "sync" and one
+  "d2h" copy of its size.
+* **No host array in a device operation.** A NumPy array as an operand of a
+  ufunc or operator, a matmul, `where`, `concatenate`, an ElementwiseKernel,
+  a RawKernel launch, `cupyx.scatter_add`, as the value in `a[...] = host` or
+  as an index array raises TypeError, as CuPy does for operands (for values
+  and indices CuPy would copy them up implicitly, a hidden host-to-device copy
+  the stand-in refuses). Python and NumPy scalars are fine. The way to the
+  device is explicit, `cupy.asarray(host)` / `cupy.array(host)`, counted
+  as "h2d".
+* **Every synchronisation is counted** under "sync": `.get()`, `asnumpy`,
+  `Device().synchronize()`, a stream's `synchronize()`, and boolean-mask
+  indexing (CuPy reads the mask's count back to size the result). `EVENTS`
+  lists them in order, with the transfers.
+
+Each operation also adds to `LAUNCHES`, keyed by kind, the device launches
+real CuPy makes for it:
 
 * an element-wise ufunc or operator, a reduction (sum, max), a fill
   (`ones`, `zeros`: a memset), an assignment `a[...] = b`, a fancy-index read,
@@ -16,110 +40,263 @@ makes for it:
   2-D, one that is neither C- nor F-contiguous);
 * a RawKernel or ElementwiseKernel call, a cuBLAS gemmStridedBatchedEx: one.
 
-Kernels compute nothing here (their outputs hold whatever `empty` gave), so
-the values are meaningless: this counts launches along the code path a step
-takes, which does not depend on the values. A test may give them values:
-ELEMENTWISE_TWINS maps an ElementwiseKernel's name to a NumPy function, and a
-kernel module's `raw_kernel` can be pointed at tests/cuda_host.py's host build
-(tests/test_gpu_path_on_cpu.py does both). It is not yet the strict stand-in
-of issue 14 item 4 (host/device mixing is not refused); syncs and copies to the
-host are counted under "sync" and "d2h".
+Values. With `installed()` (values=True) everything computes real numbers:
+each ElementwiseKernel by its NumPy twin (ELEMENTWISE_TWINS), each RawKernel
+launch by a NumPy twin of the kernel (RAW_TWINS: the layers' own NumPy code,
+see minigpt/nn) after its arguments are checked against the kernel's CUDA
+signature (a contiguous device array of the right dtype for each pointer, a
+scalar of the kernel's precision for each T), and cuBLAS's strided-batched
+GEMM by a column-major emulation reading raw memory as cuBLAS does. The CUDA
+sources themselves run on the host in tests/cuda_host.py (too slow for whole
+runs: a host thread per CUDA thread), and tests/test_kernels_on_host.py
+checks them against the same NumPy twins. `installed(values=False)` only
+counts (kernels leave their outputs as `empty` gave them), for counting the
+launches of a large step or of another tree's minigpt
+(scripts/bench/count_launches.py).
 """
 
 import collections
 import contextlib
+import re
 import sys
 import types
 
 import numpy as np
 
 LAUNCHES = collections.Counter()
-TRANSFERS = []  # ("d2h" or "h2d", bytes) of every copy between host and device
+TRANSFERS = []  # ("d2h" or "h2d", bytes) of every copy between host and device, in order
+EVENTS = []  # every synchronisation ("sync", what) and copy ("d2h"/"h2d", bytes), in order
+
+_NO_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy "
+                "array explicitly (minigpt: backend.to_host or backend.scalar)")
 
 
 def count(kind, n=1):
     LAUNCHES[kind] += n
 
 
-class ndarray(np.ndarray):  # noqa: N801 (cupy's name)
-    """A 'device' array: NumPy memory, CuPy's type name, every operation counted."""
+def sync(what):
+    count("sync")
+    EVENTS.append(("sync", what))
+
+
+def transfer(direction, nbytes):
+    count(direction)
+    TRANSFERS.append((direction, nbytes))
+    EVENTS.append((direction, nbytes))
+
+
+def _host_operand_error(what):
+    return TypeError(f"Unsupported type <class 'numpy.ndarray'>: a host array in a device operation ({what}); "
+                     f"copy it to the device explicitly first (xp.asarray / backend.to_device)")
+
+
+class ndarray(np.lib.mixins.NDArrayOperatorsMixin):  # noqa: N801 (cupy's name)
+    """A 'device' array: NumPy memory behind CuPy's type name; no implicit way to the host, every operation counted.
+
+    Operators come from NDArrayOperatorsMixin, which routes them through
+    __array_ufunc__ (as NumPy's own ufuncs called on this array are).
+    """
+
+    __slots__ = ("_a",)
+    __array_priority__ = 100
+
+    def __init__(self, memory):
+        self._a = memory  # the NumPy array standing in for device memory; never handed out unasked
+
+    # -- what a device array tells without a copy ------------------------------------------
+
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    nbytes = property(lambda self: self._a.nbytes)
+    itemsize = property(lambda self: self._a.itemsize)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: self._a.flags)
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self._a.ctypes.data)
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (_wrap(row) for row in self._a)  # views, as CuPy's iteration gives
+
+    def __repr__(self):
+        return f"<stand-in cupy.ndarray shape={self.shape} dtype={self.dtype}>"  # no values: that would be a copy
+
+    # -- the only ways to the host ------------------------------------------------------------
+
+    def get(self):
+        sync("ndarray.get")
+        transfer("d2h", self.nbytes)
+        return np.array(self._a)
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError(_NO_IMPLICIT)
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(f"{_NO_IMPLICIT}: reading a device array's value on the host is a hidden device-to-host "
+                        f"copy and synchronisation")
+
+    __float__ = __int__ = __index__ = __complex__ = __bool__ = item = tolist = _refuse
+
+    def __format__(self, spec):
+        if spec:
+            self._refuse()
+        return repr(self)
+
+    # -- element-wise operations, reductions, matmul --------------------------------------------
 
     def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
-        host_inputs = [x.view(np.ndarray) if isinstance(x, ndarray) else x for x in inputs]
+        host_inputs = [_operand(x, ufunc.__name__) for x in inputs]
         if out is not None:
-            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, ndarray) else o for o in out)
+            kwargs["out"] = tuple(_operand(o, ufunc.__name__, scalars=False) for o in out)
         if ufunc is np.matmul:
             _count_matmul(*host_inputs)
         else:
-            count("reduction" if method == "reduce" else "elementwise")
-        with np.errstate(all="ignore"):  # kernels leave garbage (see above): overflow means nothing here
+            count({"reduce": "reduction", "accumulate": "scan", "at": "scatter_add"}.get(method, "elementwise"))
+        with np.errstate(all="ignore"):  # CuPy never warns about overflow or NaN
             result = getattr(ufunc, method)(*host_inputs, **kwargs)
         if out is not None:
             return out[0] if len(out) == 1 else out
-        return _wrap(result)
+        return None if result is None else _wrap_all(result)
 
-    def __setitem__(self, key, value):
-        count("copy" if isinstance(value, np.ndarray) and np.ndim(value) else "fill")
-        super().__setitem__(_host_key(key), value.view(np.ndarray) if isinstance(value, ndarray) else value)
+    def __array_function__(self, func, types, args, kwargs):
+        """numpy.f(device arrays) runs cupy.f, as CuPy's own __array_function__ does (np.concatenate, ...)."""
+        implementation = getattr(sys.modules.get("cupy"), func.__name__, None)
+        if implementation is None:
+            return NotImplemented  # NumPy then raises TypeError: no implementation found
+        return implementation(*args, **kwargs)
+
+    def _reduce(self, function, kind, *args, **kwargs):
+        count(kind)
+        kwargs = {k: (_operand(v, function.__name__) if k == "out" else v) for k, v in kwargs.items()}
+        with np.errstate(all="ignore"):
+            return _wrap(np.asarray(function(self._a, *args, **kwargs)))
+
+    def sum(self, *args, **kwargs):
+        return self._reduce(np.sum, "reduction", *args, **kwargs)
+
+    def max(self, *args, **kwargs):
+        return self._reduce(np.max, "reduction", *args, **kwargs)
+
+    def min(self, *args, **kwargs):
+        return self._reduce(np.min, "reduction", *args, **kwargs)
+
+    def all(self, *args, **kwargs):
+        return self._reduce(np.all, "reduction", *args, **kwargs)
+
+    def any(self, *args, **kwargs):
+        return self._reduce(np.any, "reduction", *args, **kwargs)
+
+    def argmax(self, *args, **kwargs):
+        return self._reduce(np.argmax, "reduction", *args, **kwargs)
+
+    def cumsum(self, *args, **kwargs):
+        return self._reduce(np.cumsum, "scan", *args, **kwargs)
+
+    # -- indexing --------------------------------------------------------------------------------
 
     def __getitem__(self, key):
-        if _is_fancy(key):
+        key, fancy, mask = _device_key(key)
+        if mask:
+            sync("boolean-mask indexing")  # CuPy reads the number of True entries back to size the result
+        elif fancy:
             count("gather")
-        return super().__getitem__(_host_key(key))
+        return _wrap(self._a[key])
+
+    def __setitem__(self, key, value):
+        key, _, mask = _device_key(key)
+        if mask:
+            sync("boolean-mask assignment")
+        if isinstance(value, ndarray):
+            count("copy" if value.ndim else "fill")
+            value = value._a
+        elif isinstance(value, (np.ndarray, list, tuple)):
+            raise _host_operand_error("the value of an assignment a[...] = host_array")
+        else:
+            count("fill")
+        self._a[key] = value
+
+    def fill(self, value):
+        self[...] = value
+
+    # -- shape, copies, casts ------------------------------------------------------------------------
 
     def astype(self, dtype, copy=True, **kwargs):
         if copy or np.dtype(dtype) != self.dtype:
             count("copy")
-        return _wrap(self.view(np.ndarray).astype(dtype, copy=copy, **kwargs))
+        return _wrap(self._a.astype(dtype, copy=copy, **kwargs))
 
     def copy(self, order="C"):
         count("copy")
-        return _wrap(self.view(np.ndarray).copy(order))
+        return _wrap(self._a.copy(order))
 
     def reshape(self, *shape, **kwargs):
-        result = super().reshape(*shape, **kwargs)
-        if not np.may_share_memory(result, self):
+        result = self._a.reshape(*shape, **kwargs)
+        if not np.may_share_memory(result, self._a):
             count("copy")
-        return result
+        return _wrap(result)
 
     def ravel(self, order="C"):
         return self.reshape(-1)
 
-    def get(self):
-        count("d2h")
-        TRANSFERS.append(("d2h", self.nbytes))
-        count("sync")
-        return np.array(self.view(np.ndarray))
+    def transpose(self, *axes):
+        return _wrap(self._a.transpose(*axes))
 
-    def item(self):
-        count("sync")
-        return self.view(np.ndarray).item()
+    def swapaxes(self, a, b):
+        return _wrap(self._a.swapaxes(a, b))
 
-    def __float__(self):
-        count("sync")
-        return float(self.view(np.ndarray))
+    def squeeze(self, axis=None):
+        return _wrap(self._a.squeeze(axis))
 
     @property
-    def data(self):
-        return types.SimpleNamespace(ptr=self.view(np.ndarray).ctypes.data)
+    def T(self):  # noqa: N802 (NumPy's name)
+        return _wrap(self._a.T)
 
 
 ndarray.__module__ = "cupy"
 
 
+def host_memory(x):
+    """The NumPy array behind a device array (x itself for anything else): for emulating kernels, never counted."""
+    return x._a if isinstance(x, ndarray) else x
+
+
 def _wrap(x):
-    return np.asarray(x).view(ndarray)
+    return ndarray(np.asarray(x))
 
 
-def _host_key(key):
-    if isinstance(key, tuple):
-        return tuple(k.view(np.ndarray) if isinstance(k, ndarray) else k for k in key)
-    return key.view(np.ndarray) if isinstance(key, ndarray) else key
+def _wrap_all(result):
+    return tuple(_wrap(r) for r in result) if isinstance(result, tuple) else _wrap(result)
 
 
-def _is_fancy(key):
+def _operand(x, what, scalars=True):
+    """The memory of a device operand; a host array is refused, as CuPy refuses it (a scalar passes)."""
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, (np.ndarray, list, tuple)) or not scalars:
+        raise _host_operand_error(what)
+    return x
+
+
+def _device_key(key):
+    """(the key over NumPy memory, fancy?, boolean mask?); a host index array is refused."""
     keys = key if isinstance(key, tuple) else (key,)
-    return any(isinstance(k, (np.ndarray, list)) for k in keys)
+    memory, fancy, mask = [], False, False
+    for k in keys:
+        if isinstance(k, ndarray):
+            fancy = True
+            mask |= k.dtype == np.bool_
+            k = k._a
+        elif isinstance(k, (np.ndarray, list)):
+            raise _host_operand_error("an index array on the host (CuPy would copy it up implicitly)")
+        memory.append(k)
+    return (tuple(memory) if isinstance(key, tuple) else memory[0]), fancy, mask
 
 
 def _count_matmul(a, b):
@@ -131,47 +308,92 @@ def _count_matmul(a, b):
     count("gemm")
 
 
-# -- the module ------------------------------------------------------------------------
+# -- the module's functions --------------------------------------------------------------------------
 
 
-def _counted(kind, function):
+def _on_device(kind, function, what=None):
+    """cupy.f: NumPy's f over device operands (host arrays refused), one launch of `kind`, a device result."""
+
     def run(*args, **kwargs):
         count(kind)
-        args = [a.view(np.ndarray) if isinstance(a, ndarray) else a for a in args]
-        if kind == "copy" and len(args) > 0 and isinstance(args[0], (list, tuple)):
-            args[0] = [a.view(np.ndarray) if isinstance(a, ndarray) else a for a in args[0]]
+        args = [[_operand(a, what or function.__name__) for a in arg] if isinstance(arg, (list, tuple))
+                else _operand(arg, what or function.__name__) for arg in args]
+        kwargs = {k: _operand(v, what or function.__name__) for k, v in kwargs.items()}
+        with np.errstate(all="ignore"):
+            return _wrap_all(function(*args, **kwargs))
+
+    run.__name__ = function.__name__
+    return run
+
+
+def _created(kind, function):
+    """cupy.zeros and friends: a new device array (a `*_like` may be given any array: only its shape is read)."""
+
+    def run(*args, **kwargs):
+        if kind:
+            count(kind)
+        args = [host_memory(a) for a in args]
         return _wrap(function(*args, **kwargs))
 
+    run.__name__ = function.__name__
     return run
+
+
+class ufunc:  # noqa: N801 (cupy's name)
+    """cupy.exp and the other ufuncs: NumPy's, refusing host arrays, computing on device arrays."""
+
+    def __init__(self, np_ufunc):
+        self._ufunc = np_ufunc
+        self.__name__ = np_ufunc.__name__
+
+    def _device_args(self, args):
+        if any(isinstance(a, (np.ndarray, list, tuple)) for a in args):
+            raise _host_operand_error(self.__name__)
+        if not any(isinstance(a, ndarray) for a in args):  # scalars only: CuPy gives a 0-d device array
+            args = [_wrap(args[0]), *args[1:]]
+        return args
+
+    def __call__(self, *args, **kwargs):
+        return self._ufunc(*self._device_args(args), **kwargs)  # -> ndarray.__array_ufunc__
+
+    def reduce(self, *args, **kwargs):
+        return self._ufunc.reduce(*self._device_args(args), **kwargs)
 
 
 def asarray(x, dtype=None):
     if isinstance(x, ndarray):
         return x if dtype is None or x.dtype == dtype else x.astype(dtype)
-    count("h2d")
     host = np.asarray(x, dtype=dtype)
-    TRANSFERS.append(("h2d", host.nbytes))
-    return _wrap(host)
+    transfer("h2d", host.nbytes)
+    return _wrap(np.array(host))  # device memory of its own: a later change of the host array does not reach it
+
+
+def array(x, dtype=None, copy=True):
+    if isinstance(x, ndarray):
+        return x.astype(x.dtype if dtype is None else dtype, copy=copy)
+    return asarray(x, dtype)
+
+
+def asnumpy(x):
+    if isinstance(x, ndarray):
+        sync("cupy.asnumpy")
+        transfer("d2h", x.nbytes)
+        return np.array(x._a)
+    return np.asarray(x)
 
 
 def ascontiguousarray(x, dtype=None):
-    if isinstance(x, ndarray) and x.flags.c_contiguous and (dtype is None or x.dtype == dtype):
+    if not isinstance(x, ndarray):
+        raise _host_operand_error("ascontiguousarray")
+    if x.flags.c_contiguous and (dtype is None or x.dtype == dtype):
         return x
-    if isinstance(x, ndarray):
-        count("copy")
-        return _wrap(np.ascontiguousarray(x.view(np.ndarray), dtype=dtype))
-    return asarray(np.ascontiguousarray(x, dtype=dtype))
-
-
-def empty(shape, dtype=np.float64):
-    return _wrap(np.empty(shape, dtype=dtype))
-
-
-def empty_like(x, dtype=None):
-    return _wrap(np.empty_like(x.view(np.ndarray) if isinstance(x, ndarray) else x, dtype=dtype))
+    count("copy")
+    return _wrap(np.ascontiguousarray(x._a, dtype=dtype))
 
 
 class Generator:
+    """cupy.random.Generator: draws on the device (one launch each); no state to save, as CuPy 14's."""
+
     def __init__(self, seed=None):
         self._rng = np.random.default_rng(seed)
 
@@ -188,81 +410,315 @@ class Generator:
         return _wrap(self._rng.integers(*args, **kwargs))
 
 
-ELEMENTWISE_TWINS = {}  # kernel name -> a NumPy function computing it; a test may fill it (else: no values)
+# -- kernels ------------------------------------------------------------------------------------------
+
+ELEMENTWISE_TWINS = {}  # ElementwiseKernel name -> NumPy function of its inputs (filled by installed())
+RAW_TWINS = {}  # RawKernel name -> NumPy function of its launch arguments, writing the outputs in place
 
 
 class ElementwiseKernel:
     def __init__(self, in_params, out_params, operation, name, **kwargs):
         self.name = name
-        self.n_out = len(out_params.split(","))
 
     def __call__(self, *args):
         count(f"kernel {self.name}")
-        if self.name in ELEMENTWISE_TWINS:
-            return _wrap(ELEMENTWISE_TWINS[self.name](*(a.view(np.ndarray) for a in args)))
-        shape = np.broadcast_shapes(*(np.shape(a) for a in args if isinstance(a, np.ndarray)))
-        dtype = next(a.dtype for a in args if isinstance(a, np.ndarray))
-        if self.name == "minigpt_probe":  # the import probe adds 1: give it its 1
-            return _wrap(args[0].view(np.ndarray) + 1)
+        memory = [_operand(a, f"ElementwiseKernel {self.name}") for a in args]
+        twin = ELEMENTWISE_TWINS.get(self.name, _probe if self.name == "minigpt_probe" else None)
+        if twin is not None:
+            with np.errstate(all="ignore"):
+                return _wrap(twin(*memory))
+        if _VALUES:
+            raise AssertionError(f"the stand-in has no NumPy twin for ElementwiseKernel {self.name!r}")
+        shape = np.broadcast_shapes(*(np.shape(a) for a in memory if isinstance(a, np.ndarray)))
+        dtype = next(a.dtype for a in memory if isinstance(a, np.ndarray))
         return empty(shape, dtype)
+
+
+def _probe(x):
+    return x + 1  # backend's import probe adds 1 (with or without values: minigpt checks it)
+
+
+def kernel_parameters(code: str, name: str):
+    """[(C type, name)] of kernel `name`'s parameters, read from the CUDA source."""
+    signature = re.search(rf"__global__ void {name}\((.*?)\)\s*\{{", code, re.S).group(1)
+    return [(" ".join(d.split()[:-1]), d.split()[-1]) for d in signature.split(",")]
+
+
+def check_launch(kernel_name, params, args, dtype):
+    """A launch's arguments (NumPy memory) against the kernel's CUDA parameters, instantiated for `dtype`."""
+    assert len(args) == len(params), f"{kernel_name}: {len(args)} arguments for {len(params)} parameters"
+    for (ptype, pname), arg in zip(params, args):
+        if ptype.endswith("*"):
+            want = np.int64 if "long long" in ptype else dtype
+            assert isinstance(arg, np.ndarray) and arg.dtype == want, f"{kernel_name}.{pname}: {arg!r}"
+            assert arg.flags.c_contiguous, f"{kernel_name}.{pname} is not contiguous"
+        elif ptype == "T":
+            assert type(arg) is dtype.type, f"{kernel_name}.{pname}: {type(arg)} is not passed as {dtype}"
+        else:
+            assert type(arg) is {"int": np.int32, "long long": np.int64}[ptype], f"{kernel_name}.{pname}"
 
 
 class RawModule:
     def __init__(self, code, name_expressions):
+        self.code = code
         self.names = name_expressions
 
-    def get_function(self, name):
-        assert name in self.names, name
+    def get_function(self, expression):
+        assert expression in self.names, expression
+        name, ctype = expression[:-1].split("<")
+        dtype = np.dtype({"float": np.float32, "double": np.float64}[ctype])
+        params = kernel_parameters(self.code, name)
 
         def launch(grid, block, args, shared_mem=0):
-            count(f"kernel {name.split('<')[0]}")
+            count(f"kernel {name}")
+            memory = [_operand(a, f"RawKernel {name}") for a in args]
+            if not _VALUES:
+                return
+            check_launch(name, params, memory, dtype)
+            with np.errstate(all="ignore"):
+                RAW_TWINS[name](*memory)
 
         return launch
 
 
+# -- the NumPy twins of the kernels (values=True) ----------------------------------------------------
+
+
+def _write(out, value):
+    out.reshape(-1)[...] = np.asarray(value).reshape(-1)  # out is contiguous (check_launch): a view
+
+
+def _layernorm_forward(x, weight, bias, y, xhat, rstd, eps, has_bias, n_rows, c):
+    from minigpt.nn import layernorm
+
+    out, (xh, rs, _, _) = layernorm.forward(x.reshape(n_rows, c), weight, bias if has_bias else None, eps)
+    _write(y, out), _write(xhat, xh), _write(rstd, rs)
+
+
+def _layernorm_backward_dx(dy, xhat, rstd, weight, dx, n_rows, c):
+    from minigpt.nn import layernorm
+
+    g, _ = layernorm.backward(dy.reshape(n_rows, c), (xhat.reshape(n_rows, c), rstd.reshape(n_rows, 1), weight, False))
+    _write(dx, g)
+
+
+def _layernorm_backward_params(dy, xhat, partial, n_rows, c, rows_per_chunk):
+    dy, xhat = dy.reshape(n_rows, c), xhat.reshape(n_rows, c)
+    partial = partial.reshape(-1, 2, c)
+    for chunk, first in enumerate(range(0, n_rows, rows_per_chunk)):
+        rows = slice(first, first + rows_per_chunk)
+        partial[chunk, 0] = (dy[rows] * xhat[rows]).sum(axis=0)
+        partial[chunk, 1] = dy[rows].sum(axis=0)
+
+
+def _causal_softmax_forward(scores, probs, scale, n_rows, t_q, t_k):
+    from minigpt.nn import softmax
+
+    _write(probs, softmax.forward_numpy(scores.reshape(-1, t_q, t_k), scale))
+
+
+def _causal_softmax_backward(dprobs, probs, dscores, scale, n_rows, t_q, t_k):
+    from minigpt.nn import softmax
+
+    _write(dscores, softmax.backward_numpy(dprobs.reshape(-1, t_q, t_k), probs.reshape(-1, t_q, t_k), scale))
+
+
+def _cross_entropy_forward(logits, targets, loss_rows, lse, n_rows, v):
+    z = logits.reshape(n_rows, v)
+    m = z.max(axis=1)
+    row_lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+    valid = targets >= 0
+    picked = z[np.arange(n_rows), np.where(valid, targets, 0)]
+    _write(lse, row_lse)
+    _write(loss_rows, np.where(valid, row_lse - picked, 0))
+
+
+def _cross_entropy_backward(logits, targets, lse, coef, dlogits, n_rows, v):
+    dz = np.exp(logits.reshape(n_rows, v) - lse[:, None])
+    valid = targets >= 0
+    dz[np.arange(n_rows), np.where(valid, targets, 0)] -= 1
+    dz *= np.where(valid, coef[0], 0).astype(dz.dtype)[:, None]
+    _write(dlogits, dz)
+
+
+def _adamw_flat_step(p, m, v, g, sumsq, max_norm, *scalars_and_sizes):
+    from minigpt import optim
+
+    *scalars, decay_end, n = scalars_and_sizes
+    assert n == p.size
+    optim.adamw_step_numpy(p, g.copy(), m, v, sumsq, float(max_norm), int(decay_end),
+                           optim.AdamWScalars(*map(float, scalars)))
+
+
+def _fill_twins():
+    from minigpt.nn import gelu
+
+    ELEMENTWISE_TWINS.update({
+        "minigpt_gelu_forward": gelu.forward_numpy,
+        "minigpt_gelu_backward": gelu.backward_numpy,
+    })
+    RAW_TWINS.update({
+        "layernorm_forward": _layernorm_forward,
+        "layernorm_backward_dx": _layernorm_backward_dx,
+        "layernorm_backward_params": _layernorm_backward_params,
+        "causal_softmax_forward": _causal_softmax_forward,
+        "causal_softmax_backward": _causal_softmax_backward,
+        "cross_entropy_forward": _cross_entropy_forward,
+        "cross_entropy_backward": _cross_entropy_backward,
+        "adamw_flat_step": _adamw_flat_step,
+    })
+
+
+# -- cuBLAS: cublasGemmStridedBatchedEx, emulated over raw memory ----------------------------------------
+
+
+def column_major(buffer, offset, rows, cols, ld):
+    """The rows x cols column-major matrix at `offset` of a flat buffer: (i, j) at offset + i + j * ld."""
+    itemsize = buffer.itemsize
+    return np.lib.stride_tricks.as_strided(buffer[offset:], shape=(rows, cols), strides=(itemsize, ld * itemsize))
+
+
+def emulate_gemm_strided_batched(g, alpha, x, beta, y, c):
+    """cuBLAS's C_i = alpha op(X_i) op(Y_i) + beta C_i; x, y, c are (flat buffer, element offset)."""
+    from minigpt.backend import CUBLAS_OP_N
+
+    def operand(buffer_offset, trans, rows, cols, ld, stride, i):
+        buffer, offset = buffer_offset
+        if trans == CUBLAS_OP_N:
+            return column_major(buffer, offset + i * stride, rows, cols, ld)
+        return column_major(buffer, offset + i * stride, cols, rows, ld).T
+
+    for i in range(g.batch):
+        op_x = operand(x, g.transa, g.m, g.k, g.lda, g.stride_a, i)
+        op_y = operand(y, g.transb, g.k, g.n, g.ldb, g.stride_b, i)
+        c_i = column_major(c[0], c[1] + i * g.stride_c, g.m, g.n, g.ldc)
+        # beta = 0: C is written, never read (cuBLAS's rule: NaN in an uninitialised C must not leak)
+        c_i[...] = alpha * (op_x @ op_y) + (beta * c_i if beta != 0 else 0.0)
+
+
+def emulating_gemm_strided_batched_ex(calls):
+    """cupy.cuda.cublas.gemmStridedBatchedEx over host memory: raw pointers in, the column-major emulation run.
+
+    Each call's (data type, compute type, algorithm) is appended to `calls`.
+    """
+    from minigpt.backend import CUBLAS_OP_N, GemmArgs
+
+    def call(handle, transa, transb, m, n, k, alpha, a_ptr, a_type, lda, stride_a, b_ptr, b_type, ldb, stride_b,
+             beta, c_ptr, c_type, ldc, stride_c, batch, compute_type, algo):
+        dtype = {0: np.float32, 1: np.float64}[a_type]
+        assert a_type == b_type == c_type
+        calls.append((a_type, compute_type, algo))
+        g = GemmArgs(transa, transb, m, n, k, lda, stride_a, ldb, stride_b, ldc, stride_c, batch)
+
+        def buffer(ptr, rows, cols, ld, stride):  # every element a column-major operand can touch
+            size = (batch - 1) * stride + (cols - 1) * ld + rows
+            return np.ctypeslib.as_array((np.ctypeslib.as_ctypes_type(dtype) * size).from_address(ptr)), 0
+
+        def scalar(ptr):
+            return float(np.ctypeslib.as_array((np.ctypeslib.as_ctypes_type(dtype) * 1).from_address(ptr))[0])
+
+        x = buffer(a_ptr, *((m, k) if transa == CUBLAS_OP_N else (k, m)), lda, stride_a)
+        y = buffer(b_ptr, *((k, n) if transb == CUBLAS_OP_N else (n, k)), ldb, stride_b)
+        c = buffer(c_ptr, m, n, ldc, stride_c)
+        emulate_gemm_strided_batched(g, scalar(alpha), x, scalar(beta), y, c)
+
+    return call
+
+
 def _gemm_strided_batched_ex(*args):
     count("gemm")
+    if _VALUES:
+        emulating_gemm_strided_batched_ex([])(*args)
+
+
+# -- the fake modules -------------------------------------------------------------------------------
+
+
+class _MemoryPool:
+    """cupy.get_default_memory_pool(): nothing is pooled here."""
+
+    def free_all_blocks(self):
+        pass
+
+    def total_bytes(self):
+        return 0
+
+
+class _Stream:
+    ptr = 0
+
+    def synchronize(self):
+        sync("Stream.synchronize")
+
+
+class _Device:
+    id = 0
+
+    def __init__(self, device_id=0):
+        self.id = device_id
+
+    def synchronize(self):
+        sync("Device.synchronize")
+
+    def use(self):
+        pass
 
 
 def make_module():
     cupy = types.ModuleType("cupy")
+    cupy.__version__ = "stand-in"
     cupy.ndarray = ndarray
-    for name in ("float32", "float64", "int32", "int64", "bool_", "dtype", "newaxis"):
+    for name in ("float32", "float64", "int32", "int64", "bool_", "dtype", "newaxis", "inf"):
         setattr(cupy, name, getattr(np, name))
-    for name in dir(np):  # the ufuncs (exp, log, sqrt, maximum, ...): counted by ndarray.__array_ufunc__
+    for name in dir(np):  # exp, log, sqrt, maximum, isfinite, ...: counted by ndarray.__array_ufunc__
         if isinstance(getattr(np, name), np.ufunc):
-            setattr(cupy, name, getattr(np, name))
-    cupy.asarray, cupy.ascontiguousarray = asarray, ascontiguousarray
-    cupy.empty, cupy.empty_like = empty, empty_like
-    for name in ("zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "arange", "triu"):
-        setattr(cupy, name, _counted("fill", getattr(np, name)))
+            setattr(cupy, name, ufunc(getattr(np, name)))
+    cupy.asarray, cupy.array, cupy.asnumpy, cupy.ascontiguousarray = asarray, array, asnumpy, ascontiguousarray
+    cupy.shape, cupy.ndim = np.shape, np.ndim
+    for name in ("empty", "empty_like"):
+        setattr(cupy, name, _created(None, getattr(np, name)))
+    for name in ("zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "arange"):
+        setattr(cupy, name, _created("fill", getattr(np, name)))
+    cupy.triu = _on_device("fill", np.triu)
     for name in ("where", "vdot"):
-        setattr(cupy, name, _counted("elementwise", getattr(np, name)))
-    cupy.concatenate = _counted("copy", np.concatenate)
-    cupy.inf = np.inf
+        setattr(cupy, name, _on_device("elementwise", getattr(np, name)))
+    cupy.concatenate = _on_device("copy", np.concatenate)
     for name in ("argsort", "partition"):
-        setattr(cupy, name, _counted("sort", getattr(np, name)))
-    cupy.take_along_axis = _counted("gather", np.take_along_axis)
-    cupy.cumsum = _counted("scan", np.cumsum)
-    cupy.argmax = _counted("reduction", np.argmax)
-    cupy.random = types.SimpleNamespace(default_rng=Generator)
+        setattr(cupy, name, _on_device("sort", getattr(np, name)))
+    cupy.take_along_axis = _on_device("gather", np.take_along_axis)
+    cupy.cumsum = _on_device("scan", np.cumsum)
+    cupy.argmax = _on_device("reduction", np.argmax)
+    default = Generator()
+    cupy.random = types.SimpleNamespace(default_rng=Generator, Generator=Generator,
+                                        standard_normal=default.standard_normal, random=default.random)
     cupy.ElementwiseKernel, cupy.RawModule = ElementwiseKernel, RawModule
+    pool = _MemoryPool()
+    cupy.get_default_memory_pool = lambda: pool
 
     cuda = types.ModuleType("cupy.cuda")
-    cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+    cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 0,
+                                         getDeviceProperties=lambda device_id: {"name": b"NumPy stand-in"})
     cuda.cublas = types.SimpleNamespace(gemmStridedBatchedEx=_gemm_strided_batched_ex)
     cuda.device = types.SimpleNamespace(get_cublas_handle=lambda: 0)
-    cuda.Device = lambda *args: types.SimpleNamespace(synchronize=lambda: count("sync"))
+    cuda.Device = _Device
+    stream = _Stream()
+    cuda.get_current_stream = lambda: stream
+    cuda.Stream = types.SimpleNamespace(null=stream)
     cupy.cuda = cuda
 
     cupyx = types.ModuleType("cupyx")
 
     def scatter_add(target, indices, values):
         count("scatter_add")
-        np.add.at(target.view(np.ndarray), indices.view(np.ndarray), values.view(np.ndarray))
+        np.add.at(_operand(target, "scatter_add", scalars=False), _operand(indices, "scatter_add"),
+                  _operand(values, "scatter_add"))
 
     cupyx.scatter_add = scatter_add
     return cupy, cuda, cupyx
+
+
+def empty(shape, dtype=np.float64):
+    return _wrap(np.empty(shape, dtype=dtype))
 
 
 def _clear_kernel_caches():
@@ -275,26 +731,42 @@ def _clear_kernel_caches():
             cached.cache_clear()
 
 
+_VALUES = False  # whether kernels and cuBLAS compute (installed(values=True)) or are only counted
+
+
 @contextlib.contextmanager
-def installed():
-    """Within the block, `import cupy` gives the stand-in; LAUNCHES starts at zero. Yields the fake module."""
+def installed(values=True):
+    """Within the block, `import cupy` gives the stand-in; the counts and logs start empty. Yields the fake module.
+
+    values=False: kernels and cuBLAS calls are counted, not computed (their outputs hold what `empty` gave).
+    """
+    global _VALUES
     from minigpt import backend
 
     cupy, cuda, cupyx = make_module()
     saved = {name: sys.modules.get(name) for name in ("cupy", "cupy.cuda", "cupyx")}
+    saved_twins = dict(ELEMENTWISE_TWINS), dict(RAW_TWINS)
     probed = getattr(backend, "_PROBED", None)
     sys.modules.update({"cupy": cupy, "cupy.cuda": cuda, "cupyx": cupyx})
     _clear_kernel_caches()
     LAUNCHES.clear()
     TRANSFERS.clear()
+    EVENTS.clear()
+    _VALUES = values
+    if values:
+        _fill_twins()
     try:
         yield cupy
     finally:
+        _VALUES = False
         for name, module in saved.items():
             if module is None:
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
+        for twins, before in zip((ELEMENTWISE_TWINS, RAW_TWINS), saved_twins):
+            twins.clear()
+            twins.update(before)
         if probed is not None:
             backend._PROBED = probed
         _clear_kernel_caches()

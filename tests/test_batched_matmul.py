@@ -2,7 +2,8 @@
 
 * The arguments of the one cublasGemmStridedBatchedEx call (m, n, k, leading
   dimensions, batch strides, transpose flags) are fed to a NumPy emulation of
-  cuBLAS that reads raw memory column-major, as cuBLAS does: it must give
+  cuBLAS that reads raw memory column-major, as cuBLAS does (it lives in
+  tests/device_standin.py, whose cuBLAS runs it): it must give
   op(a) @ op(b) for the strided slices attention passes (query blocks, key
   prefixes, outputs written into a slice). Reading row-major data as
   column-major is the classic trap; this is where it would show.
@@ -12,33 +13,11 @@
 
 import numpy as np
 import pytest
-from numpy.lib.stride_tricks import as_strided
 
-from minigpt.backend import (CUBLAS_OP_N, CUBLAS_OP_T, batched_matmul, gemm_strided_batched_args, get_xp,
-                             gpu_available, tf32_enabled)
+from minigpt.backend import CUBLAS_OP_T, batched_matmul, gemm_strided_batched_args, get_xp, gpu_available, tf32_enabled
 from minigpt.nn import attention
-
-
-def column_major(buffer, offset, rows, cols, ld):
-    """The rows x cols column-major matrix at `offset` of a flat buffer: (i, j) at offset + i + j * ld."""
-    itemsize = buffer.itemsize
-    return as_strided(buffer[offset:], shape=(rows, cols), strides=(itemsize, ld * itemsize))
-
-
-def emulate_gemm_strided_batched(g, alpha, x, beta, y, c):
-    """cuBLAS's C_i = alpha op(X_i) op(Y_i) + beta C_i; x, y, c are (flat buffer, element offset)."""
-    def operand(buffer_offset, trans, rows, cols, ld, stride, i):
-        buffer, offset = buffer_offset
-        if trans == CUBLAS_OP_N:
-            return column_major(buffer, offset + i * stride, rows, cols, ld)
-        return column_major(buffer, offset + i * stride, cols, rows, ld).T
-
-    for i in range(g.batch):
-        op_x = operand(x, g.transa, g.m, g.k, g.lda, g.stride_a, i)
-        op_y = operand(y, g.transb, g.k, g.n, g.ldb, g.stride_b, i)
-        c_i = column_major(c[0], c[1] + i * g.stride_c, g.m, g.n, g.ldc)
-        # beta = 0: C is written, never read (cuBLAS's rule: NaN in an uninitialised C must not leak)
-        c_i[...] = alpha * (op_x @ op_y) + (beta * c_i if beta != 0 else 0.0)
+from tests import device_standin
+from tests.device_standin import emulate_gemm_strided_batched, emulating_gemm_strided_batched_ex
 
 
 def flat(x, base):
@@ -172,39 +151,12 @@ def test_cublas_batched_matmul_on_the_gpu_equals_numpy(dtype, accumulate):
         np.testing.assert_array_equal(out.get()[:, :, n:], base[:, :, n:])  # rows past the slice untouched
 
 
-def emulating_gemm_strided_batched_ex(calls):
-    """cupy.cuda.cublas.gemmStridedBatchedEx over host memory: raw pointers in, the column-major emulation run."""
-    from minigpt.backend import GemmArgs
-
-    def call(handle, transa, transb, m, n, k, alpha, a_ptr, a_type, lda, stride_a, b_ptr, b_type, ldb, stride_b,
-             beta, c_ptr, c_type, ldc, stride_c, batch, compute_type, algo):
-        dtype = {0: np.float32, 1: np.float64}[a_type]
-        assert a_type == b_type == c_type
-        calls.append((a_type, compute_type, algo))
-        g = GemmArgs(transa, transb, m, n, k, lda, stride_a, ldb, stride_b, ldc, stride_c, batch)
-
-        def buffer(ptr, rows, cols, ld, stride):  # every element a column-major operand can touch
-            size = (batch - 1) * stride + (cols - 1) * ld + rows
-            return np.ctypeslib.as_array((np.ctypeslib.as_ctypes_type(dtype) * size).from_address(ptr)), 0
-
-        def scalar(ptr):
-            return float(np.ctypeslib.as_array((np.ctypeslib.as_ctypes_type(dtype) * 1).from_address(ptr))[0])
-
-        x = buffer(a_ptr, *((m, k) if transa == CUBLAS_OP_N else (k, m)), lda, stride_a)
-        y = buffer(b_ptr, *((k, n) if transb == CUBLAS_OP_N else (n, k)), ldb, stride_b)
-        c = buffer(c_ptr, m, n, ldc, stride_c)
-        emulate_gemm_strided_batched(g, scalar(alpha), x, scalar(beta), y, c)
-
-    return call
-
-
 @pytest.mark.parametrize("dtype, tf32", [("float32", True), ("float32", False), ("float64", True)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_the_cublas_call_end_to_end_on_the_cpu(dtype, tf32, accumulate, monkeypatch):
     """backend.batched_matmul's CuPy branch, the real call with pointers, scalars and types, into an emulated cuBLAS."""
     from minigpt.backend import (CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_COMPUTE_64F,
                                  CUBLAS_GEMM_DEFAULT, CUDA_R_32F, CUDA_R_64F)
-    from tests import device_standin
 
     monkeypatch.setenv("CUPY_TF32", "1" if tf32 else "0")
     calls = []
@@ -216,18 +168,18 @@ def test_the_cublas_call_end_to_end_on_the_cpu(dtype, tf32, accumulate, monkeypa
         cases = [(q[:, :, QUERIES], k[:, :, KEYS], False, True), (p, v[:, :, KEYS], False, False),
                  (p, dy[:, :, QUERIES], True, False), (p, q[:, :, QUERIES], True, False)]
         for a, b, transpose_a, transpose_b in cases:
-            a_host, b_host = np.asarray(a.view(np.ndarray)), np.asarray(b.view(np.ndarray))
+            a_host, b_host = device_standin.host_memory(a), device_standin.host_memory(b)
             expected = batched_matmul(a_host, b_host, transpose_a, transpose_b)
             base = np.random.default_rng(5).standard_normal((B, H, T, expected.shape[-1])).astype(dtype)
             out = cupy.asarray(base.copy())
             n = expected.shape[-2]
             batched_matmul(a, b, transpose_a, transpose_b, out=out[:, :, :n], accumulate=accumulate)
-            got = out.view(np.ndarray)
+            got = device_standin.host_memory(out)
             np.testing.assert_allclose(got[:, :, :n], expected + (base[:, :, :n] if accumulate else 0.0),
                                        rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5 if dtype == "float32" else 1e-12)
             np.testing.assert_array_equal(got[:, :, n:], base[:, :, n:])
             fresh = batched_matmul(a, b, transpose_a, transpose_b)  # no out: a new array
-            np.testing.assert_allclose(fresh.view(np.ndarray), expected, rtol=1e-5 if dtype == "float32" else 1e-12)
+            np.testing.assert_allclose(device_standin.host_memory(fresh), expected, rtol=1e-5 if dtype == "float32" else 1e-12)
     data_type = CUDA_R_32F if dtype == "float32" else CUDA_R_64F
     compute = {("float32", True): CUBLAS_COMPUTE_32F_FAST_TF32, ("float32", False): CUBLAS_COMPUTE_32F}.get(
         (dtype, tf32), CUBLAS_COMPUTE_64F)

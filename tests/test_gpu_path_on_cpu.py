@@ -1,8 +1,8 @@
 """The whole GPU code path of a training step, computed on the CPU, equals the CPU path.
 
 Under tests/device_standin.py the model takes every CuPy branch: the
-head-major attention and its cuBLAS calls (into the column-major emulation of
-tests/test_batched_matmul.py), the LayerNorm, causal-softmax and cross-entropy
+head-major attention and its cuBLAS calls (into the stand-in's column-major
+emulation of cuBLAS), the LayerNorm, causal-softmax and cross-entropy
 kernels (their CUDA source built for the host by tests/cuda_host.py), GELU's
 ElementwiseKernels (their NumPy twins) and FlatAdamW's one-launch step (the
 NumPy twin of the kernel, fed the kernel's own launch arguments). In float64
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from minigpt import optim
-from minigpt.kernels import adamw_cuda, cross_entropy_cuda, layernorm_cuda, softmax_cuda
+from minigpt.backend import scalar, to_host
+from minigpt.kernels import cross_entropy_cuda, layernorm_cuda, softmax_cuda
 from minigpt.model import GPT, GPTConfig
-from minigpt.nn import attention, gelu
+from minigpt.nn import attention
 from tests import cuda_host, device_standin
-from tests.test_batched_matmul import emulating_gemm_strided_batched_ex
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +35,6 @@ def host_builds(tmp_path_factory):
     return builds
 
 
-def adamw_twin(source, name, dtype):
-    """adamw_flat_step's launch, computed by the NumPy twin from the very arguments the kernel would get."""
-    def launch(grid, block, args):
-        p, m, v, g, sumsq, max_norm, *scalars, decay_end, n = args
-        assert n == p.size
-        optim.adamw_step_numpy(p.view(np.ndarray), g.view(np.ndarray).copy(), m.view(np.ndarray),
-                               v.view(np.ndarray), sumsq.view(np.ndarray), float(max_norm), int(decay_end),
-                               optim.AdamWScalars(*map(float, scalars)))
-    return launch
-
-
 def one_step(xp, config, tokens, params):
     model = GPT(config, dtype="float64", device="cpu" if xp is np else "gpu", seed=0).train()
     for name, value in params.items():
@@ -56,10 +45,10 @@ def one_step(xp, config, tokens, params):
     idx, targets = xp.asarray(tokens[:, :-1].copy()), xp.asarray(targets)
     _, loss = model.forward(idx, targets)
     grads = model.backward()
-    grads = {name: np.array(g.view(np.ndarray)) for name, g in grads.items()}
+    grads = {name: np.array(to_host(g)) for name, g in grads.items()}
     optimizer.step({name: xp.asarray(g) for name, g in grads.items()}, grad_clip=0.05)  # clipping active
-    after = {name: np.array(p.view(np.ndarray)) for name, p in model.params.items()}
-    return float(np.asarray(loss.view(np.ndarray))), grads, after
+    after = {name: np.array(to_host(p)) for name, p in model.params.items()}
+    return scalar(loss), grads, after
 
 
 def test_a_training_step_on_the_gpu_path_equals_the_cpu_path(host_builds, monkeypatch):
@@ -69,19 +58,15 @@ def test_a_training_step_on_the_gpu_path_equals_the_cpu_path(host_builds, monkey
     params = {name: np.array(p) for name, p in GPT(config, dtype="float64", seed=1).params.items()}
     cpu_loss, cpu_grads, cpu_after = one_step(np, config, tokens, params)
 
-    with device_standin.installed() as cupy:
-        cupy.cuda.cublas.gemmStridedBatchedEx = emulating_gemm_strided_batched_ex([])
-        monkeypatch.setitem(device_standin.ELEMENTWISE_TWINS, "minigpt_gelu_forward", gelu.forward_numpy)
-        monkeypatch.setitem(device_standin.ELEMENTWISE_TWINS, "minigpt_gelu_backward", gelu.backward_numpy)
+    with device_standin.installed() as cupy:  # cuBLAS emulated, GELU and AdamW by their twins
         launches = []
         for module, built in host_builds.items():
             monkeypatch.setattr(module, "raw_kernel", cuda_host.host_launcher(*built, launches))
-        monkeypatch.setattr(adamw_cuda, "raw_kernel", adamw_twin)
         gpu_loss, gpu_grads, gpu_after = one_step(cupy, config, tokens, params)
         launched = {name for name, *_ in launches} | set(device_standin.LAUNCHES)
 
     assert {"layernorm_forward", "layernorm_backward_params", "causal_softmax_forward", "cross_entropy_backward",
-            "kernel minigpt_gelu_backward", "gemm"} <= launched  # the GPU branches ran
+            "kernel minigpt_gelu_backward", "kernel adamw_flat_step", "gemm"} <= launched  # the GPU branches ran
     assert gpu_loss == pytest.approx(cpu_loss, rel=1e-12)
     assert list(gpu_grads) == list(cpu_grads)
     for name, g in cpu_grads.items():

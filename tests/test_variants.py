@@ -282,9 +282,8 @@ from tests.test_gpu_path_on_cpu import host_builds, one_step  # noqa: E402, F401
 ], ids=["modern", "gelu-mqa", "relu2-gqa-rotary"])
 def test_a_training_step_with_switches_on_the_gpu_path_equals_the_cpu_path(host_builds, monkeypatch, switches):  # noqa: F811
     """The variants are xp code: under the CuPy stand-in they run the same operations as on NumPy."""
-    from minigpt.kernels import adamw_cuda, softmax_cuda
+    from minigpt.kernels import softmax_cuda
     from tests import cuda_host, device_standin
-    from tests.test_gpu_path_on_cpu import adamw_twin
 
     monkeypatch.setattr(attention, "QUERY_BLOCK", 4)  # three query blocks at T = 10
     config = GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=16, block_size=10, vocab_size=17), **switches})
@@ -294,7 +293,6 @@ def test_a_training_step_with_switches_on_the_gpu_path_equals_the_cpu_path(host_
     with device_standin.installed() as cupy:
         for module, built in host_builds.items():
             monkeypatch.setattr(module, "raw_kernel", cuda_host.host_launcher(*built, []))
-        monkeypatch.setattr(adamw_cuda, "raw_kernel", adamw_twin)
         gpu_loss, gpu_grads, gpu_after = one_step(cupy, config, tokens, params)
     assert softmax_cuda in host_builds
     assert gpu_loss == pytest.approx(cpu_loss, rel=1e-12)
