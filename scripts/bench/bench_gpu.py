@@ -3,6 +3,7 @@
     python scripts/bench/bench_gpu.py                     # GPT-2 124M, B=8, T=1024, float32 with TF32
     python scripts/bench/bench_gpu.py --no-torch          # minigpt only
     python scripts/bench/bench_gpu.py --no-tf32 --steps 5
+    python scripts/bench/bench_gpu.py --tiny --no-torch --seq-len 16   # checks that the script runs (seconds)
 
 Needs CuPy and an NVIDIA GPU; the PyTorch rows need torch with CUDA and
 transformers (skipped with a note otherwise). Both sides train the same
@@ -74,7 +75,7 @@ def random_batch(config: GPTConfig, batch_size: int, seq_len: int, seed: int = 0
 # ---------------------------------------------------------------------------
 
 
-def measure_matmul_tflops(cupy, n: int = 8192, repeats: int = 10) -> float:
+def measure_matmul_tflops(cupy, n: int, repeats: int = 10) -> float:
     """TFLOP/s of an n x n x n float32 matmul (TF32 when enabled): what the linear layers can reach."""
     a = cupy.random.standard_normal((n, n), dtype=cupy.float32)
     b = cupy.random.standard_normal((n, n), dtype=cupy.float32)
@@ -130,10 +131,11 @@ def bench_minigpt_generation(cupy, config, params, prompt, new_tokens):
     model = GPT(config, dtype="float32", device="gpu", seed=0).eval()
     for name, value in params.items():
         model.params[name][...] = cupy.asarray(value)
-    model.generate(cupy.asarray(prompt), 4, seed=0)  # compiles the kernels, warms the pool
+    # the prompt stays on the host: generate reads it there (a device prompt would be copied back, a sync)
+    model.generate(prompt, 4, seed=0)  # compiles the kernels, warms the pool
     cupy.cuda.Device().synchronize()
     start = time.perf_counter()
-    out = model.generate(cupy.asarray(prompt), new_tokens, seed=0)
+    out = model.generate(prompt, new_tokens, seed=0)
     cupy.cuda.Device().synchronize()
     seconds = time.perf_counter() - start
     assert out.shape == (prompt.shape[0], prompt.shape[1] + new_tokens), out.shape
@@ -288,10 +290,14 @@ def main(argv=None):
     parser.add_argument("--torch-attention", default="sdpa", choices=["sdpa", "eager"],
                         help="transformers' attention implementation (sdpa is its default)")
     parser.add_argument("--peak-tflops", type=float, help="the card's peak, if not in the built-in table")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a 2-layer, 32-wide model (the preset's vocabulary and context) and a 256 x 256 matmul: "
+                             "the whole script in seconds, to check that it runs (its figures mean nothing; "
+                             "tests/test_strict_device.py runs it on the CPU stand-in of CuPy)")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         raise MinigptError("--warmup and --steps must be at least 1")
-    config = GPTConfig.preset(args.model)
+    config = GPTConfig.preset(args.model, **(dict(n_layer=2, n_head=2, n_embd=32) if args.tiny else {}))
     if not 1 <= args.seq_len <= config.block_size or args.gen_prompt + args.gen_tokens > config.block_size:
         raise MinigptError(f"--seq-len and --gen-prompt + --gen-tokens must fit the block size {config.block_size}")
 
@@ -300,7 +306,7 @@ def main(argv=None):
     device_name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
     device_name = device_name.decode() if isinstance(device_name, bytes) else device_name
     versions = f"CuPy {cupy.__version__}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
-    matmul_tflops = measure_matmul_tflops(cupy)
+    matmul_tflops = measure_matmul_tflops(cupy, 256 if args.tiny else 8192)
     nominal = args.peak_tflops or nominal_peak_tflops(device_name, tf32_enabled())
 
     idx, targets = random_batch(config, args.batch_size, args.seq_len)
