@@ -6,22 +6,22 @@ memory") whose type says "cupy" to backend.array_module, so minigpt takes
 its GPU branches. It is a test of discipline, not a GPU:
 
 * **No implicit trip to the host.** `np.asarray(x)` (`__array__`),
-  `float(x)`, `int(x)`, `bool(x)`, `x.item()`, `x.tolist()`, an f-string
-  format and a host-index `x[int_array]` built from a device array raise
-  TypeError. Real CuPy refuses `__array__` the same way; the others it allows
-  with a hidden device-to-host copy and synchronisation, which is exactly what
-  a training step must not do, so the stand-in refuses them too. The only ways
-  to the host are explicit: `x.get()`, `cupy.asnumpy(x)` (what
-  backend.to_host and backend.scalar call), each counted as one "sync" and one
-  "d2h" copy of its size.
-* **No host array in a device operation.** A NumPy array as an operand of a
-  ufunc or operator, a matmul, `where`, `concatenate`, an ElementwiseKernel,
-  a RawKernel launch, `cupyx.scatter_add`, as the value in `a[...] = host` or
-  as an index array raises TypeError, as CuPy does for operands (for values
-  and indices CuPy would copy them up implicitly, a hidden host-to-device copy
-  the stand-in refuses). Python and NumPy scalars are fine. The way to the
-  device is explicit, `cupy.asarray(host)` / `cupy.array(host)`, counted
-  as "h2d".
+  `float(x)`, `int(x)`, `bool(x)`, `x.item()`, `x.tolist()` and a formatted
+  value (`f"{x:.3f}"`) raise TypeError. Real CuPy refuses `__array__` the same
+  way; the others it allows with a hidden device-to-host copy and
+  synchronisation, which is exactly what a training step must not do, so the
+  stand-in refuses them too. The only ways to the host are explicit:
+  `x.get()` and `cupy.asnumpy(x)` (what backend.to_host and backend.scalar
+  call), each counted as one "sync" and one "d2h" copy of its size.
+* **No host array in a device operation.** A NumPy array (or list) as an
+  operand of a ufunc or operator, a matmul, `where`, `concatenate`, an
+  ElementwiseKernel, a RawKernel launch or `cupyx.scatter_add` raises
+  TypeError, as in CuPy; so does one as the value of `a[...] = host` or as an
+  index array (CuPy refuses some of these and copies others up implicitly, a
+  hidden host-to-device copy; the stand-in refuses them all). Python and NumPy
+  scalars are fine. The way to the device is explicit, `cupy.asarray(host)` /
+  `cupy.array(host)`, counted as "h2d" (not a sync: CuPy stages it through
+  pinned memory asynchronously).
 * **Every synchronisation is counted** under "sync": `.get()`, `asnumpy`,
   `Device().synchronize()`, a stream's `synchronize()`, and boolean-mask
   indexing (CuPy reads the mask's count back to size the result). `EVENTS`

@@ -2,7 +2,7 @@
 
 sample_next_on_device is written against the logits' array module, so on NumPy
 it must give exactly sample_next's ids for the same seed (same distribution,
-same uniforms, same inversion); under the counting CuPy stand-in it must copy
+same uniforms, same inversion); under the strict CuPy stand-in it must copy
 back only the B ids.
 """
 

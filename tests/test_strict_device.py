@@ -9,7 +9,9 @@ computes real values. What is asserted:
   never synchronises and never copies to the host; the loss and gradient norm
   are read explicitly, outside it, at log intervals;
 * the losses are those of the CPU run to float32 rounding, and resuming is exact;
-* generation copies back at most the B ids of each token (8 B bytes), never a row of logits;
+* generation copies back at most the B ids of each token (8 B bytes), never a
+  row of logits, and draws the CPU's tokens (GPT-2 and the modern variant,
+  past the context, where the KV cache slides);
 * evaluation and the benchmark run through, reading back only scalars, and the
   benchmark's timed steps hold no synchronisation but the two that bracket them.
 """
@@ -21,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt.backend import get_xp
+from minigpt.backend import get_xp, to_host
+from minigpt.model import GPT, GPTConfig
 from minigpt.trainer import Trainer
 from tests import device_standin
 from tests.device_standin import EVENTS, ndarray
@@ -118,6 +121,22 @@ def test_generate_script_copies_back_only_the_ids_of_each_token(runs, cupy, caps
     assert 1 <= len(copies) <= 12 and all(n <= 1 * 8 for n in copies)  # B = 1: one int64 id per token
     assert kinds(EVENTS).count("sync") == len(copies)  # each sync is one of those reads
     assert on_gpu == on_cpu and on_gpu.startswith("7 little")
+
+
+@pytest.mark.parametrize("switches", [{}, dict(norm="rmsnorm", activation="swiglu", position="rotary",
+                                                tie_embeddings=False, n_kv_head=1)], ids=["gpt2", "modern"])
+def test_generation_past_the_context_copies_b_ids_per_token(cupy, switches):
+    """B = 2 sequences, 12 tokens past a context of 8 (the KV cache slides), sampled with top-k and top-p."""
+    config = GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=32, block_size=8, vocab_size=19), **switches})
+    cpu = GPT(config, seed=0)
+    gpu = GPT(config, device="gpu", seed=0)
+    for name, value in cpu.params.items():
+        gpu.params[name][...] = cupy.asarray(value)
+    prompt, sampling = np.array([[1, 2, 3], [4, 5, 6]]), dict(temperature=0.9, top_k=4, top_p=0.8, seed=1)
+    EVENTS.clear()
+    out = gpu.generate(prompt, 12, **sampling)
+    assert [e for e in EVENTS if e[0] != "h2d"] == [("sync", "ndarray.get"), ("d2h", 2 * 8)] * 12
+    np.testing.assert_array_equal(to_host(out), cpu.generate(prompt, 12, **sampling))
 
 
 def test_evaluate_script_reads_back_only_the_loss_of_each_batch(runs, cupy, capsys):
