@@ -222,9 +222,6 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):  # noqa: N801 (cupy's name)
             count("fill")
         self._a[key] = value
 
-    def fill(self, value):
-        self[...] = value
-
     # -- shape, copies, casts ------------------------------------------------------------------------
 
     def astype(self, dtype, copy=True, **kwargs):
@@ -250,9 +247,6 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):  # noqa: N801 (cupy's name)
 
     def swapaxes(self, a, b):
         return _wrap(self._a.swapaxes(a, b))
-
-    def squeeze(self, axis=None):
-        return _wrap(self._a.squeeze(axis))
 
     @property
     def T(self):  # noqa: N802 (NumPy's name)
@@ -356,9 +350,6 @@ class ufunc:  # noqa: N801 (cupy's name)
     def __call__(self, *args, **kwargs):
         return self._ufunc(*self._device_args(args), **kwargs)  # -> ndarray.__array_ufunc__
 
-    def reduce(self, *args, **kwargs):
-        return self._ufunc.reduce(*self._device_args(args), **kwargs)
-
 
 def asarray(x, dtype=None):
     if isinstance(x, ndarray):
@@ -404,10 +395,6 @@ class Generator:
     def standard_normal(self, shape, dtype=np.float64):
         count("random")
         return _wrap(self._rng.standard_normal(shape, dtype=dtype))
-
-    def integers(self, *args, **kwargs):
-        count("random")
-        return _wrap(self._rng.integers(*args, **kwargs))
 
 
 # -- kernels ------------------------------------------------------------------------------------------
