@@ -415,7 +415,8 @@ def interactive_session(ckpts, lines, out):
 
     script = load_script("generate")
     model, tokenizer, _ = load_checkpoint(ckpts / "char")
-    args = types.SimpleNamespace(max_new_tokens=10, temperature=0, top_k=None, top_p=None, num_samples=1, window_shift=None)
+    args = types.SimpleNamespace(max_new_tokens=10, temperature=0, top_k=None, top_p=None, num_samples=1,
+                                 window_shift=None)
     prompts = iter(lines)
 
     def read_line(_):
