@@ -23,10 +23,27 @@ vocabulary.
 
 The loop (`generate_stream`) never recomputes the prompt: it runs the prompt once
 through the model filling a KV cache (prefill), then feeds one token per step,
-whose keys and values are appended to the cache. A context longer than the
-model's block_size is cut to its last block_size tokens and the cache rebuilt
-over them, so every step sees exactly what a full forward over
-`context[:, -block_size:]` would see.
+whose keys and values are appended to the cache. A prompt longer than the
+model's block_size is cut to its last block_size tokens.
+
+Past block_size the window slides (`SlidingWindow`), by s = `window_shift`
+tokens at a time. Cached keys and values cannot follow the window: a token's
+keys in every layer after the first were computed from states that attended to
+the tokens now dropped, and with learned positions (GPT-2's wpe) each one also
+holds the embedding of its position. So when the cache is full, it is reset
+(its buffers kept) and refilled by one pass over the last block_size - s + 1
+tokens, the newest included, at positions 0 ..; the s - 1 tokens after it are
+single-token steps again. Every s tokens thus cost block_size token positions
+(one (block_size - s + 1)-token pass and s - 1 steps): block_size / s per token,
+against block_size per token for a window re-run at every token. Right after a
+shift the logits are exactly those of a full forward over the kept tokens; in
+between, a token sees every token since the window last moved (block_size - s + 1
+up to block_size of them). s = 1 is the exact sliding window, each token seeing
+what a full forward over `context[:, -block_size:]` sees, at a block_size-token
+pass per token; the default s = block_size // 2 is the cheap one that still
+keeps at least half a window. The same holds for every position variant
+(rotary too). On the GPU the cache never leaves the device: a shift re-runs
+the kept ids, sent once per shift.
 """
 
 import codecs
@@ -179,66 +196,106 @@ def _check_prompt(idx) -> np.ndarray:
     return idx.astype(np.int64)
 
 
-def _next_logits(model, context, cache, xp):
-    """Logits (B, V) of the last position after feeding `context` (B, T) to the cache."""
-    return model.forward_cached(xp.asarray(context), cache, last_only=True)[:, -1, :]
+def check_window_shift(window_shift, block_size=None, option=str):
+    """Raise a MinigptError unless `window_shift` is None (the default) or a whole number in 1 .. block_size.
+
+    With block_size None (no model loaded yet) only the lower bound is checked.
+    """
+    if window_shift is None:
+        return
+    if int(window_shift) != window_shift or window_shift < 1:
+        raise MinigptError(f"{option('window_shift')} must be a whole number >= 1 (or left out), got {window_shift}")
+    if block_size is not None and window_shift > block_size:
+        raise MinigptError(f"{option('window_shift')} must be at most the model's block_size {block_size}, "
+                           f"got {window_shift}")
 
 
-def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None):
+class SlidingWindow:
+    """The logits of a growing context, from a KV cache that slides past block_size (see the module's doc).
+
+    `window` holds the ids the cache holds, (B, cache.length) on the host: the
+    logits are always those of a full forward over `window` (up to rounding).
+    """
+
+    def __init__(self, model, prompt, window_shift=None):
+        block_size = model.config.block_size
+        check_window_shift(window_shift, block_size)
+        self.model, self.block_size = model, block_size
+        self.shift = max(1, block_size // 2) if window_shift is None else int(window_shift)
+        self.cache = model.new_kv_cache()
+        self.window = prompt[:, -block_size:]
+        self.logits = self._feed(self.window)  # prefill
+
+    def push(self, next_ids):
+        """Append (B,) ids to every sequence; returns the (B, V) logits of the position after them."""
+        self.window = np.concatenate([self.window, next_ids[:, None]], axis=1)
+        if self.cache.length < self.block_size:
+            self.logits = self._feed(self.window[:, -1:])
+        else:  # full: move the window by `shift` and recompute what it keeps
+            self.window = self.window[:, -(self.block_size - self.shift + 1):]
+            self.cache.reset()
+            self.logits = self._feed(self.window)
+        return self.logits
+
+    def _feed(self, ids):
+        """Logits (B, V) of the last position after feeding ids (B, T) to the cache."""
+        model = self.model
+        return model.forward_cached(model.xp.asarray(ids), self.cache, last_only=True)[:, -1, :]
+
+
+def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
+                    window_shift=None):
     """Yield the next token of every sequence, a (B,) int64 NumPy array per step.
 
     `idx` is the (B, T) prompt (any backend). `seed` is an int, None (fresh
     entropy) or a NumPy Generator (to continue one stream of randomness across
     calls). A sequence that has produced `stop_token` is finished: from then on
     its entries are `stop_token` again (padding), and the stream ends early once
-    every sequence is finished.
+    every sequence is finished. `window_shift` is how far the context window
+    moves once the cache is full: 1 (exact, slow) .. block_size, None for
+    block_size // 2 (see the module's doc).
     """
     check_sampling_args(temperature, top_k, top_p)
+    check_window_shift(window_shift, model.config.block_size)
     if max_new_tokens < 0:
         raise MinigptError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    block_size = model.config.block_size
     context = _check_prompt(idx)
-    xp = model.xp
     rng = _as_rng(seed)
     finished = np.zeros(context.shape[0], dtype=bool)
 
     # on the GPU the logits stay there and only the B ids come back (sample_next_on_device)
-    sample = sample_next if xp is np else sample_next_on_device
+    sample = sample_next if model.xp is np else sample_next_on_device
     was_training = getattr(model, "training", False)
     model.eval()
     try:
-        cache = model.new_kv_cache()
-        logits = _next_logits(model, context[:, -block_size:], cache, xp)  # prefill
+        window = SlidingWindow(model, context, window_shift)
         for step in range(max_new_tokens):
-            next_ids = sample(logits, temperature, top_k, top_p, rng)
+            next_ids = sample(window.logits, temperature, top_k, top_p, rng)
             if stop_token is not None:
                 next_ids[finished] = stop_token
                 finished |= next_ids == stop_token
             yield next_ids
             if finished.all() or step == max_new_tokens - 1:
                 return
-            context = np.concatenate([context, next_ids[:, None]], axis=1)
-            if cache.length < block_size:
-                logits = _next_logits(model, next_ids[:, None], cache, xp)
-            else:  # the window slides: every position changes, so rebuild the cache (a block_size-token pass per step)
-                cache = model.new_kv_cache()
-                logits = _next_logits(model, context[:, -block_size:], cache, xp)
+            window.push(next_ids)
     finally:
         if was_training:
             model.train()
 
 
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None):
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
+             window_shift=None):
     """The prompt followed by up to `max_new_tokens` new tokens: (B, T + n) ids.
 
     Same array module as the model (NumPy or CuPy). As with Hugging Face's
     `generate`, `stop_token` is kept in the output, a finished sequence is padded
     with `stop_token` (GPT-2's pad token is its end-of-text token), and the
     result is shorter than T + max_new_tokens (n < max_new_tokens) only when
-    every sequence stopped early.
+    every sequence stopped early. `window_shift`: see `generate_stream`.
     """
     prompt = _check_prompt(idx)
-    steps = list(generate_stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_token))
+    steps = list(generate_stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_token,
+                                 window_shift))
     out = np.concatenate([prompt] + [ids[:, None] for ids in steps], axis=1)
     return model.xp.asarray(out)
 

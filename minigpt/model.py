@@ -193,6 +193,10 @@ class KVCache:
         elif self.keys[0].shape[0] != batch_size:
             raise ValueError(f"this KV cache holds {self.keys[0].shape[0]} sequences, got {batch_size}")
 
+    def reset(self):
+        """Forget every position; the buffers stay, to be refilled from position 0 without a new allocation."""
+        self.length = 0
+
 
 class GPT:
     def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None):
@@ -388,10 +392,11 @@ class GPT:
         logits, _ = self._final_norm_and_head(x)
         return logits
 
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
+                 window_shift=None):
         """Sample max_new_tokens after idx (B, T); see minigpt.generation.generate."""
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        seed=seed, stop_token=stop_token)
+                        seed=seed, stop_token=stop_token, window_shift=window_shift)
 
     # -- files -------------------------------------------------------------------
 

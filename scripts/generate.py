@@ -23,7 +23,13 @@ from minigpt.cli import ArgumentParser, add_option, hyphenated  # noqa: E402
 from minigpt.config import TrainConfig  # noqa: E402
 from minigpt.data import read_text_file  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
-from minigpt.generation import StreamDecoder, check_sampling_args, encode_prompt, generate_stream  # noqa: E402
+from minigpt.generation import (  # noqa: E402
+    StreamDecoder,
+    check_sampling_args,
+    check_window_shift,
+    encode_prompt,
+    generate_stream,
+)
 from minigpt.loading import load_checkpoint  # noqa: E402
 
 SAMPLE_SEPARATOR = "\n" + "-" * 40
@@ -43,6 +49,11 @@ def build_parser():
     parser.add_option("--top-k", type=int, default=200, help="sample among the k most likely tokens; 0 turns it off")
     parser.add_option("--top-p", type=float, default=None,
                       help="nucleus sampling: the smallest set of tokens whose probability reaches this (default: off)")
+    parser.add_option("--window-shift", type=int, default=None,
+                      help="past the model's context (block_size tokens), the window moves this many tokens at a time "
+                           "and its kept tokens are re-run once: 1 re-runs the whole window at every token (exact, "
+                           "slowest); a larger shift is faster, and every token still sees at least block_size - "
+                           "shift + 1 tokens (default: block_size // 2)")
     parser.add_option("--num-samples", type=int, default=1, help="independent samples per prompt")
     parser.add_option("--seed", type=int, default=None, help="makes sampling reproducible (default: a fresh seed, printed)")
     parser.add_option("--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
@@ -62,6 +73,7 @@ def parse_options(argv):
     if args.top_k == 0:
         args.top_k = None
     check_sampling_args(args.temperature, args.top_k, args.top_p, option=hyphenated)
+    check_window_shift(args.window_shift, option=hyphenated)  # its upper bound, block_size, once the model is loaded
     if args.max_new_tokens < 0:
         raise MinigptError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
@@ -76,7 +88,7 @@ def stream_sample(model, tokenizer, prompt_ids, args, rng, out):
     decoder = StreamDecoder(tokenizer)
     eot = tokenizer.eot_token
     for (token,) in generate_stream(model, np.array([prompt_ids]), args.max_new_tokens, args.temperature,
-                                    args.top_k, args.top_p, seed=rng, stop_token=eot):
+                                    args.top_k, args.top_p, seed=rng, stop_token=eot, window_shift=args.window_shift):
         if token == eot:
             break
         out.write(decoder.push([token]))
@@ -134,6 +146,7 @@ def main(argv=None):
                                f"train a model first (python scripts/train.py) or pass --checkpoint gpt2")
         note(f"no --checkpoint given: using the training out_dir {checkpoint!r}")
     model, tokenizer, _ = load_checkpoint(checkpoint, device=args.device)
+    check_window_shift(args.window_shift, model.config.block_size, option=hyphenated)
     if not args.interactive:
         prompt_ids = encode_prompt(tokenizer, args.prompt, model.config.block_size, note=note)
     if args.seed is None and args.temperature > 0:

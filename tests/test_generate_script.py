@@ -108,6 +108,19 @@ def test_underscored_options_and_several_samples(ckpts):
     assert samples[0] != samples[1]
 
 
+def test_a_sample_longer_than_the_context_slides_by_the_window_shift(ckpts):
+    outputs = {}
+    for shift in (None, 1, 5):
+        args = ["--window-shift", shift] if shift else []
+        proc = generate("--checkpoint", ckpts / "char", "--prompt", "Be", "--max-new-tokens", 50, "--seed", 4,
+                        "--temperature", 1.0, *args)  # block_size 16: the window moves at least twice
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == expected_text(ckpts / "char", "Be", seed=4, max_new_tokens=50, top_k=200,
+                                            window_shift=shift)[0]
+        outputs[shift] = proc.stdout
+    assert outputs[None] != outputs[1], "the option should reach the model (pick a seed where the two differ)"
+
+
 def test_greedy_output_does_not_depend_on_the_seed(ckpts):
     a = generate("--checkpoint", ckpts / "char", "--prompt", "F", "--temperature", 0, "--seed", 1, "--max-new-tokens", 20)
     b = generate("--checkpoint", ckpts / "char", "--prompt", "F", "--temperature", 0, "--seed", 2, "--max-new-tokens", 20)
@@ -268,6 +281,9 @@ def test_damaged_checkpoints_are_one_line_errors(ckpts, tmp_path, change, fragme
         (["--checkpoint", "{root}/char", "--top-k", "-3"], ["--top-k", "0 to turn it off"]),
         (["--checkpoint", "{root}/char", "--top-k", "-1"], ["--top-k", "0 to turn it off"]),
         (["--checkpoint", "{root}/char", "--max-new-tokens", "-1"], ["--max-new-tokens"]),
+        (["--checkpoint", "{root}/char", "--window-shift", "0"], ["--window-shift", ">= 1"]),
+        (["--checkpoint", "{root}/char", "--window_shift", "17"], ["--window-shift", "block_size 16", "17"]),
+        (["--checkpoint", "{root}/char", "--window-shift", "half"], ["--window-shift"]),
         (["--checkpoint", "{root}/char", "--prompt-file", "{root}/nope.txt"], ["nope.txt"]),
         (["--checkpoint", "{root}/char", "--temperature", "warm"], ["--temperature"]),
         (["--checkpoint", "{root}/char", "--no-such-option"], ["--no-such-option"]),
@@ -358,7 +374,8 @@ def test_generate_help_describes_every_option_with_its_default():
             line = " ".join(parser.formatter_class("x")._get_help_string(action).split())
             assert "default" in line, action.dest
     for fragment in ("tokens to generate per sample (default: 256)",
-                     "0 turns it off (default: 200)", "(default: 0.8)", "--top-p", "(default: off)"):
+                     "0 turns it off (default: 200)", "(default: 0.8)", "--top-p", "(default: off)",
+                     "--window-shift", "(default: block_size // 2)"):
         assert fragment in help_text, fragment
 
 
@@ -398,7 +415,8 @@ def interactive_session(ckpts, lines, out):
 
     script = load_script("generate")
     model, tokenizer, _ = load_checkpoint(ckpts / "char")
-    args = types.SimpleNamespace(max_new_tokens=10, temperature=0, top_k=None, top_p=None, num_samples=1)
+    args = types.SimpleNamespace(max_new_tokens=10, temperature=0, top_k=None, top_p=None, num_samples=1,
+                                 window_shift=None)
     prompts = iter(lines)
 
     def read_line(_):

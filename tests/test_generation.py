@@ -242,10 +242,10 @@ def test_kv_cache_logits_equal_a_full_forward():
     assert cache.length == 12
 
 
-def test_greedy_generation_is_repeated_argmax_of_full_forwards():
+def test_greedy_generation_with_window_shift_1_is_repeated_argmax_of_full_forwards():
     model = tiny_model(block_size=8)
     prompt = np.array([[1, 2, 3], [4, 5, 6]])
-    out = model.generate(prompt, max_new_tokens=12, temperature=0)  # slides past block_size = 8
+    out = model.generate(prompt, max_new_tokens=12, temperature=0, window_shift=1)  # slides past block_size = 8
     expected = prompt
     for _ in range(12):
         next_ids = np.argmax(full_forward_logits(model, expected), axis=-1)
@@ -253,6 +253,133 @@ def test_greedy_generation_is_repeated_argmax_of_full_forwards():
     assert out.shape == (2, 15)
     assert np.array_equal(out, expected)
     assert len(set(out[0, 3:].tolist())) > 1, "the test model should not just repeat one token"
+
+
+# -- the window past block_size -------------------------------------------------------------------
+
+VARIANTS = [dict(), dict(position="rotary"), dict(position="rotary", n_head=4, n_kv_head=2, norm="rmsnorm")]
+VARIANT_IDS = ["learned", "rotary", "rotary-gqa"]
+
+
+def variant_model(block_size, **switches):
+    """tiny_model's weights on a model with GPTConfig switches (rotary positions, grouped-query attention)."""
+    from minigpt.model import GPT, GPTConfig
+
+    config = GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=16, block_size=block_size, vocab_size=13), **switches})
+    model = GPT(config, dtype="float64", seed=0)
+    rng = np.random.default_rng(0)
+    for name, p in model.params.items():
+        if not name.endswith((".bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
+            p[...] = rng.standard_normal(p.shape) * 0.3
+    return model.eval()
+
+
+def slide(model, prompt_length, n_tokens, window_shift, seed=0):
+    """Push n_tokens random ids through a SlidingWindow; yields (ids so far, the window) after each push."""
+    from minigpt.generation import SlidingWindow
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, 13, size=(2, prompt_length))
+    window = SlidingWindow(model, ids, window_shift)
+    yield ids, window
+    for _ in range(n_tokens):
+        next_ids = rng.integers(0, 13, size=2)
+        ids = np.concatenate([ids, next_ids[:, None]], axis=1)
+        window.push(next_ids)
+        yield ids, window
+
+
+@pytest.mark.parametrize("switches", VARIANTS, ids=VARIANT_IDS)
+def test_window_shift_1_sees_the_last_block_size_tokens_at_every_token(switches):
+    model = variant_model(8, **switches)
+    for ids, window in slide(model, 5, 4 * 8, window_shift=1):
+        assert np.array_equal(window.window, ids[:, -8:])
+        np.testing.assert_allclose(window.logits, full_forward_logits(model, ids), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("switches", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("block_size, window_shift", [(8, None), (8, 3), (8, 8), (9, None), (1, None)])
+def test_the_logits_are_a_full_forward_over_the_window_which_moves_by_the_shift(switches, block_size, window_shift):
+    """Right after each shift the window holds the last block_size - s + 1 tokens; then it grows to block_size."""
+    model = variant_model(block_size, **switches)
+    s = window_shift or max(1, block_size // 2)
+    lengths = []
+    for ids, window in slide(model, 1, 4 * block_size, window_shift):
+        length = window.window.shape[1]
+        lengths.append(length)
+        assert np.array_equal(window.window, ids[:, -length:])
+        assert window.cache.length == length
+        np.testing.assert_allclose(window.logits, full_forward_logits(model, window.window), rtol=0, atol=1e-10)
+    first_full = lengths.index(block_size)
+    assert lengths[: first_full + 1] == list(range(1, block_size + 1))  # before the first shift: the whole context
+    after = lengths[first_full + 1 :]
+    assert after[::s] == [block_size - s + 1] * len(after[::s])  # a shift every s tokens ...
+    assert min(after) == block_size - s + 1 and max(after) == block_size  # ... and never less context than that
+
+
+def test_the_window_costs_one_step_per_token_and_a_pass_every_shift_in_the_same_buffers():
+    model = variant_model(8)
+    calls = []
+    forward_cached = model.forward_cached
+
+    def spy(idx, cache, last_only=False):
+        calls.append(idx.shape[1])
+        return forward_cached(idx, cache, last_only)
+
+    model.forward_cached = spy
+    windows = slide(model, 8, 24, window_shift=None)  # s = 4
+    _, window = next(windows)
+    buffers = [id(b) for b in window.cache.keys + window.cache.values]
+    for _ in windows:
+        assert [id(b) for b in window.cache.keys + window.cache.values] == buffers  # reset, never reallocated
+    assert calls == [8] + [5, 1, 1, 1] * 6  # prefill; then every 4 tokens one 5-token pass and 3 single steps
+    calls.clear()
+    list(slide(model, 8, 6, window_shift=1))
+    assert calls == [8] * 7  # s = 1: the whole window at every token
+
+
+def greedy_over_windows(model, prompt, n, window_shift):
+    """Greedy decoding by full forwards over the windows that a shift of window_shift defines."""
+    block_size = model.config.block_size
+    ids, length = prompt, prompt.shape[1]
+    for _ in range(n):
+        next_ids = np.argmax(model.forward(ids[:, -length:])[0][:, -1], axis=-1)
+        ids = np.concatenate([ids, next_ids[:, None]], axis=1)
+        length = block_size - window_shift + 1 if length == block_size else length + 1
+    return ids
+
+
+@pytest.mark.parametrize("window_shift", [None, 1, 5, 8])
+def test_generation_past_block_size_follows_the_window(window_shift):
+    model = tiny_model(block_size=8)
+    prompt = np.array([[1, 2, 3], [4, 5, 6]])
+    out = model.generate(prompt, max_new_tokens=30, temperature=0, window_shift=window_shift)
+    assert np.array_equal(out, greedy_over_windows(model, prompt, 30, window_shift or 4))
+
+
+@pytest.mark.parametrize("window_shift", [0, -2, 2.5, 9])
+def test_a_bad_window_shift_is_a_user_error(window_shift):
+    with pytest.raises(MinigptError, match="window_shift"):
+        tiny_model(block_size=8).generate(np.array([[1]]), 3, window_shift=window_shift)
+
+
+def test_the_window_stays_on_the_device_and_sends_only_the_kept_ids(monkeypatch):
+    """Under the CuPy stand-in: the shift copies nothing to the host, and sends only the ids it re-runs."""
+    import minigpt.generation as generation
+    from minigpt.model import GPT, GPTConfig
+    from tests import device_standin
+
+    B, block_size, n = 2, 8, 20
+    monkeypatch.setattr(generation, "sample_next_on_device", lambda logits, *args: np.ones(B, dtype=np.int64))
+    with device_standin.installed():
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=block_size, vocab_size=11), device="gpu")
+        device_standin.TRANSFERS.clear()
+        steps = list(generation.generate_stream(model, np.ones((B, block_size), dtype=np.int64), n, seed=0))
+        transfers = list(device_standin.TRANSFERS)
+    assert len(steps) == n
+    assert [t for t in transfers if t[0] == "d2h"] == []  # the sampler's B ids are the only copy back
+    sent = [block_size] + ([5, 1, 1, 1] * n)[: n - 1]  # the prompt; then s = 4: the 5 kept ids, 3 single ids
+    assert transfers == [("h2d", B * 8 * k) for k in sent]
 
 
 def test_sampling_after_the_window_slides_uses_the_last_block_size_tokens():

@@ -10,6 +10,14 @@ included; best of --repeats rounds, the two taking turns) and whether both produ
     OPENBLAS_NUM_THREADS=1 python scripts/bench/bench_generate.py      # both libraries on one thread
 
 Needs torch and transformers (reference only: minigpt itself never imports them).
+
+With --past-block-size, minigpt alone (no torch) generates 4 x block_size new
+tokens on a small model (train.py's default shape, random weights), so the
+window slides: the exact re-run of the whole window at every token
+(window_shift=1, what generation did before the cache slid) against the
+default shift of block_size // 2, taking turns, best of --repeats.
+
+    python scripts/bench/bench_generate.py --past-block-size [--block-size 64] [--batch-sizes 1 8]
 """
 
 import argparse
@@ -31,6 +39,9 @@ def parse_args():
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--past-block-size", action="store_true",
+                        help="minigpt only: 4 x block_size new tokens, window_shift 1 against the default")
+    parser.add_argument("--block-size", type=int, default=64, help="the small model's context (--past-block-size)")
     return parser.parse_args()
 
 
@@ -49,8 +60,38 @@ def interleaved_best_times(fns, repeats):
     return best, results
 
 
+def bench_past_block_size(args):
+    """tokens/s of a generation 4 x block_size long: the window re-run at every token against the slide."""
+    from minigpt.backend import tune_host_allocator
+    from minigpt.config import TrainConfig
+    from minigpt.model import GPT, GPTConfig
+
+    tune_host_allocator()
+    shape = TrainConfig()
+    config = GPTConfig(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd, block_size=args.block_size,
+                       vocab_size=65)  # Shakespeare-char's vocabulary
+    model = GPT(config, seed=0).eval()
+    new_tokens = 4 * args.block_size
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
+    print(f"{config.n_layer} layers, {config.n_head} heads, n_embd {config.n_embd}, block_size {config.block_size}, "
+          f"random weights; prompt {args.prompt_tokens} tokens, {new_tokens} new, greedy")
+    rng = np.random.default_rng(0)
+    for batch_size in args.batch_sizes:
+        prompt = rng.integers(0, config.vocab_size, size=(batch_size, min(args.prompt_tokens, args.block_size)))
+        runs = [lambda: model.generate(prompt, new_tokens, temperature=0, window_shift=1),
+                lambda: model.generate(prompt, new_tokens, temperature=0)]
+        (t_exact, t_slide), _ = interleaved_best_times(runs, args.repeats)
+        new = batch_size * new_tokens
+        print(f"B={batch_size}: window re-run every token {new / t_exact:8.1f} tok/s ({t_exact:.3f} s)   "
+              f"slide by {config.block_size // 2} {new / t_slide:8.1f} tok/s ({t_slide:.3f} s)   "
+              f"ratio {t_exact / t_slide:.2f}x")
+
+
 def main():
     args = parse_args()
+    if args.past_block_size:
+        bench_past_block_size(args)
+        return
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
