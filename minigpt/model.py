@@ -331,11 +331,18 @@ class GPT:
             self._caches = (emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache)
         return logits, loss
 
-    def backward(self, dloss=1.0):
+    def backward(self, dloss=1.0, sink=None):
         """Gradients of the last forward's loss (times dloss), keyed and shaped like `params`.
 
         The forward in reverse: each layer's backward takes the gradient of its
         output and its cache, and returns the gradient of its input and of its parameters.
+
+        sink: a function that takes each layer's gradients (a dict keyed like
+        `params`) as soon as that layer's backward is done. Backward then keeps
+        none of them and returns None: a caller that adds them into running sums
+        (minigpt.parallel's Accumulator) never holds a second whole set of
+        gradients (500 MB for GPT-2 124M in float32). Without a sink they are
+        collected into one dict, returned in the params' order.
         """
         if self._caches is None:
             raise RuntimeError(
@@ -344,28 +351,29 @@ class GPT:
             )
         emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache = self._caches
         self._caches = None  # the locals are now the only references: each one is freed once used
-        grads = {}
+        collected = {}
+        emit = collected.update if sink is None else sink
         dlogits, _ = cross_entropy.backward(dloss, ce_cache)
         del ce_cache  # (N, V) exponentials
         dx, g = lm_head.backward(dlogits, head_cache)
         del dlogits  # (N, V)
         dwte_head = g["weight"]
+        if not self.config.tie_embeddings:
+            emit({"lm_head.weight": dwte_head})
         dx, g = block.NORMS[self.config.norm].backward(dx, ln_f_cache)
-        grads.update({f"transformer.ln_f.{k}": v for k, v in g.items()})
+        emit({f"transformer.ln_f.{k}": v for k, v in g.items()})
         for i in reversed(range(self.config.n_layer)):
             dx, g = block.backward(dx, block_caches[i])
-            grads.update({f"transformer.h.{i}.{k}": v for k, v in g.items()})
+            emit({f"transformer.h.{i}.{k}": v for k, v in g.items()})
             block_caches[i] = None
         dx, _ = dropout.backward(dx, emb_drop_cache)
         _, g = embedding.backward(dx, emb_cache)
         if self.config.tie_embeddings:
-            dwte_head += g["wte"]  # the tied head and the embedding read the same matrix: their gradients add
-            grads["transformer.wte.weight"] = dwte_head
-        else:
-            grads["transformer.wte.weight"], grads["lm_head.weight"] = g["wte"], dwte_head
-        if "wpe" in g:
-            grads["transformer.wpe.weight"] = g["wpe"]
-        return {name: grads[name] for name in self.params}  # the params' order
+            g["wte"] += dwte_head  # the tied head and the embedding read the same matrix: their gradients add
+        emit({f"transformer.{k}.weight": v for k, v in g.items()})  # wte, and wpe with learned positions
+        if sink is None:
+            return {name: collected[name] for name in self.params}  # the params' order
+        return None
 
     # -- inference with a KV cache --------------------------------------------
 

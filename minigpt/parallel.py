@@ -32,15 +32,19 @@ is the gradient of the global mean loss.
 The order of the sums. Whichever worker finishes first, a rank adds its slices'
 losses and gradients into one accumulator in the slices' order (micro-batch,
 then row; `Accumulator`): with whole micro-batches per slice the sums are
-bit for bit those of the sequential loop, whatever W, and a rank keeps one set
-of gradients, not one per worker. A run is reproducible, and resumes exactly,
-for a given R and W; across R and W only float rounding differs.
+bit for bit those of the sequential loop, whatever W. The gradients are added
+layer by layer as each backward produces them, each tensor in its own turn, so
+a rank holds one set of sums (the optimizer's flat gradient buffer itself, in
+train.py) and the layers in flight: not a whole set per worker. A run is
+reproducible, and resumes exactly, for a given R and W; across R and W only
+float rounding differs.
 
 Dropout. Row j of micro-batch a at iteration `it` draws its masks from its own
 stream, seeded by (seed, it, a, j): the masks depend neither on R, W nor on
 where a run resumed (dropout's first axis is always the row).
 """
 
+import collections
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -99,27 +103,52 @@ class RowRNG:
 
 
 class Accumulator:
-    """A rank's loss and gradient sums, added in turn order (0, 1, 2, ...) whatever thread arrives first."""
+    """A rank's loss and gradient sums, added in turn order (0, 1, 2, ...) whatever thread arrives first.
 
-    def __init__(self):
-        self.loss, self.grads, self.turn = 0.0, None, 0
+    Gradients arrive layer by layer (GPT.backward's sink). Each tensor keeps its
+    own turn, so a worker waits only until the slice before its own has added
+    that same tensor, and each layer's gradients are freed as soon as they are
+    added: a rank holds one set of sums plus the layers in flight, not one whole
+    set of gradients per worker. `into` (name -> array, e.g. FlatAdamW's
+    grad_views) receives the sums: turn 0 copies into it, later turns add; with
+    no `into` the first gradients are kept as they are (no copy).
+    """
+
+    def __init__(self, into=None):
+        self.loss, self.loss_turn = 0.0, 0
+        self.grads = {} if into is None else into
+        self._keep_first = into is None
+        self._turns = collections.Counter()  # name -> slices whose gradient of it has been added
         self.failed = False
         self._ready = threading.Condition()
 
-    def add(self, turn: int, loss, grads) -> None:
-        """Wait for `turn`, then add (the first gradients are kept as they are: no copy)."""
+    def add_loss(self, turn: int, loss) -> None:
         with self._ready:
-            self._ready.wait_for(lambda: self.turn == turn or self.failed)
-            if self.failed:
-                raise RuntimeError("another worker thread failed")
+            self._wait(lambda: self.loss_turn == turn)
             self.loss = self.loss + loss
-            if grads is not None and self.grads is None:
-                self.grads = grads
-            elif grads is not None:
-                for name, acc in self.grads.items():
-                    acc += grads[name]
-            self.turn += 1
+            self.loss_turn += 1
             self._ready.notify_all()
+
+    def add_grads(self, turn: int, grads: dict) -> None:
+        """Add one layer's gradients (keyed like the model's params), each in its turn."""
+        for name, g in grads.items():
+            with self._ready:
+                self._wait(lambda: self._turns[name] == turn)
+            # only this thread holds the turn of `name`: the add runs outside the lock, beside other adds
+            if turn > 0:
+                self.grads[name] += g
+            elif self._keep_first:
+                self.grads[name] = g
+            else:
+                self.grads[name][...] = g
+            with self._ready:
+                self._turns[name] += 1
+                self._ready.notify_all()
+
+    def _wait(self, ready) -> None:
+        self._ready.wait_for(lambda: ready() or self.failed)
+        if self.failed:
+            raise RuntimeError("another worker thread failed")
 
     def fail(self) -> None:
         """A worker failed: wake the others, who would wait for its turn forever."""
@@ -164,13 +193,18 @@ class DataParallel:
 
     # -- the two jobs ---------------------------------------------------------------
 
-    def forward_backward(self, read, n_micro: int, batch_size: int, dropout_key=None):
+    def forward_backward(self, read, n_micro: int, batch_size: int, dropout_key=None, into=None):
         """(loss, grads) of one optimizer step: the global mean loss (the same on every rank) and this rank's
-        share of its gradient (keyed like model.params; their sum over the ranks is the whole gradient)."""
+        share of its gradient (keyed like model.params; their sum over the ranks is the whole gradient).
+
+        into: arrays (name -> array shaped like the parameter) to write the
+        gradients into, e.g. FlatAdamW's grad_views, which then need no packing;
+        grads is then `into` itself.
+        """
         model = self.model
         if dropout_key is None and model.training and model.config.dropout:
             dropout_key = (int(model.rng.integers(0, 2**63)),)  # no key given: masks from the model's generator
-        return self._run(read, n_micro, batch_size, dropout_key, backward=True)
+        return self._run(read, n_micro, batch_size, dropout_key, backward=True, into=into)
 
     def loss(self, read, n_batches: int, batch_size: int):
         """The mean over n_batches batches of each one's mean loss, for evaluation (no gradients, no dropout)."""
@@ -188,7 +222,7 @@ class DataParallel:
             self._plans[key] = shares[rank * W:(rank + 1) * W]
         return self._plans[key]
 
-    def _run(self, read, n_micro, batch_size, dropout_key, backward):
+    def _run(self, read, n_micro, batch_size, dropout_key, backward, into=None):
         model = self.model
         plan = self._plan(n_micro, batch_size)
         mine = sorted((piece for share in plan for piece in share), key=lambda p: (p.micro, p.start))
@@ -221,11 +255,14 @@ class DataParallel:
                 tasks.append((turns[p], *data[p], weight, rng))
             if tasks:
                 jobs.append((replica, tasks, backward))
-        total = Accumulator()
+        total = Accumulator(into)
         self._in_threads(jobs, total)
-        grads = total.grads
-        if backward and grads is None:  # no slice on this rank: it still takes part in the sum over ranks
-            grads = {name: model.xp.zeros_like(p) for name, p in model.params.items()}
+        grads = None
+        if backward:
+            if not turns:  # no slice on this rank: it still takes part in the sum over ranks, with zeros
+                for name, p in model.params.items():
+                    total.grads.setdefault(name, model.xp.empty_like(p))[...] = 0
+            grads = {name: total.grads[name] for name in model.params}  # the params' order
         loss = self._sum_loss(total.loss) if self.comm.world_size > 1 else total.loss
         return loss, grads
 
@@ -247,7 +284,9 @@ class DataParallel:
                 if rng is not None:
                     replica.rng = rng
                 _, slice_loss = replica.forward(to_device(x, device), to_device(y, device))
-                total.add(turn, slice_loss * weight, replica.backward(dloss=weight) if backward else None)
+                total.add_loss(turn, slice_loss * weight)
+                if backward:
+                    replica.backward(dloss=weight, sink=lambda grads: total.add_grads(turn, grads))
         except BaseException:
             total.fail()
             raise

@@ -182,8 +182,9 @@ class Trainer:
         def read(micro, rows):
             return get_batch(self.data.train, cfg.batch_size, cfg.block_size, self.batch_rng, rows)
 
-        loss, grads = self.parallel.forward_backward(
-            read, cfg.gradient_accumulation_steps, cfg.batch_size, dropout_key=(cfg.seed, it)
+        loss, grads = self.parallel.forward_backward(  # the gradients go straight into the optimizer's flat buffer
+            read, cfg.gradient_accumulation_steps, cfg.batch_size, dropout_key=(cfg.seed, it),
+            into=self.optimizer.grad_views,
         )
         # one collective sums the ranks' gradients (all-reduce, or reduce-scatter under ZeRO-1), then clip + AdamW
         return loss, self.optimizer.step(grads, lr=self.lr_at(it), grad_clip=cfg.grad_clip)

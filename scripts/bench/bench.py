@@ -136,7 +136,7 @@ def child_minigpt(shape, workers, warmup, iters):
     source = batches_from(*batches(shape))
 
     def step():
-        loss, grads = parallel.forward_backward(*source)
+        loss, grads = parallel.forward_backward(*source, into=opt.grad_views)  # as train.py
         opt.step(grads, lr=1e-4, grad_clip=1.0)
         return scalar(loss)
 
