@@ -8,6 +8,7 @@ import pytest
 import minigpt.parallel as parallel_module
 from minigpt.errors import MinigptError
 from minigpt.model import GPT, GPTConfig
+from minigpt.optim import FlatAdamW
 from minigpt.parallel import DataParallel, Slice, batches_from, split_step
 
 TINY = dict(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11)
@@ -67,6 +68,42 @@ def test_micro_batches_spread_over_workers_add_up_as_the_sequential_loop(workers
         for name, g in grads.items():
             np.testing.assert_array_equal(p_grads[name], g, err_msg=name)
     parallel.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_gradients_go_into_the_optimizers_flat_buffer(workers):
+    """into=FlatAdamW.grad_views: the sums land in the flat buffer itself (no pack), bit for bit the loop's."""
+    model = GPT(GPTConfig(**TINY), dtype="float64", seed=0)
+    rng = np.random.default_rng(3)
+    idx, targets = rng.integers(0, 11, (4, 1, 8)), rng.integers(0, 11, (4, 1, 8))
+    loss, grads = sequential(model, idx, targets)
+    opt = FlatAdamW(model.params)
+    opt.flat_grads[...] = np.nan  # whatever the buffer held before: the first slice writes, the others add
+    parallel = DataParallel(model, workers)
+    p_loss, p_grads = parallel.forward_backward(*batches_from(idx, targets), into=opt.grad_views)
+    assert all(p_grads[name] is opt.grad_views[name] for name in model.params)
+    for name, g in grads.items():
+        np.testing.assert_array_equal(p_grads[name], g, err_msg=name)
+    assert float(p_loss) == pytest.approx(loss, rel=1e-13)
+    parallel.close()
+
+
+def test_backward_hands_each_layer_to_a_sink():
+    """GPT.backward(sink=...): every gradient exactly once, as soon as its layer is done, the same arrays' values."""
+    model = GPT(GPTConfig(**TINY, tie_embeddings=False), dtype="float64", seed=0)
+    idx, targets = batch()
+    model.forward(idx, targets)
+    grads = model.backward()
+    model.forward(idx, targets)
+    handed = []
+    assert model.backward(sink=handed.append) is None
+    names = [name for layer in handed for name in layer]
+    assert sorted(names) == sorted(model.params)  # each once
+    assert names.index("lm_head.weight") < names.index("transformer.h.1.mlp.c_fc.weight")  # head first, then down
+    assert names.index("transformer.h.1.mlp.c_fc.weight") < names.index("transformer.h.0.mlp.c_fc.weight")
+    for layer in handed:
+        for name, g in layer.items():
+            np.testing.assert_array_equal(g, grads[name], err_msg=name)
 
 
 def test_a_failing_worker_does_not_leave_the_others_waiting():
