@@ -32,6 +32,7 @@ from minigpt.errors import MinigptError, run_cli as run_cli_one_process
 # Open MPI (OMPI_COMM_WORLD_*), MVAPICH (MV2_COMM_WORLD_*); srun --mpi=pmi2 sets PMI_* as well.
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+ABORT_DELAY_S = 0.3  # seconds between printing the error line and MPI_Abort (see MPICommunicator.abort)
 ERROR_GRACE_S = 2.0  # how long a rank other than 0 waits for rank 0 to report the same user error
 
 
@@ -176,6 +177,9 @@ class MPICommunicator(Communicator):
     def abort(self, code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        # The launcher forwards each rank's stderr from a pipe and may stop reading it once the job aborts: give it
+        # a moment to pass on the line just printed (CI once got an empty stderr from a bad option on 2 ranks).
+        time.sleep(ABORT_DELAY_S)
         # MPICH prints its own "Abort(code) on node ..." line: the one line already printed says it all
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
