@@ -303,13 +303,16 @@ class GPT:
 
     # -- training forward and backward --------------------------------------
 
-    def forward(self, idx, targets=None, keep_for_backward=None):
+    def forward(self, idx, targets=None, keep_for_backward=None, return_logits=True):
         """idx, targets: (B, T) integer arrays -> (logits (B, T, V), loss or None).
 
         keep_for_backward: keep every layer's activations (its cache) for
         `backward`. None, the default, keeps them in training mode when there are
         targets; evaluation (eval mode) keeps nothing. Either way the previous
         forward's activations are let go first, so two forwards never hold two sets.
+        return_logits=False (with targets) returns (None, loss) and lets the loss
+        work in the logits' memory: one (B, T, V) array less (206 MB for GPT-2 at
+        T = 1024). minigpt.parallel, which needs only the loss, passes it.
         """
         c, p = self.config, self.params
         self._caches = None
@@ -326,10 +329,11 @@ class GPT:
         logits, (ln_f_cache, head_cache) = self._final_norm_and_head(x)  # (B, T, V)
         if targets is None:
             return logits, None
-        loss, ce_cache = cross_entropy.forward(logits, self.xp.asarray(targets))
+        loss_forward = cross_entropy.forward if return_logits else cross_entropy.forward_in_place
+        loss, ce_cache = loss_forward(logits, self.xp.asarray(targets))
         if keep:
             self._caches = (emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache)
-        return logits, loss
+        return (logits if return_logits else None), loss
 
     def backward(self, dloss=1.0, sink=None):
         """Gradients of the last forward's loss (times dloss), keyed and shaped like `params`.
@@ -353,8 +357,8 @@ class GPT:
         self._caches = None  # the locals are now the only references: each one is freed once used
         collected = {}
         emit = collected.update if sink is None else sink
-        dlogits, _ = cross_entropy.backward(dloss, ce_cache)
-        del ce_cache  # (N, V) exponentials
+        dlogits, _ = cross_entropy.backward_in_place(dloss, ce_cache)  # over the cache's (N, V) exponentials
+        del ce_cache
         dx, g = lm_head.backward(dlogits, head_cache)
         del dlogits  # (N, V)
         dwte_head = g["weight"]

@@ -283,7 +283,7 @@ class DataParallel:
             for turn, x, y, weight, rng in tasks:
                 if rng is not None:
                     replica.rng = rng
-                _, slice_loss = replica.forward(to_device(x, device), to_device(y, device))
+                _, slice_loss = replica.forward(to_device(x, device), to_device(y, device), return_logits=False)
                 total.add_loss(turn, slice_loss * weight)
                 if backward:
                     replica.backward(dloss=weight, sink=lambda grads: total.add_grads(turn, grads))

@@ -76,7 +76,7 @@ def perplexity(model, ids, stride=None, batch_size=4, progress=True, option=str)
         for start in range(0, len(windows), batch_size):
             inputs, targets = window_batch(ids, windows[start : start + batch_size], block_size)
             count = int((targets >= 0).sum())
-            _, loss = model.forward(xp.asarray(inputs), xp.asarray(targets))
+            _, loss = model.forward(xp.asarray(inputs), xp.asarray(targets), return_logits=False)  # loss only
             nll_sum += scalar(loss) * count  # the model's loss is the mean over scored targets
             n_scored += count
             bar.update(count)

@@ -253,3 +253,18 @@ def test_forwards_never_hold_two_sets_of_activations():
     assert second_eval_peak < 1.1 * eval_peak
     assert train_after_eval_peak < 1.1 * train_peak
     assert train_again_peak < 1.1 * train_peak
+
+
+def test_a_forward_without_logits_gives_the_same_loss_and_gradients():
+    """return_logits=False (what DataParallel and evaluation use): None for the logits, the same loss and grads."""
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11), dtype="float64", seed=0)
+    rng = np.random.default_rng(5)
+    idx, targets = rng.integers(0, 11, (3, 8)), rng.integers(0, 11, (3, 8))
+    targets[1, :4] = -1
+    logits, loss = model.forward(idx, targets)
+    grads = model.backward(0.5)
+    none, loss_only = model.forward(idx, targets, return_logits=False)
+    assert none is None and logits.shape == (3, 8, 11)
+    assert float(loss_only) == float(loss)
+    for name, g in model.backward(0.5).items():
+        np.testing.assert_allclose(g, grads[name], rtol=1e-13, atol=1e-16, err_msg=name)

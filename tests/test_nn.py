@@ -6,6 +6,7 @@ central differences of L.
 """
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -362,6 +363,29 @@ def test_cross_entropy_with_ignored_targets(device):
     lse = np.log(np.exp(z).sum(1))
     expected = np.mean([lse[n] - z[n, y[n]] for n in range(8) if y[n] != -1])
     np.testing.assert_allclose(float(to_host(loss())), expected, rtol=1e-12)
+
+
+def test_cross_entropy_in_place_equals_cross_entropy_and_allocates_no_logits_sized_array():
+    """forward_in_place/backward_in_place: the same loss and gradient (float64), in the logits' own memory."""
+    rng = np.random.default_rng(4)
+    N, V = 64, 5000
+    logits = rng.standard_normal((2, N // 2, V)) * 3
+    targets = rng.integers(0, V, (2, N // 2))
+    targets[0, :5] = -1
+    loss, cache = cross_entropy.forward(logits, targets)
+    dlogits, _ = cross_entropy.backward(0.7, cache)
+    mine = logits.copy()
+    tracemalloc.start()
+    loss_in_place, cache_in_place = cross_entropy.forward_in_place(mine, targets)
+    dlogits_in_place, _ = cross_entropy.backward_in_place(0.7, cache_in_place)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < mine.nbytes / 4  # a few (N,) arrays, never an (N, V) one
+    assert np.shares_memory(dlogits_in_place, mine)
+    assert float(loss_in_place) == float(loss)
+    np.testing.assert_allclose(dlogits_in_place, dlogits, rtol=1e-14, atol=1e-18)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        cross_entropy.forward_in_place(logits.transpose(1, 0, 2), targets.T)
 
 
 # -- the contract of minigpt/nn/__init__.py ---------------------------------------------------------

@@ -13,6 +13,12 @@ so dz = (softmax(z) - onehot(y)) * dloss / N_valid on valid rows, and 0 on ignor
 The forward already computes e = exp(z - m) to get S; it is kept, and the
 backward forms softmax(z) = e / S from it instead of exponentiating again.
 
+The in-place variants, for a caller that needs neither the logits after the
+forward nor the cache after the backward (the model in training): with N x V
+logits (206 MB for GPT-2 at T = 1024 in float32) each saves one such array.
+`forward_in_place` writes e over the logits, and `backward_in_place` writes the
+gradient over e: the whole loss then holds one (N, V) array, not three.
+
 NumPy arrays are computed here; CuPy arrays go to the fused kernels in
 minigpt/kernels/cross_entropy_cuda.py (one block per row: max, logsumexp and
 loss in one pass; the backward's softmax - onehot, scaled, in one more), which
@@ -47,28 +53,45 @@ def backward(dloss, cache):
     return cross_entropy_cuda.cross_entropy_backward_cuda(z, y, lse, coef).reshape(shape), {}
 
 
-def forward_numpy(logits, targets):
+def forward_in_place(logits, targets):
+    """`forward`, overwriting the logits (C-contiguous) with e = exp(z - m); on CuPy, `forward` (no e to keep)."""
+    if array_module(logits) is np:
+        return forward_numpy(logits, targets, in_place=True)
+    return forward(logits, targets)
+
+
+def backward_in_place(dloss, cache):
+    """`backward`, writing dlogits over the cache's e, which is then gone; on CuPy, `backward`."""
+    if array_module(cache[0]) is np:
+        return backward_numpy(dloss, cache, in_place=True)
+    return backward(dloss, cache)
+
+
+def forward_numpy(logits, targets, in_place=False):
     xp = array_module(logits)
     V = logits.shape[-1]
-    z = logits.reshape(-1, V)  # (N, V)
+    z = logits.reshape(-1, V)  # (N, V); a view when the logits are contiguous
+    if in_place and not xp.shares_memory(z, logits):
+        raise ValueError("forward_in_place needs C-contiguous logits (reshape made a copy)")
     y = targets.reshape(-1)  # (N,)
     valid = y != IGNORE_INDEX
     n_valid = valid.sum()
+    y_safe = xp.where(valid, y, 0)  # ignored rows read column 0, then get weight 0
+    z_y = z[xp.arange(z.shape[0]), y_safe]  # (N,), read before an in-place pass overwrites z
     m = z.max(axis=1, keepdims=True)  # (N, 1)
-    e = z - m  # (N, V), a new array
+    e = xp.subtract(z, m, out=z if in_place else None)  # (N, V)
     xp.exp(e, out=e)
     s = sum_last_axis(e)  # S = sum_v exp(z_v - m), (N, 1)
-    rows = xp.arange(z.shape[0])
-    y_safe = xp.where(valid, y, 0)  # ignored rows read column 0, then get weight 0
-    loss_rows = xp.log(s[:, 0]) + m[:, 0] - z[rows, y_safe]  # logsumexp(z) - z_y, (N,)
+    loss_rows = xp.log(s[:, 0]) + m[:, 0] - z_y  # logsumexp(z) - z_y, (N,)
     loss = (loss_rows * valid).sum() / n_valid
     return loss, (e, s, y_safe, valid, n_valid, logits.shape)
 
 
-def backward_numpy(dloss, cache):
+def backward_numpy(dloss, cache, in_place=False):
     e, s, y_safe, valid, n_valid, shape = cache
     xp = array_module(e)
-    dz = e * (1.0 / s)  # softmax(z), (N, V), a new array
-    dz[xp.arange(dz.shape[0]), y_safe] -= 1.0  # - onehot(y)
-    dz *= (valid * (dloss / n_valid)).astype(dz.dtype)[:, None]  # dloss / N_valid, 0 on ignored rows
+    coef = valid * (dloss / n_valid)  # (N,): dloss / N_valid on valid rows, 0 on ignored ones
+    # dz = (softmax(z) - onehot(y)) coef = e (coef / S) - onehot(y) coef: one pass over (N, V), then N entries
+    dz = xp.multiply(e, (coef / s[:, 0]).astype(e.dtype)[:, None], out=e if in_place else None)
+    dz[xp.arange(dz.shape[0]), y_safe] -= coef.astype(dz.dtype)
     return dz.reshape(shape), {}
