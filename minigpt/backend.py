@@ -101,25 +101,38 @@ def gpu_available() -> bool:
 
 
 def tune_host_allocator() -> None:
-    """Ask glibc's malloc, for the whole process, to keep freed memory instead of returning it to the OS at once.
+    """Ask glibc's malloc, for the whole process, to keep every freed block for reuse instead of returning it to the OS.
 
-    Training calls this once at its start, as the benchmarks do: a training step
-    allocates and frees the same large NumPy temporaries every time, and by
-    default glibc gives memory at the top of the heap back to the OS when it is
-    freed, so the next allocation page-faults it in again. This keeps up to
-    1 GiB of freed memory (M_TRIM_THRESHOLD) and grows the heap 64 MiB at a time
-    (M_TOP_PAD); setting either stops glibc from raising its mmap threshold by
-    itself, so that is set too, to glibc's largest (32 MiB): blocks below it
-    come from the heap. The measured gain is in scripts/bench/HISTORY.md. Not
-    glibc (macOS, musl): nothing to do. Calling it again changes nothing.
+    Training calls this once at its start, as the benchmarks do: a training
+    step allocates and frees the same large NumPy arrays every time (GPT-2's
+    (T, vocabulary) logits are 206 MB at T = 1024), and memory given back to the
+    OS must be page-faulted in again when the next step allocates it. On a
+    virtual machine with free page reporting (virtio-balloon; the development
+    VM has it) the host takes back freed memory about 2 s later, and touching
+    it again costs a host fault as well: ~440 MB/s, a sixth of GPT-2 124M's
+    step on 2 cores. So, by glibc's mallopt:
+
+        M_MMAP_MAX = 0        no block gets its own mmap, which free() would unmap:
+                              every block, however large, comes from the heap
+        M_ARENA_MAX = 1       worker threads share that heap (their own arenas
+                              would still mmap blocks beyond 64 MiB)
+        M_TRIM_THRESHOLD = -1 the heap is never trimmed: freed memory stays
+                              in the process for the next step
+        M_TOP_PAD = 64 MiB    the heap grows 64 MiB at a time
+
+    The process keeps its peak memory for its whole life, which a training
+    run reaches again at every step anyway. Measured gains are in
+    scripts/bench/HISTORY.md. Not glibc (macOS, musl): nothing to do. Calling
+    it again changes nothing.
     """
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # from glibc's malloc.h
-        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8  # from glibc's malloc.h
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_ARENA_MAX, 1)
+        libc.mallopt(M_TRIM_THRESHOLD, -1)
         libc.mallopt(M_TOP_PAD, 64 << 20)
     except (OSError, AttributeError):
         pass
