@@ -5,7 +5,7 @@
     python scripts/bench/bench.py --compare-torch --torch-python /path/to/venv/bin/python   # torch lives elsewhere
     python scripts/bench/bench.py --workers 1             # one thread per step (default: one per core, as train.py)
     python scripts/bench/bench.py --ranks 2               # mpiexec -n 2: two processes share each step
-    python scripts/bench/bench.py --warm-memory 16        # first, on a freshly booted VM (see warm_memory)
+    python scripts/bench/bench.py --compare-torch --torch-tuned-malloc   # PyTorch also with minigpt's malloc settings
 
 Each shape and side runs in a fresh subprocess, so its peak resident memory
 (`ru_maxrss`, everything the process touched: Python, the arrays, BLAS buffers)
@@ -58,22 +58,6 @@ def matmul_peak(n=2048, repeats=5):
         a @ b
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
-
-
-def warm_memory(gib):
-    """Touch `gib` GiB of memory at once, then free it.
-
-    On a freshly booted virtual machine the hypervisor backs guest memory only
-    when it is first touched: about 440 MB/s on the development VM (18 GiB in
-    41.7 s, 2026-12-02), against ~5 GB/s once touched. Until most of the RAM
-    has been touched, the first side to allocate (minigpt, here) pays for it in
-    every step and the second reuses the pages: on 2026-12-02 that turned
-    GPT-2 124M's minigpt/PyTorch ratio from 1.14x into 1.42x. Touching the
-    memory once, all of it held together (freed one block at a time, the same
-    pages would be reused), makes both sides run on warm pages.
-    """
-    blocks = [np.ones(1 << 28, dtype=np.float32) for _ in range(gib)]  # 1 GiB each, every page written
-    del blocks
 
 
 def time_steps(step, warmup, iters):
@@ -197,9 +181,14 @@ def child_torch(shape, warmup, iters):
     return {"tokens_per_sec": A * B * T / seconds, "rss_mb": max_rss_mb(), "threads": torch.get_num_threads()}
 
 
-def run_child(command):
+# backend.tune_host_allocator's settings, for a process that cannot call mallopt itself (PyTorch's side)
+TUNED_GLIBC = ("glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=18446744073709551615:"
+               "glibc.malloc.top_pad=67108864")
+
+
+def run_child(command, env=None):
     """Run one side of one shape in a fresh process; its JSON result."""
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise MinigptError(f"benchmark child failed: {' '.join(command)}\n{result.stderr.strip()[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -217,14 +206,12 @@ def main(argv=None):
     parser.add_argument("--ranks", type=int, default=1, help="processes sharing each step (mpiexec -n RANKS)")
     parser.add_argument("--compare-torch", action="store_true", help="also time transformers + torch.optim.AdamW")
     parser.add_argument("--torch-python", default=sys.executable, help="the Python that has torch and transformers")
-    parser.add_argument("--warm-memory", type=int, default=0, metavar="GIB",
-                        help="touch this many GiB once before timing: do it on a freshly booted VM (see warm_memory)")
+    parser.add_argument("--torch-tuned-malloc", action="store_true",
+                        help="also time PyTorch with minigpt's allocator settings (glibc tunables)")
     parser.add_argument("--child", choices=["minigpt", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.workers < 0 or args.ranks < 1:
         raise MinigptError(f"--workers must be 0 or more and --ranks 1 or more, got {args.workers} and {args.ranks}")
-    if args.warm_memory < 0:
-        raise MinigptError(f"--warm-memory must be 0 or more GiB, got {args.warm_memory}")
 
     if args.child == "minigpt":
         result = child_minigpt(args.shapes[0], args.workers, args.warmup, args.iters)
@@ -235,7 +222,6 @@ def main(argv=None):
         print(json.dumps(child_torch(args.shapes[0], args.warmup, args.iters)))
         return 0
 
-    warm_memory(args.warm_memory)
     peak = matmul_peak()
     print(f"# {date.today()}  {platform.processor() or platform.machine()}  {os.cpu_count()} cores  "
           f"numpy {np.__version__}  ranks={args.ranks}  workers={args.workers or 'one per core'}")
@@ -244,6 +230,8 @@ def main(argv=None):
               "| collectives |")
     if args.compare_torch:
         header += " PyTorch tokens/s | PyTorch peak RSS (MB) | minigpt / PyTorch |"
+        if args.torch_tuned_malloc:
+            header += " PyTorch, tuned malloc | minigpt / that |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     common = ["--iters", str(args.iters), "--warmup", str(args.warmup)]
@@ -260,6 +248,10 @@ def main(argv=None):
         if args.compare_torch:
             t = run_child([args.torch_python, __file__, "--child", "torch", "--shapes", name, *common])
             row += f" {t['tokens_per_sec']:,.0f} | {t['rss_mb']:,.0f} | {r['tokens_per_sec'] / t['tokens_per_sec']:.2f}x |"
+            if args.torch_tuned_malloc:
+                env = dict(os.environ, GLIBC_TUNABLES=TUNED_GLIBC)
+                t = run_child([args.torch_python, __file__, "--child", "torch", "--shapes", name, *common], env)
+                row += f" {t['tokens_per_sec']:,.0f} | {r['tokens_per_sec'] / t['tokens_per_sec']:.2f}x |"
         print(row, flush=True)
     return 0
 

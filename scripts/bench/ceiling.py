@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import SHAPES, run_child, warm_memory  # noqa: E402
+from bench import SHAPES, run_child  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 
 
@@ -179,12 +179,9 @@ def main(argv=None):
     parser.add_argument("--compare-torch", action="store_true", help="also time bench.py's PyTorch step, right after")
     parser.add_argument("--minigpt", action="store_true", help="also time bench.py's minigpt step, right after")
     parser.add_argument("--torch-python", default=sys.executable, help="the Python that has torch and transformers")
-    parser.add_argument("--warm-memory", type=int, default=0, metavar="GIB",
-                        help="touch this many GiB once before timing (see bench.py's warm_memory)")
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         raise MinigptError(f"--iters must be 1 or more and --warmup 0 or more, got {args.iters} and {args.warmup}")
-    warm_memory(args.warm_memory)
 
     bench = str(Path(__file__).resolve().parent / "bench.py")
     common = ["--iters", str(args.iters), "--warmup", str(args.warmup)]
