@@ -1,5 +1,6 @@
 """The backend helpers that are more than a one-line dispatch."""
 
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,7 @@ def types_namespace(calls):
 
 
 KEEPS_FREED_MEMORY = """
+import os
 import sys
 import numpy as np
 from minigpt import backend
@@ -82,7 +84,7 @@ if sys.argv[1] == "tuned":
     backend.tune_host_allocator()
 def resident_mb():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 before = resident_mb()
 block = np.ones(64 << 18, dtype=np.float32)  # 64 MiB, every page written
 del block
@@ -90,7 +92,8 @@ print(resident_mb() - before)
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/statm").exists() or sys.platform != "linux", reason="glibc on Linux only")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or not Path("/proc/self/statm").exists(),
+                    reason="glibc on Linux only")
 def test_the_tuned_allocator_keeps_a_freed_large_block_resident():
     """Untuned, glibc unmaps a freed 64 MiB block at once; tuned, the process keeps it for the next step."""
     def kept(mode):

@@ -61,3 +61,4 @@ def test_bad_iters_is_one_line():
     result = run("--iters", 0)
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.startswith("error: --iters must be 1 or more") and result.stderr.count("\n") == 1
+

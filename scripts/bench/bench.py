@@ -212,6 +212,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.workers < 0 or args.ranks < 1:
         raise MinigptError(f"--workers must be 0 or more and --ranks 1 or more, got {args.workers} and {args.ranks}")
+    if args.torch_tuned_malloc and not args.compare_torch:
+        raise MinigptError("--torch-tuned-malloc times PyTorch a second way: add --compare-torch")
 
     if args.child == "minigpt":
         result = child_minigpt(args.shapes[0], args.workers, args.warmup, args.iters)

@@ -201,7 +201,7 @@ def main(argv=None):
                f"| {ceiling:,.0f} |")
         if args.minigpt:
             m = run_child([sys.executable, bench, "--child", "minigpt", "--shapes", name, "--workers", "0", *common])
-            row += f" {m['tokens_per_sec']:,.0f} | {m['tokens_per_sec'] / ceiling:.0%} |"
+            row += f" {m['tokens_per_sec']:,.0f} | {m['tokens_per_sec'] / ceiling:.1%} |"
         if args.compare_torch:
             t = run_child([args.torch_python, bench, "--child", "torch", "--shapes", name, *common])
             row += f" {t['tokens_per_sec']:,.0f} | {ceiling / t['tokens_per_sec']:.2f}x |"
