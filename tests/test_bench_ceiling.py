@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from minigpt.model import GPT, GPTConfig
+from minigpt.nn.attention import query_blocks
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench" / "ceiling.py"
@@ -30,8 +31,7 @@ def test_the_products_add_up_to_the_models_flops_plus_the_diagonal_blocks(shape)
     model = GPT(GPTConfig(**config), seed=0)
     vectors = sum(p.size for p in model.params.values() if p.ndim == 1)
     model_flops = (model.flops_per_token(T) - 6 * vectors) * B * T
-    blocks = [(s, min(s + 128, T)) for s in range(0, T, 128)]
-    scored = sum((e - s) * e for s, e in blocks)
+    scored = sum((e - s) * e for s, e in query_blocks(T))
     extra = 6 * config["n_layer"] * config["n_embd"] * B * (2 * scored - T * T)  # 3 passes x 2 products x 2 flops
     assert sum(p.flops for p in ceiling.step_products(config, B, T)) == model_flops + extra
 
@@ -61,4 +61,3 @@ def test_bad_iters_is_one_line():
     result = run("--iters", 0)
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.startswith("error: --iters must be 1 or more") and result.stderr.count("\n") == 1
-

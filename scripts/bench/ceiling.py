@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import SHAPES, run_child  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
+from minigpt.nn.attention import query_blocks  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,10 @@ def linear_products(N, fan_in, fan_out):
             Product(1, fan_in, N, fan_out, a_t=True)]
 
 
-def attention_products(B, H, T, D, query_block=128):
+def attention_products(B, H, T, D):
     """minigpt.nn.attention's blocked path: per block of query rows s..e, the keys 0..e-1 only."""
     products = []
-    for s in range(0, T, query_block):
-        e = min(s + query_block, T)
+    for s, e in query_blocks(T):
         rows = e - s
         products += [
             Product(B * H, rows, D, e, b_t=True),  # a = q k^T
