@@ -31,6 +31,7 @@ from minigpt.backend import check_dtype, get_xp, make_rng
 from minigpt.errors import MinigptError
 from minigpt.generation import generate
 from minigpt.hub import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE
+from minigpt.fast import block as fast_block
 from minigpt.nn import block, cross_entropy, dropout, embedding, lm_head, rotary
 
 # the values of each switch, GPT-2's first
@@ -396,7 +397,7 @@ class GPT:
         x, _ = embedding.forward(idx, p["transformer.wte.weight"], p.get("transformer.wpe.weight"), offset=cache.length)
         options = self._block_options(cache.length, idx.shape[1])
         for i in range(c.n_layer):
-            x = block.forward_cached(x, self.block_params(i), c.n_head, cache.keys[i], cache.values[i], cache.length,
+            x = fast_block.forward_cached(x, self.block_params(i), c.n_head, cache.keys[i], cache.values[i], cache.length,
                                      **options)
         cache.length += idx.shape[1]
         if last_only:

@@ -1,0 +1,1 @@
+"""The fast versions of the layers of minigpt.nn."""
