@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minigpt import fast
 from minigpt.backend import to_host
 from minigpt.model import GPT, GPTConfig, param_shapes
 from minigpt.nn import (attention, block, cross_entropy, dropout, embedding, gelu, gelu_erf, layernorm, linear, lm_head,
@@ -92,8 +93,8 @@ def check_linear(rng):
     x, w, b = randn(2, 3, 4), randn(4, 5), randn(5)
 
     def backward_of(dout):
-        dx, g = linear.backward(dout, linear.forward(x, w, b)[1])
-        return {"x": dx, "weight": g["weight"], "bias": g["bias"]}
+        dx, grads = linear.backward(dout, linear.forward(x, w, b)[1])
+        return {"x": dx, "weight": grads["weight"], "bias": grads["bias"]}
 
     return compare("linear", lambda: linear.forward(x, w, b)[0], backward_of, {"x": x, "weight": w, "bias": b},
                    randn(2, 3, 5))
@@ -105,8 +106,8 @@ def check_embedding(rng):
     idx = np.array([[1, 4, 1, 1], [0, 1, 4, 2]])  # repeated ids: their gradients must add up
 
     def backward_of(dout):
-        _, g = embedding.backward(dout, embedding.forward(idx, wte, wpe)[1])
-        return g
+        _, grads = embedding.backward(dout, embedding.forward(idx, wte, wpe)[1])
+        return grads
 
     return compare("embedding", lambda: embedding.forward(idx, wte, wpe)[0], backward_of, {"wte": wte, "wpe": wpe},
                    randn(2, 4, 3))
@@ -117,8 +118,8 @@ def check_layernorm(rng):
     x, w, b = randn(2, 3, 6, scale=3.0), randn(6), randn(6)
 
     def backward_of(dout):
-        dx, g = layernorm.backward(dout, layernorm.forward(x, w, b)[1])
-        return {"x": dx, "weight": g["weight"], "bias": g["bias"]}
+        dx, grads = layernorm.backward(dout, layernorm.forward(x, w, b)[1])
+        return {"x": dx, "weight": grads["weight"], "bias": grads["bias"]}
 
     return compare("layernorm", lambda: layernorm.forward(x, w, b)[0], backward_of, {"x": x, "weight": w, "bias": b},
                    randn(2, 3, 6))
@@ -136,8 +137,8 @@ def check_rmsnorm(rng):
     x, w = randn(2, 3, 6, scale=3.0), randn(6)
 
     def backward_of(dout):
-        dx, g = rmsnorm.backward(dout, rmsnorm.forward(x, w)[1])
-        return {"x": dx, "weight": g["weight"]}
+        dx, grads = rmsnorm.backward(dout, rmsnorm.forward(x, w)[1])
+        return {"x": dx, "weight": grads["weight"]}
 
     return compare("rmsnorm", lambda: rmsnorm.forward(x, w)[0], backward_of, {"x": x, "weight": w}, randn(2, 3, 6))
 
@@ -168,8 +169,8 @@ def check_swiglu(rng):
         return swiglu.forward(x, *p.values())
 
     def backward_of(dout):
-        dx, g = swiglu.backward(dout, fwd()[1])
-        return {"x": dx, **g}
+        dx, grads = swiglu.backward(dout, fwd()[1])
+        return {"x": dx, **grads}
 
     return compare("swiglu", lambda: fwd()[0], backward_of, {"x": x, **p}, randn(2, 3, C))
 
@@ -194,8 +195,8 @@ def check_mlp(rng):
         return mlp.forward(x, p["c_fc.weight"], p["c_fc.bias"], p["c_proj.weight"], p["c_proj.bias"])
 
     def backward_of(dout):
-        dx, g = mlp.backward(dout, fwd()[1])
-        return {"x": dx, **g}
+        dx, grads = mlp.backward(dout, fwd()[1])
+        return {"x": dx, **grads}
 
     return compare("mlp", lambda: fwd()[0], backward_of, {"x": x, **p}, randn(2, 3, C))
 
@@ -240,8 +241,8 @@ def _attention_check(layer, forward, backward, rng, n_kv_head=None, rotary_base=
                        attn_pdrop=0.2, rng=np.random.default_rng(3), training=True, n_kv_head=n_kv_head, rope=rope)
 
     def backward_of(dout):
-        dx, g = backward(dout, fwd()[1])
-        return {"x": dx, **g}
+        dx, grads = backward(dout, fwd()[1])
+        return {"x": dx, **grads}
 
     return compare(layer, lambda: fwd()[0], backward_of, {"x": x, **p}, randn(B, T, C))
 
@@ -251,12 +252,12 @@ def check_attention(rng):
 
 
 def check_attention_blocked(rng):
-    """The fast path, with blocks of 2 query rows (T = 5: rows 0-1, 2-3, 4) so that blocks really skip keys."""
-    query_block, attention.QUERY_BLOCK = attention.QUERY_BLOCK, 2
+    """minigpt.fast's attention, with blocks of 2 query rows (T = 5: rows 0-1, 2-3, 4) so that blocks skip keys."""
+    query_block, fast.attention.QUERY_BLOCK = fast.attention.QUERY_BLOCK, 2
     try:
-        return _attention_check("attention_blocked", attention.forward_blocked, attention.backward_blocked, rng)
+        return _attention_check("attention_blocked", fast.attention.forward, fast.attention.backward, rng)
     finally:
-        attention.QUERY_BLOCK = query_block
+        fast.attention.QUERY_BLOCK = query_block
 
 
 def check_attention_gqa_rotary(rng):
@@ -266,13 +267,13 @@ def check_attention_gqa_rotary(rng):
 
 
 def check_attention_blocked_mqa_rotary(rng):
-    """The fast path (blocks of 2 rows) with one key/value head for 4 query heads (multi-query), rotary."""
-    query_block, attention.QUERY_BLOCK = attention.QUERY_BLOCK, 2
+    """minigpt.fast's attention (blocks of 2 rows), one key/value head for 4 query heads (multi-query), rotary."""
+    query_block, fast.attention.QUERY_BLOCK = fast.attention.QUERY_BLOCK, 2
     try:
-        return _attention_check("attention_blocked_mqa_rotary", attention.forward_blocked, attention.backward_blocked,
+        return _attention_check("attention_blocked_mqa_rotary", fast.attention.forward, fast.attention.backward,
                                 rng, n_kv_head=1, rotary_base=10.0)
     finally:
-        attention.QUERY_BLOCK = query_block
+        fast.attention.QUERY_BLOCK = query_block
 
 
 def _block_check(layer, rng, **switches):
@@ -288,8 +289,8 @@ def _block_check(layer, rng, **switches):
         return block.forward(x, p, config.n_head, 0.1, np.random.default_rng(11), training=True, **options)
 
     def backward_of(dout):
-        dx, g = block.backward(dout, fwd()[1])
-        return {"x": dx, **g}
+        dx, grads = block.backward(dout, fwd()[1])
+        return {"x": dx, **grads}
 
     return compare(layer, lambda: fwd()[0], backward_of, {"x": x, **p}, randn(2, 3, config.n_embd))
 
@@ -309,8 +310,8 @@ def check_lm_head(rng):
     x, wte = randn(2, 3, 4), randn(7, 4)
 
     def backward_of(dout):
-        dx, g = lm_head.backward(dout, lm_head.forward(x, wte)[1])
-        return {"x": dx, "wte": g["weight"]}
+        dx, grads = lm_head.backward(dout, lm_head.forward(x, wte)[1])
+        return {"x": dx, "wte": grads["weight"]}
 
     return compare("lm_head", lambda: lm_head.forward(x, wte)[0], backward_of, {"x": x, "wte": wte}, randn(2, 3, 7))
 
@@ -332,16 +333,20 @@ MODELS = {
 }
 
 
-def check_model(rng, entries_per_tensor=12, layer="model"):
-    """The whole GPT, loss = cross-entropy: a sample of entries of every parameter (tied wte included)."""
+def check_model(rng, entries_per_tensor=12, layer="model", fast=True):
+    """The whole GPT, loss = cross-entropy: a sample of entries of every parameter (tied wte included).
+
+    fast: on the layers of minigpt.fast, what the model runs (rows `model...`), or else on the plain
+    layers of minigpt.nn (rows `model..._plain`).
+    """
     shape = dict(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11, dropout=0.1)
     config = GPTConfig(**{**shape, **MODELS[layer]})
-    model = GPT(config, dtype="float64", seed=0)
-    for name, p in model.params.items():
+    model = GPT(config, dtype="float64", seed=0, fast=fast)
+    for name, param in model.params.items():
         if name.endswith(".bias") or ".ln_" in name:  # LayerNorm and bias values away from 1 and 0
-            p += rng.standard_normal(p.shape) * 0.1
+            param += rng.standard_normal(param.shape) * 0.1
         else:  # weights large enough that attention is far from uniform and gradients are not tiny
-            p *= 15.0
+            param *= 15.0
     idx = rng.integers(0, 11, (2, 8))
     targets = rng.integers(0, 11, (2, 8))
     targets[1, :3] = -1
@@ -354,10 +359,10 @@ def check_model(rng, entries_per_tensor=12, layer="model"):
     loss()
     grads = model.backward()
     rows = []
-    for name, p in model.params.items():
-        indices = rng.choice(p.size, size=min(p.size, entries_per_tensor), replace=False)
-        numeric = numerical_grad(loss, p, indices=indices)
-        rows.append(Row(layer, name, rel_error(grads[name].ravel()[indices], numeric.ravel()[indices])))
+    for name, param in model.params.items():
+        indices = rng.choice(param.size, size=min(param.size, entries_per_tensor), replace=False)
+        numeric = numerical_grad(loss, param, indices=indices)
+        rows.append(Row(layer if fast else f"{layer}_plain", name, rel_error(grads[name].ravel()[indices], numeric.ravel()[indices])))
     return rows
 
 
@@ -383,6 +388,7 @@ LAYERS = {
     "lm_head": check_lm_head,
     "cross_entropy": check_cross_entropy,
     **{name: (lambda rng, name=name: check_model(rng, layer=name)) for name in MODELS},
+    **{f"{name}_plain": (lambda rng, name=name: check_model(rng, layer=name, fast=False)) for name in MODELS},
 }
 
 

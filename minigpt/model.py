@@ -31,8 +31,10 @@ from minigpt.backend import check_dtype, get_xp, make_rng
 from minigpt.errors import MinigptError
 from minigpt.generation import generate
 from minigpt.hub import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE
-from minigpt.fast import block as fast_block
-from minigpt.nn import block, cross_entropy, dropout, embedding, lm_head, rotary
+from minigpt.fast import LAYERS as FAST_LAYERS
+from minigpt.fast import block as cached_block
+from minigpt.nn import block, dropout, embedding, lm_head, rotary
+from minigpt.nn.layers import LAYERS as PLAIN_LAYERS
 
 # the values of each switch, GPT-2's first
 SWITCHES = {
@@ -200,8 +202,11 @@ class KVCache:
 
 
 class GPT:
-    def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None):
+    def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None, fast=True):
+        """fast=False runs the plain layers of minigpt.nn (the formulas) instead of minigpt.fast's: slower,
+        the same results to rounding; the gradient checks run both."""
         self.config = config
+        self.layers = FAST_LAYERS if fast else PLAIN_LAYERS  # the module behind each layer name, see minigpt.fast
         self.dtype = check_dtype(dtype)
         self.device = device
         self.xp = get_xp(device)
@@ -285,10 +290,10 @@ class GPT:
 
     def _final_norm_and_head(self, x):
         """ln_f, then the head (wte^T when tied, else lm_head.weight^T): (logits, (ln_f cache, head cache))."""
-        p = self.params
-        ln_f = block.NORMS[self.config.norm]
-        x, ln_f_cache = ln_f.forward(x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"))
-        logits, head_cache = lm_head.forward(x, p.get("lm_head.weight", p["transformer.wte.weight"]))  # (B, T, V)
+        params = self.params
+        ln_f = self.layers[self.config.norm]
+        x, ln_f_cache = ln_f.forward(x, params["transformer.ln_f.weight"], params.get("transformer.ln_f.bias"))
+        logits, head_cache = lm_head.forward(x, params.get("lm_head.weight", params["transformer.wte.weight"]))
         return logits, (ln_f_cache, head_cache)
 
     def _check_idx(self, idx, offset=0):
@@ -324,14 +329,15 @@ class GPT:
         options = self._block_options(0, idx.shape[1])
         block_caches = []
         for i in range(c.n_layer):
-            x, cache = block.forward(x, self.block_params(i), c.n_head, c.dropout, self.rng, self.training, **options)
+            x, cache = block.forward(x, self.block_params(i), c.n_head, c.dropout, self.rng, self.training,
+                                     layers=self.layers, **options)
             if keep:  # otherwise this block's activations are freed here, before the next block runs
                 block_caches.append(cache)
         logits, (ln_f_cache, head_cache) = self._final_norm_and_head(x)  # (B, T, V)
         if targets is None:
             return logits, None
-        loss_forward = cross_entropy.forward if return_logits else cross_entropy.forward_in_place
-        loss, ce_cache = loss_forward(logits, self.xp.asarray(targets))
+        loss_layer = self.layers["cross_entropy" if return_logits else "cross_entropy_in_place"]
+        loss, ce_cache = loss_layer.forward(logits, self.xp.asarray(targets))
         if keep:
             self._caches = (emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache)
         return (logits if return_logits else None), loss
@@ -358,24 +364,24 @@ class GPT:
         self._caches = None  # the locals are now the only references: each one is freed once used
         collected = {}
         emit = collected.update if sink is None else sink
-        dlogits, _ = cross_entropy.backward_in_place(dloss, ce_cache)  # over the cache's (N, V) exponentials
+        dlogits, _ = self.layers["cross_entropy_in_place"].backward(dloss, ce_cache)  # may overwrite the cache
         del ce_cache
-        dx, g = lm_head.backward(dlogits, head_cache)
+        dx, head_grads = lm_head.backward(dlogits, head_cache)
         del dlogits  # (N, V)
-        dwte_head = g["weight"]
+        dwte_head = head_grads["weight"]
         if not self.config.tie_embeddings:
             emit({"lm_head.weight": dwte_head})
-        dx, g = block.NORMS[self.config.norm].backward(dx, ln_f_cache)
-        emit({f"transformer.ln_f.{k}": v for k, v in g.items()})
+        dx, grads = self.layers[self.config.norm].backward(dx, ln_f_cache)
+        emit({f"transformer.ln_f.{name}": grad for name, grad in grads.items()})
         for i in reversed(range(self.config.n_layer)):
-            dx, g = block.backward(dx, block_caches[i])
-            emit({f"transformer.h.{i}.{k}": v for k, v in g.items()})
+            dx, grads = block.backward(dx, block_caches[i])
+            emit({f"transformer.h.{i}.{name}": grad for name, grad in grads.items()})
             block_caches[i] = None
         dx, _ = dropout.backward(dx, emb_drop_cache)
-        _, g = embedding.backward(dx, emb_cache)
+        _, grads = embedding.backward(dx, emb_cache)
         if self.config.tie_embeddings:
-            g["wte"] += dwte_head  # the tied head and the embedding read the same matrix: their gradients add
-        emit({f"transformer.{k}.weight": v for k, v in g.items()})  # wte, and wpe with learned positions
+            grads["wte"] += dwte_head  # the tied head and the embedding read the same matrix: their gradients add
+        emit({f"transformer.{name}.weight": grad for name, grad in grads.items()})  # wte, and wpe if learned
         if sink is None:
             return {name: collected[name] for name in self.params}  # the params' order
         return None
@@ -397,8 +403,8 @@ class GPT:
         x, _ = embedding.forward(idx, p["transformer.wte.weight"], p.get("transformer.wpe.weight"), offset=cache.length)
         options = self._block_options(cache.length, idx.shape[1])
         for i in range(c.n_layer):
-            x = fast_block.forward_cached(x, self.block_params(i), c.n_head, cache.keys[i], cache.values[i], cache.length,
-                                     **options)
+            x = cached_block.forward_cached(x, self.block_params(i), c.n_head, cache.keys[i], cache.values[i],
+                                            cache.length, **options)
         cache.length += idx.shape[1]
         if last_only:
             x = x[:, -1:]

@@ -476,14 +476,14 @@ def _write(out, value):
 
 
 def _layernorm_forward(x, weight, bias, y, xhat, rstd, eps, has_bias, n_rows, c):
-    from minigpt.nn import layernorm
+    from minigpt.fast import layernorm
 
     out, (xh, rs, _, _) = layernorm.forward(x.reshape(n_rows, c), weight, bias if has_bias else None, eps)
     _write(y, out), _write(xhat, xh), _write(rstd, rs)
 
 
 def _layernorm_backward_dx(dy, xhat, rstd, weight, dx, n_rows, c):
-    from minigpt.nn import layernorm
+    from minigpt.fast import layernorm
 
     g, _ = layernorm.backward(dy.reshape(n_rows, c), (xhat.reshape(n_rows, c), rstd.reshape(n_rows, 1), weight, False))
     _write(dx, g)
@@ -499,13 +499,13 @@ def _layernorm_backward_params(dy, xhat, partial, n_rows, c, rows_per_chunk):
 
 
 def _causal_softmax_forward(scores, probs, scale, n_rows, t_q, t_k):
-    from minigpt.nn import softmax
+    from minigpt.fast import softmax
 
     _write(probs, softmax.forward_numpy(scores.reshape(-1, t_q, t_k), scale))
 
 
 def _causal_softmax_backward(dprobs, probs, dscores, scale, n_rows, t_q, t_k):
-    from minigpt.nn import softmax
+    from minigpt.fast import softmax
 
     _write(dscores, softmax.backward_numpy(dprobs.reshape(-1, t_q, t_k), probs.reshape(-1, t_q, t_k), scale))
 
@@ -538,7 +538,7 @@ def _adamw_flat_step(p, m, v, g, sumsq, max_norm, *scalars_and_sizes):
 
 
 def _fill_twins():
-    from minigpt.nn import gelu
+    from minigpt.fast import gelu
 
     ELEMENTWISE_TWINS.update({
         "minigpt_gelu_forward": gelu.forward_numpy,

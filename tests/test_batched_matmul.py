@@ -7,7 +7,7 @@
   op(a) @ op(b) for the strided slices attention passes (query blocks, key
   prefixes, outputs written into a slice). Reading row-major data as
   column-major is the classic trap; this is where it would show.
-* attention.forward_heads_major (what CuPy runs) equals forward_blocked (what
+* attention.forward_heads_major (what CuPy runs) equals the NumPy blocks of fast.attention.forward (what
   NumPy runs), forward and backward, dropout included, on NumPy.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from minigpt.backend import CUBLAS_OP_T, batched_matmul, gemm_strided_batched_args, get_xp, gpu_available, tf32_enabled
-from minigpt.nn import attention
+from minigpt.fast import attention
 from tests import device_standin
 from tests.device_standin import emulate_gemm_strided_batched, emulating_gemm_strided_batched_ex
 
@@ -99,15 +99,15 @@ def test_batched_matmul_on_numpy_is_the_product_of_the_transposed_views():
 @pytest.mark.parametrize("attn_pdrop", [0.0, 0.2])
 @pytest.mark.parametrize("query_block", [3, 128])
 def test_heads_major_attention_equals_the_blocked_attention(attn_pdrop, query_block, monkeypatch):
-    """The GPU's layout, run on NumPy, gives forward_blocked's output and gradients (same dropout masks)."""
+    """The GPU's layout, run on NumPy, gives fast.attention.forward's output and gradients (same dropout masks)."""
     monkeypatch.setattr(attention, "QUERY_BLOCK", query_block)
     rng = np.random.default_rng(9)
     Bx, Tx, C, n_head = 2, 7, 8, 2
     x, dout = rng.standard_normal((Bx, Tx, C)), rng.standard_normal((Bx, Tx, C))
     params = (rng.standard_normal((C, 3 * C)), rng.standard_normal(3 * C), rng.standard_normal((C, C)),
               rng.standard_normal(C))
-    out, cache = attention.forward_blocked(x, *params, n_head, attn_pdrop, np.random.default_rng(1), True)
-    dx, grads = attention.backward_blocked(dout, cache)
+    out, cache = attention.forward(x, *params, n_head, attn_pdrop, np.random.default_rng(1), True)
+    dx, grads = attention.backward(dout, cache)
     out_hm, cache = attention.forward_heads_major(x, *params, n_head, attn_pdrop, np.random.default_rng(1), True)
     dx_hm, grads_hm = attention.backward_heads_major(dout, cache)
     np.testing.assert_allclose(out_hm, out, rtol=1e-12, atol=1e-12)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minigpt.model import GPT, GPTConfig
-from minigpt.nn.attention import query_blocks
+from minigpt.fast.attention import query_blocks
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "bench" / "ceiling.py"

@@ -12,7 +12,7 @@ import pytest
 
 from minigpt import optim
 from minigpt.model import GPT, GPTConfig
-from minigpt.nn import attention
+from minigpt.fast import attention
 from tests import device_standin
 from tests.device_standin import LAUNCHES
 
@@ -34,10 +34,10 @@ def test_attention_runs_one_gemm_per_product_and_two_copies_per_pass(cupy):
     params = [cupy.asarray(rng.standard_normal(shape).astype(np.float32)) for shape in ((C, 3 * C), (3 * C,), (C, C), (C,))]
     n_blocks = len(attention.query_blocks(T))
     LAUNCHES.clear()
-    out, cache = attention.forward_blocked(x, *params, H)
+    out, cache = attention.forward(x, *params, H)
     forward = dict(LAUNCHES)
     LAUNCHES.clear()
-    attention.backward_blocked(out, cache)
+    attention.backward(out, cache)
     backward = dict(LAUNCHES)
 
     assert forward["gemm"] == 2 + 2 * n_blocks  # c_attn, c_proj; q k^T and p v per block

@@ -18,7 +18,7 @@ from minigpt import optim
 from minigpt.backend import scalar, to_host
 from minigpt.kernels import cross_entropy_cuda, layernorm_cuda, softmax_cuda
 from minigpt.model import GPT, GPTConfig
-from minigpt.nn import attention
+from minigpt.fast import attention
 from tests import cuda_host, device_standin
 
 

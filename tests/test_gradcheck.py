@@ -59,10 +59,10 @@ def break_line(monkeypatch, module, old, new):
 @pytest.mark.parametrize(
     "module, layer, old, new, failing",
     [
-        # the exercise of minigpt/nn/README.md: drop the mean(g) term of LayerNorm's dx
-        (layernorm, "layernorm", "    g -= mean_g\n", "", {"x"}),
-        # dv = p @ dy instead of p^T @ dy: v's part of qkv is wrong, c_proj's gradients stay right
-        (attention, "attention", "dv = transpose(p) @ dy", "dv = p @ dy", {"x", "c_attn.weight", "c_attn.bias"}),
+        # the exercise of minigpt/nn/README.md: drop the mean(dxhat) term of LayerNorm's dx
+        (layernorm, "layernorm", "                 - dxhat.mean(axis=-1, keepdims=True)\n", "", {"x"}),
+        # dv = probs @ dy instead of probs^T @ dy: v's part of qkv is wrong, c_proj's gradients stay right
+        (attention, "attention", "dv = transpose(probs) @ dy", "dv = probs @ dy", {"x", "c_attn.weight", "c_attn.bias"}),
     ],
 )
 def test_a_broken_backward_fails_its_rows(monkeypatch, capsys, module, layer, old, new, failing):

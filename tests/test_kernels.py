@@ -1,4 +1,4 @@
-"""The CUDA twins of minigpt.nn.gelu and minigpt.nn.softmax, against their NumPy twins.
+"""The CUDA twins of minigpt.fast.gelu and minigpt.fast.softmax, against their NumPy twins.
 
 Three layers of checks:
 
@@ -29,9 +29,9 @@ import minigpt.kernels
 from minigpt import backend
 from minigpt.backend import get_xp, gpu_available, set_tf32, tf32_enabled, to_host
 from minigpt.errors import MinigptError
+from minigpt.fast import cross_entropy, gelu, layernorm, softmax
 from minigpt.kernels.build_cuda import CTYPES, ElementwiseSource, RawSource
 from minigpt.model import GPT, GPTConfig
-from minigpt.nn import cross_entropy, gelu, layernorm, softmax
 from minigpt.optim import AdamW, clip_grad_norm
 
 # ---------------------------------------------------------------------------
@@ -79,22 +79,32 @@ def test_layers_send_numpy_arrays_to_the_numpy_twins(monkeypatch):
     cross_entropy.backward(1.0, ce_cache)
 
     assert calls == [
-        "minigpt.nn.gelu.forward_numpy",
-        "minigpt.nn.gelu.backward_numpy",
-        "minigpt.nn.softmax.forward_numpy",
-        "minigpt.nn.softmax.backward_numpy",
-        "minigpt.nn.cross_entropy.forward_numpy",
-        "minigpt.nn.cross_entropy.backward_numpy",
+        "minigpt.fast.gelu.forward_numpy",
+        "minigpt.fast.gelu.backward_numpy",
+        "minigpt.fast.softmax.forward_numpy",
+        "minigpt.fast.softmax.backward_numpy",
+        "minigpt.fast.cross_entropy.forward_numpy",
+        "minigpt.fast.cross_entropy.backward_numpy",
     ]
     assert isinstance(y, np.ndarray) and isinstance(p, np.ndarray)
     assert y.dtype == np.float32 and p.dtype == np.float32
 
 
+def test_the_gelu_kernels_constants_are_the_layers():
+    """kernels/gelu_cuda.py spells GELU's constants itself (kernels/ imports nothing from nn/): the same numbers."""
+    from minigpt.kernels import gelu_cuda
+    from minigpt.nn import gelu as plain_gelu
+
+    assert gelu_cuda.SQRT_2_OVER_PI == plain_gelu.SQRT_2_OVER_PI == math.sqrt(2 / math.pi)
+    assert gelu_cuda.GELU_COEFF == plain_gelu.GELU_COEFF == 0.044715
+    assert repr(plain_gelu.GELU_COEFF) in gelu_cuda.GELU_PREAMBLE and repr(plain_gelu.SQRT_2_OVER_PI) in gelu_cuda.GELU_PREAMBLE
+
+
 @pytest.mark.parametrize(
     "module",
     ["minigpt.kernels.gelu_cuda", "minigpt.kernels.softmax_cuda", "minigpt.kernels.layernorm_cuda",
-     "minigpt.kernels.cross_entropy_cuda", "minigpt.nn.gelu", "minigpt.nn.softmax", "minigpt.nn.layernorm",
-     "minigpt.nn.cross_entropy", "minigpt.model"],
+     "minigpt.kernels.cross_entropy_cuda", "minigpt.fast.gelu", "minigpt.fast.softmax", "minigpt.fast.layernorm",
+     "minigpt.fast.cross_entropy", "minigpt.fast", "minigpt.model"],
 )
 def test_imports_first_in_a_fresh_interpreter(module):
     """Whichever side of a layer/kernel pair is imported first, the import completes (no cycle)."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from minigpt.kernels import cross_entropy_cuda, layernorm_cuda, softmax_cuda
-from minigpt.nn import cross_entropy, layernorm, softmax
+from minigpt.fast import cross_entropy, layernorm, softmax
 from tests import cuda_host
 
 TOL = dict(rtol=1e-12, atol=1e-13)

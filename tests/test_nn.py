@@ -13,6 +13,7 @@ import pytest
 
 from minigpt import gradcheck
 from minigpt.backend import get_xp, to_host
+from minigpt import fast
 from minigpt.nn import attention, block, cross_entropy, dropout, embedding, gelu, layernorm, linear, lm_head, mlp, softmax
 from tests.conftest import numerical_grad, rel_error
 
@@ -111,7 +112,7 @@ def softmax_reference(scores, scale):
 
 def test_gelu_numpy_twin_forward_matches_formula():
     x = np.random.default_rng(0).standard_normal((3, 7, 5)) * 4
-    np.testing.assert_allclose(gelu.forward_numpy(x), gelu_reference(x), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(fast.gelu.forward_numpy(x), gelu_reference(x), rtol=1e-12, atol=1e-15)
 
 
 def test_gelu_numpy_twin_backward_matches_finite_differences():
@@ -119,19 +120,19 @@ def test_gelu_numpy_twin_backward_matches_finite_differences():
     dout = np.random.default_rng(2).standard_normal(x.shape)
     h = 1e-6
     numeric = (gelu_reference(x + h) - gelu_reference(x - h)) / (2 * h) * dout
-    np.testing.assert_allclose(gelu.backward_numpy(dout, x), numeric, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(fast.gelu.backward_numpy(dout, x), numeric, rtol=1e-7, atol=1e-9)
 
 
 def test_gelu_numpy_twin_backward_is_finite_for_huge_inputs():
     x = np.array([-1e4, -50.0, 50.0, 1e4], dtype=np.float32)
-    dx = gelu.backward_numpy(np.ones_like(x), x)
+    dx = fast.gelu.backward_numpy(np.ones_like(x), x)
     np.testing.assert_array_equal(dx, [0.0, 0.0, 1.0, 1.0])
 
 
 @pytest.mark.parametrize("t_q, t_k", [(1, 1), (5, 5), (3, 8), (1, 33)])
 def test_causal_softmax_forward_matches_reference(t_q, t_k):
     scores = np.random.default_rng(3).standard_normal((2, 3, t_q, t_k)) * 5
-    probs = softmax.forward_numpy(scores, 0.37)
+    probs = fast.softmax.forward_numpy(scores, 0.37)
     np.testing.assert_allclose(probs, softmax_reference(scores, 0.37), rtol=1e-12, atol=1e-15)
     masked = softmax.causal_mask(np, t_q, t_k)
     assert np.all(probs[..., masked] == 0.0)
@@ -140,7 +141,7 @@ def test_causal_softmax_forward_matches_reference(t_q, t_k):
 
 def test_causal_softmax_forward_is_stable_for_huge_scores():
     scores = np.array([[[1e4, 0.0], [1e4, 2e4]]], dtype=np.float32)
-    probs = softmax.forward_numpy(scores, 1.0)
+    probs = fast.softmax.forward_numpy(scores, 1.0)
     np.testing.assert_array_equal(probs, [[[1.0, 0.0], [0.0, 1.0]]])
 
 
@@ -149,16 +150,16 @@ def test_causal_softmax_backward_matches_finite_differences():
     scores = rng.standard_normal((2, 4, 6))
     weights = rng.standard_normal(scores.shape)  # L = sum(weights * probs), so dL/dprobs = weights
     scale = 0.5
-    probs = softmax.forward_numpy(scores, scale)
-    analytic = softmax.backward_numpy(weights, probs, scale)
+    probs = fast.softmax.forward_numpy(scores, scale)
+    analytic = fast.softmax.backward_numpy(weights, probs, scale)
     numeric = np.zeros_like(scores)
     h = 1e-6
     for index in np.ndindex(scores.shape):
         bumped = scores.copy()
         bumped[index] += h
-        up = np.sum(weights * softmax.forward_numpy(bumped, scale))
+        up = np.sum(weights * fast.softmax.forward_numpy(bumped, scale))
         bumped[index] -= 2 * h
-        down = np.sum(weights * softmax.forward_numpy(bumped, scale))
+        down = np.sum(weights * fast.softmax.forward_numpy(bumped, scale))
         numeric[index] = (up - down) / (2 * h)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
     assert np.all(analytic[..., softmax.causal_mask(np, 4, 6)] == 0.0)
@@ -241,10 +242,10 @@ def test_causal_softmax(device, t_q, t_k):
           lambda d: {"scores": softmax.backward(d, softmax.forward(scores, 0.7)[1])[0]}, dout)
 
 
-ATTENTION_PATHS = {  # name: (forward, backward, QUERY_BLOCK)
-    "textbook": (attention.forward, attention.backward, attention.QUERY_BLOCK),
-    "blocked": (attention.forward_blocked, attention.backward_blocked, 128),
-    "blocked-2": (attention.forward_blocked, attention.backward_blocked, 2),  # T = 5 as rows 0-1, 2-3, 4
+ATTENTION_PATHS = {  # name: (forward, backward, QUERY_BLOCK of the fast path)
+    "textbook": (attention.forward, attention.backward, 128),
+    "blocked": (fast.attention.forward, fast.attention.backward, 128),
+    "blocked-2": (fast.attention.forward, fast.attention.backward, 2),  # T = 5 as rows 0-1, 2-3, 4
 }
 
 
@@ -252,7 +253,7 @@ ATTENTION_PATHS = {  # name: (forward, backward, QUERY_BLOCK)
 @pytest.mark.parametrize("attn_pdrop", [0.0, 0.2])
 def test_attention(device, attn_pdrop, path, monkeypatch):
     forward, backward, query_block = ATTENTION_PATHS[path]
-    monkeypatch.setattr(attention, "QUERY_BLOCK", query_block)
+    monkeypatch.setattr(fast.attention, "QUERY_BLOCK", query_block)
     xp, rng, randn = setup(device)
     B, T, C, H = 2, 5, 6, 2
     x = randn(B, T, C)
@@ -274,15 +275,15 @@ def test_attention(device, attn_pdrop, path, monkeypatch):
 @pytest.mark.parametrize("query_block", [3, 7, 128])  # several blocks, one block of exactly T, one block of more
 def test_blocked_attention_equals_the_textbook_attention(device, query_block, monkeypatch):
     """The fast path (keys after each block of queries never scored) gives the textbook output and gradients."""
-    monkeypatch.setattr(attention, "QUERY_BLOCK", query_block)
+    monkeypatch.setattr(fast.attention, "QUERY_BLOCK", query_block)
     xp, rng, randn = setup(device)
     B, T, C, H = 2, 7, 8, 2
     x, dout = randn(B, T, C), randn(B, T, C)
     params = (randn(C, 3 * C), randn(3 * C), randn(C, C), randn(C))
     out, cache = attention.forward(x, *params, H)
     dx, grads = attention.backward(dout, cache)
-    out_blocked, cache = attention.forward_blocked(x, *params, H)
-    dx_blocked, grads_blocked = attention.backward_blocked(dout, cache)
+    out_blocked, cache = fast.attention.forward(x, *params, H)
+    dx_blocked, grads_blocked = fast.attention.backward(dout, cache)
     np.testing.assert_allclose(to_host(out_blocked), to_host(out), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(to_host(dx_blocked), to_host(dx), rtol=1e-12, atol=1e-12)
     assert list(grads_blocked) == list(grads) == ["c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias"]
@@ -290,10 +291,10 @@ def test_blocked_attention_equals_the_textbook_attention(device, query_block, mo
         np.testing.assert_allclose(to_host(grads_blocked[name]), to_host(g), rtol=1e-12, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("forward", [attention.forward, attention.forward_blocked])
+@pytest.mark.parametrize("forward", [attention.forward, fast.attention.forward])
 def test_attention_is_causal(device, forward, monkeypatch):
     """Changing a later token never changes an earlier output."""
-    monkeypatch.setattr(attention, "QUERY_BLOCK", 4)
+    monkeypatch.setattr(fast.attention, "QUERY_BLOCK", 4)
     xp, rng, randn = setup(device)
     B, T, C, H = 1, 6, 8, 2
     x = randn(B, T, C)
@@ -372,20 +373,20 @@ def test_cross_entropy_in_place_equals_cross_entropy_and_allocates_no_logits_siz
     logits = rng.standard_normal((2, N // 2, V)) * 3
     targets = rng.integers(0, V, (2, N // 2))
     targets[0, :5] = -1
-    loss, cache = cross_entropy.forward(logits, targets)
+    loss, cache = cross_entropy.forward(logits, targets)  # the plain layer
     dlogits, _ = cross_entropy.backward(0.7, cache)
     mine = logits.copy()
     tracemalloc.start()
-    loss_in_place, cache_in_place = cross_entropy.forward_in_place(mine, targets)
-    dlogits_in_place, _ = cross_entropy.backward_in_place(0.7, cache_in_place)
+    loss_in_place, cache_in_place = fast.cross_entropy.forward_in_place(mine, targets)
+    dlogits_in_place, _ = fast.cross_entropy.backward_in_place(0.7, cache_in_place)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < mine.nbytes / 4  # a few (N,) arrays, never an (N, V) one
     assert np.shares_memory(dlogits_in_place, mine)
-    assert float(loss_in_place) == float(loss)
+    np.testing.assert_allclose(float(loss_in_place), float(loss), rtol=1e-14)
     np.testing.assert_allclose(dlogits_in_place, dlogits, rtol=1e-14, atol=1e-18)
     with pytest.raises(ValueError, match="C-contiguous"):
-        cross_entropy.forward_in_place(logits.transpose(1, 0, 2), targets.T)
+        fast.cross_entropy.forward_in_place(logits.transpose(1, 0, 2), targets.T)
 
 
 # -- the contract of minigpt/nn/__init__.py ---------------------------------------------------------
@@ -435,8 +436,12 @@ def test_every_backward_returns_dx_and_grads_and_leaves_its_cache(device):
         assert dx is None if module is embedding else dx.shape == args[0].shape, name
         for kept, now in zip(before, arrays_in(cache)):
             np.testing.assert_array_equal(to_host(now), kept, err_msg=f"{name}.backward changed its cache")
-    blocked = attention.forward_blocked(x, *attn)[1]
-    before = [to_host(a).copy() for a in arrays_in(blocked)]
-    attention.backward_blocked(randn(2, 3, C), blocked)
-    for kept, now in zip(before, arrays_in(blocked)):
-        np.testing.assert_array_equal(to_host(now), kept, err_msg="attention.backward_blocked changed its cache")
+    for name, (module, args) in layers.items():  # the fast twins, where there is one
+        if name in ("gelu", "softmax", "layernorm", "cross_entropy", "attention"):
+            module = getattr(fast, name)
+            out, cache = module.forward(*args)
+            before = [to_host(a).copy() for a in arrays_in(cache)]
+            dx, grads = module.backward(xp.asarray(rng.standard_normal(out.shape)), cache)
+            assert isinstance(grads, dict) and dx.shape == args[0].shape, name
+            for kept, now in zip(before, arrays_in(cache)):
+                np.testing.assert_array_equal(to_host(now), kept, err_msg=f"fast.{name}.backward changed its cache")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from minigpt import gradcheck
+from minigpt import fast, gradcheck
 from minigpt.config import TrainConfig, parse_args
 from minigpt.errors import MinigptError
 from minigpt.model import GPT, GPTConfig, mlp_hidden, param_shapes
@@ -111,7 +111,7 @@ def test_grouped_query_gradients_must_sum_over_the_group(monkeypatch, layer):
 
 
 def test_the_blocked_path_equals_the_textbook_one_with_grouped_query_and_rotary(monkeypatch):
-    monkeypatch.setattr(attention, "QUERY_BLOCK", 3)  # T = 7: blocks 0-2, 3-5, 6
+    monkeypatch.setattr(fast.attention, "QUERY_BLOCK", 3)  # T = 7: blocks 0-2, 3-5, 6
     rng = np.random.default_rng(2)
     B, T, C, H, KV = 2, 7, 12, 6, 2
     x, dout = rng.standard_normal((B, T, C)), rng.standard_normal((B, T, C))
@@ -120,8 +120,8 @@ def test_the_blocked_path_equals_the_textbook_one_with_grouped_query_and_rotary(
     rope = rotary.tables(np, np.float64, 0, T, C // H)
     out, cache = attention.forward(x, *params, H, n_kv_head=KV, rope=rope)
     dx, grads = attention.backward(dout, cache)
-    out_b, cache_b = attention.forward_blocked(x, *params, H, n_kv_head=KV, rope=rope)
-    dx_b, grads_b = attention.backward_blocked(dout, cache_b)
+    out_b, cache_b = fast.attention.forward(x, *params, H, n_kv_head=KV, rope=rope)
+    dx_b, grads_b = fast.attention.backward(dout, cache_b)
     np.testing.assert_allclose(out_b, out, atol=1e-12)
     np.testing.assert_allclose(dx_b, dx, atol=1e-12)
     for name in grads:
@@ -134,8 +134,8 @@ def test_one_key_value_head_per_query_head_is_gpt2_attention():
     x = rng.standard_normal((2, 5, 8))
     params = (rng.standard_normal((8, 24)), rng.standard_normal(24), rng.standard_normal((8, 8)), rng.standard_normal(8))
     zero_angle = (np.ones((5, 2)), np.zeros((5, 2)))
-    np.testing.assert_allclose(attention.forward_blocked(x, *params, 2, rope=zero_angle)[0],
-                               attention.forward_blocked(x, *params, 2)[0], atol=1e-13)
+    np.testing.assert_allclose(fast.attention.forward(x, *params, 2, rope=zero_angle)[0],
+                               fast.attention.forward(x, *params, 2)[0], atol=1e-13)
 
 
 # -- the whole model ------------------------------------------------------------------------
@@ -285,7 +285,7 @@ def test_a_training_step_with_switches_on_the_gpu_path_equals_the_cpu_path(host_
     from minigpt.kernels import softmax_cuda
     from tests import cuda_host, device_standin
 
-    monkeypatch.setattr(attention, "QUERY_BLOCK", 4)  # three query blocks at T = 10
+    monkeypatch.setattr(fast.attention, "QUERY_BLOCK", 4)  # three query blocks at T = 10
     config = GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=16, block_size=10, vocab_size=17), **switches})
     tokens = np.random.default_rng(0).integers(0, config.vocab_size, (3, config.block_size + 1))
     params = {name: np.array(p) for name, p in GPT(config, dtype="float64", seed=1).params.items()}
@@ -377,9 +377,9 @@ def test_rotary_equals_llamas_apply_rotary_pos_emb():
 
 
 @pytest.mark.parametrize("forward, backward", [(attention.forward, attention.backward),
-                                               (attention.forward_blocked, attention.backward_blocked)])
+                                               (fast.attention.forward, fast.attention.backward)])
 def test_grouped_query_attention_equals_torch_sdpa_with_enable_gqa(monkeypatch, forward, backward):
-    monkeypatch.setattr(attention, "QUERY_BLOCK", 4)  # T = 6: two blocks on the fast path
+    monkeypatch.setattr(fast.attention, "QUERY_BLOCK", 4)  # T = 6: two blocks on the fast path
     r = REFERENCE
     params = [r[f"gqa.{n}"] for n in ("c_attn.weight", "c_attn.bias", "c_proj.weight", "c_proj.bias")]
     out, cache = forward(r["gqa.x"], *params, 6, n_kv_head=2)
@@ -389,14 +389,12 @@ def test_grouped_query_attention_equals_torch_sdpa_with_enable_gqa(monkeypatch, 
 
 def test_gpt2s_config_never_enters_the_variant_code(monkeypatch):
     """Every switch at GPT-2's value: training and KV-cache decoding run GPT-2's own attention and layers."""
-    from minigpt.nn import block
-
     def refuse(*args, **kwargs):
         raise AssertionError("GPT-2's path entered the variant code")
 
-    for module, name in ((attention, "project_qkv"), (attention, "_forward_blocked_variant"), (rotary, "forward")):
+    for module, name in ((fast.attention, "project_qkv"), (fast.attention, "_forward_variant"), (rotary, "forward")):
         monkeypatch.setattr(module, name, refuse)
-    monkeypatch.setitem(block.NORMS, "rmsnorm", None)
+    monkeypatch.setitem(fast.LAYERS, "rmsnorm", None)
     model = tiny_model("cpu", dropout=0.1)
     idx = np.arange(16).reshape(2, 8) % 11
     model.forward(idx, idx)

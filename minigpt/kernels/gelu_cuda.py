@@ -1,6 +1,6 @@
 """GELU (tanh approximation) forward and backward as CuPy ElementwiseKernels.
 
-The GPU side of `minigpt.nn.gelu` (derivation there): the same formulas as its
+The GPU side of `minigpt.fast.gelu` (derivation in minigpt.nn.gelu): the same formulas as its
 NumPy twin, evaluated in the same order, one thread per element:
 
     t  = tanh(u),   u = sqrt(2/pi) * (x + 0.044715 * x^3)
@@ -8,13 +8,17 @@ NumPy twin, evaluated in the same order, one thread per element:
     dx = dout * (0.5 * (1 + t) + 0.5 * x * (1 - t^2) * sqrt(2/pi) * (1 + 3 * 0.044715 * x^2))
 
 Constants are cast to `T` so float32 arrays are computed in float32, as NumPy
-does, instead of being promoted to double. The constants are formatted in from
-minigpt.nn.gelu, so both sides use the same numbers (nn.gelu imports this module
-inside its functions, so the import is one-way at load time).
+does, instead of being promoted to double. The constants are minigpt.nn.gelu's,
+written again here so that kernels/ imports nothing from nn/ (tests/test_kernels.py
+pins the two pairs equal).
 """
 
+import math
+
 from minigpt.kernels.build_cuda import ElementwiseSource, check_float_array, elementwise_kernel
-from minigpt.nn.gelu import GELU_COEFF, SQRT_2_OVER_PI
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)  # = minigpt.nn.gelu.SQRT_2_OVER_PI
+GELU_COEFF = 0.044715  # = minigpt.nn.gelu.GELU_COEFF
 
 GELU_PREAMBLE = f"""
 // tanh(sqrt(2/pi) * (x + 0.044715 x^3)), grouped as ((x*x*c + 1) * x) * sqrt(2/pi) like the NumPy twin.

@@ -4,41 +4,24 @@ Forward, for x of shape (B, T, C), n_head heads of head_dim D = C / n_head:
 
     q | k | v = x @ W_attn + b_attn                      # (B, T, 3C), split on the last axis
     q, k, v  -> (B, H, T, D)                             # head h is the h-th chunk of D columns
-    a = q @ k^T                                          # (B, H, T, T) raw scores
-    p = causal_softmax(a / sqrt(D))                      # row i sees keys j <= i
-    p = dropout(p)                                       # attn_pdrop, training only
-    y = p @ v                                            # (B, H, T, D)
+    scores = q @ k^T                                     # (B, H, T, T)
+    probs = causal_softmax(scores / sqrt(D))             # row i sees keys j <= i
+    probs = dropout(probs)                               # attn_pdrop, training only
+    y = probs @ v                                        # (B, H, T, D)
     y -> (B, T, C);  out = y @ W_proj + b_proj
 
-Backward runs the same graph in reverse. With dy = dL/dy (B, H, T, D):
+Backward runs the same graph in reverse. c_proj's backward turns dout into
+dy = dL/dy (B, H, T, D), then:
 
-    dp = dy @ v^T,   dv = p^T @ dy                       # from y = p @ v (as for a linear layer)
-    da = softmax_backward(dropout_backward(dp))          # p_k (dp_k - sum_j dp_j p_j) / sqrt(D)
-    dq = da @ k,     dk = da^T @ q                       # from a = q @ k^T
+    dprobs = dy @ v^T,   dv = probs^T @ dy               # from y = probs @ v (as for a linear layer)
+    dscores = softmax_backward(dropout_backward(dprobs))  # p_k (dp_k - sum_j dp_j p_j) / sqrt(D)
+    dq = dscores @ k,    dk = dscores^T @ q              # from scores = q @ k^T
 
 and dq | dk | dv are stacked back into the (B, T, 3C) layout of qkv before the
-backward of the c_attn linear layer. `forward` and `backward` below are exactly
-this, over all T x T scores.
+backward of the c_attn linear layer. (minigpt/fast/attention.py computes the
+same without the scores that the mask zeroes, and on the GPU one cuBLAS call per product.)
 
-The fast path, `forward_blocked` / `backward_blocked` (what the model runs), skips
-causal blocks as FlashAttention does: the queries are taken in blocks of
-QUERY_BLOCK rows, and the block of rows s..e-1 only ever looks at keys 0..e-1,
-so the scores of later keys, which the mask would zero anyway, are never
-computed. With n blocks this does (n + 1) / 2n of the dense work: 3/4 for
-T = 256, 5/8 for T = 512. Each block is the plain attention above with
-Tq = e - s queries and Tk = e keys; in the backward the blocks' dk and dv add up.
-tests/test_nn.py pins the two paths equal.
-
-On the GPU the blocked path runs head-major (`forward_heads_major`): q, k and v
-are copied once per layer into one contiguous (3, B, H, T, D) array, so every
-block's products are single cuBLAS strided-batched GEMMs over the B*H heads
-(backend.batched_matmul: transposes as flags, dk and dv accumulated by the GEMM
-itself, TF32 for float32 when on) instead of CuPy's stacked matmul, which copies
-strided operands (q blocks, k^T, p^T) before every product and runs plain FP32.
-It computes the same sums as the NumPy path; tests/test_batched_matmul.py runs it on NumPy.
-
-Two variants change how q, k and v are made (`project_qkv`); GPT-2's own path
-(n_kv_head = n_head, no rotary) never enters it:
+Two variants change how q, k and v are made (`project_qkv`):
 
 * Grouped-query attention (`n_kv_head` = KV < H; KV = 1 is multi-query): c_attn
   makes H query heads but only KV key and value heads, its output columns laid
@@ -49,28 +32,22 @@ Two variants change how q, k and v are made (`project_qkv`); GPT-2's own path
 
       dk[j] = sum_{g < G} dk_rep[j G + g]            (the same for v)
 
-  The KV cache keeps only the KV heads: G times smaller.
 * Rotary position embedding (`rope` = the (cos, sin) tables of minigpt.nn.rotary):
   q and k are rotated by their position's angle after the split (and before k is
   repeated); the backward rotates dq and dk back (the inverse rotation), as
-  minigpt/nn/rotary.py derives. The KV cache stores the rotated keys.
+  minigpt/nn/rotary.py derives.
 """
 
 import math
 
-import numpy as np
-
-from minigpt.backend import array_module, batched_matmul, matmul_into
+from minigpt.backend import array_module
 from minigpt.nn import dropout, linear, rotary, softmax
-
-QUERY_BLOCK = 128  # rows per block of the fast path: large enough that each matmul stays efficient
 
 
 def split_heads(qkv, n_head):
     """(B, T, 3C) -> q, k, v, each a (B, H, T, D) view (no copy)."""
     B, T, C3 = qkv.shape
-    D = C3 // (3 * n_head)
-    qkv = qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+    qkv = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, H, T, D)
     return qkv[0], qkv[1], qkv[2]
 
 
@@ -89,14 +66,6 @@ def heads_view(y, n_head):
 def transpose(m):
     """m^T of the last two axes: (..., R, S) -> (..., S, R), a view."""
     return m.swapaxes(-1, -2)
-
-
-def is_gpt2(n_head, n_kv_head, rope):
-    """True for GPT-2's attention: one key/value head per query head, no rotary."""
-    return rope is None and n_kv_head in (None, n_head)
-
-
-# -- the variants: grouped-query keys and values, rotary q and k ---------------------
 
 
 def split_qkv(qkv, n_head, n_kv_head):
@@ -142,197 +111,43 @@ def project_qkv(x, c_attn_w, c_attn_b, n_head, n_kv_head=None, rope=None):
 def project_qkv_backward(dq, dk, dv, cache):
     """project_qkv's backward: dq, dk, dv (B, H, T, D) -> dx (B, T, C) and c_attn's gradients."""
     attn_cache, n_kv_head, rope = cache
-    xp = array_module(dq)
     dk, dv = sum_kv(dk, n_kv_head), sum_kv(dv, n_kv_head)  # heads sharing a key/value head: their gradients add
     if rope is not None:
         dq, _ = rotary.backward(dq, rope)  # the inverse rotation
         dk, _ = rotary.backward(dk, rope)
-    dqkv = xp.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)  # (B, T, (H + 2 KV) D)
-    return linear.backward(dqkv, attn_cache)
-
-
-# -- the textbook attention ----------------------------------------------------------
+    dqkv = array_module(dq).concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)], axis=-1)
+    return linear.backward(dqkv, attn_cache)  # dqkv: (B, T, (H + 2 KV) D), GPT-2's dq | dk | dv
 
 
 def forward(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False,
             n_kv_head=None, rope=None):
     """x: (B, T, C) -> out: (B, T, C), over the full (T, T) score matrix."""
     q, k, v, qkv_cache = project_qkv(x, c_attn_w, c_attn_b, n_head, n_kv_head, rope)  # (B, H, T, D) each
-    a = q @ transpose(k)  # (B, H, T, T)
-    p, softmax_cache = softmax.forward(a, 1.0 / math.sqrt(q.shape[-1]))
-    p, drop_cache = dropout.forward(p, attn_pdrop, rng, training)
-    y = merge_heads(p @ v)  # (B, T, C)
+    scores = q @ transpose(k)  # (B, H, T, T)
+    probs, softmax_cache = softmax.forward(scores, 1.0 / math.sqrt(q.shape[-1]))
+    probs, drop_cache = dropout.forward(probs, attn_pdrop, rng, training)
+    y = merge_heads(probs @ v)  # (B, T, C)
     out, proj_cache = linear.forward(y, c_proj_w, c_proj_b)
-    return out, (qkv_cache, q, k, v, p, softmax_cache, drop_cache, proj_cache)
+    return out, (qkv_cache, q, k, v, probs, softmax_cache, drop_cache, proj_cache)
 
 
 def backward(dout, cache):
     """Returns dx (B, T, C) and the gradients of c_attn and c_proj."""
-    qkv_cache, q, k, v, p, softmax_cache, drop_cache, proj_cache = cache
+    qkv_cache, q, k, v, probs, softmax_cache, drop_cache, proj_cache = cache
     dy, proj_grads = linear.backward(dout, proj_cache)  # (B, T, C)
     dy = heads_view(dy, q.shape[1])  # (B, H, T, D)
-    dp = dy @ transpose(v)  # (B, H, T, T)
-    dv = transpose(p) @ dy  # (B, H, T, D)
-    dp, _ = dropout.backward(dp, drop_cache)
-    da, _ = softmax.backward(dp, softmax_cache)  # the 1/sqrt(D) scale included
-    dq = da @ k
-    dk = transpose(da) @ q
-    dx, attn_grads = project_qkv_backward(dq, dk, dv, qkv_cache)  # GPT-2: dq | dk | dv stacked into (B, T, 3C)
-    return dx, _prefixed(attn_grads, proj_grads)
-
-
-def _prefixed(attn_grads, proj_grads):
-    grads = {f"c_attn.{name}": g for name, g in attn_grads.items()}
-    grads.update({f"c_proj.{name}": g for name, g in proj_grads.items()})
-    return grads
-
-
-# -- the fast path: causal block skipping ----------------------------------------------
-
-
-def query_blocks(T):
-    """(start, end) of each block of query rows."""
-    return [(s, min(s + QUERY_BLOCK, T)) for s in range(0, T, QUERY_BLOCK)]
-
-
-def forward_blocked(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False,
-                    n_kv_head=None, rope=None):
-    """`forward`, one block of query rows at a time (keys after the block never scored)."""
-    if not is_gpt2(n_head, n_kv_head, rope):
-        return _forward_blocked_variant(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop, rng, training,
-                                        n_kv_head, rope)
-    xp = array_module(x)
-    if xp is not np:
-        return forward_heads_major(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop, rng, training)
-    qkv, attn_cache = linear.forward(x, c_attn_w, c_attn_b)  # (B, T, 3C)
-    q, k, v = split_heads(qkv, n_head)  # (B, H, T, D) each
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    y = xp.empty(x.shape, dtype=x.dtype)  # (B, T, C), C-contiguous: filled block by block through heads_view
-    blocks = _attend_blocks(q, k, v, heads_view(y, n_head), scale, attn_pdrop, rng, training)
-    out, proj_cache = linear.forward(y, c_proj_w, c_proj_b)
-    return out, (attn_cache, qkv, blocks, proj_cache, n_head)
-
-
-def _attend_blocks(q, k, v, y_heads, scale, attn_pdrop, rng, training):
-    """y_heads[:, :, s:e] = dropout(causal_softmax(q k^T scale)) v, block of query rows by block; their caches."""
-    blocks = []
-    for s, e in query_blocks(q.shape[2]):
-        p, softmax_cache = softmax.forward(q[:, :, s:e] @ transpose(k[:, :, :e]), scale)  # (B, H, e-s, e)
-        p, drop_cache = dropout.forward(p, attn_pdrop, rng, training)
-        matmul_into(p, v[:, :, :e], y_heads[:, :, s:e])
-        blocks.append((s, e, p, softmax_cache, drop_cache))
-    return blocks
-
-
-def backward_blocked(dout, cache):
-    """`backward` of forward_blocked: dx (B, T, C) and the gradients of c_attn and c_proj."""
-    if isinstance(cache, VariantCache):
-        return _backward_blocked_variant(dout, cache)
-    xp = array_module(dout)
-    if xp is not np:
-        return backward_heads_major(dout, cache)
-    attn_cache, qkv, blocks, proj_cache, n_head = cache
-    dy, proj_grads = linear.backward(dout, proj_cache)  # (B, T, C)
-    dy = heads_view(dy, n_head)  # (B, H, T, D) view
-    q, k, v = split_heads(qkv, n_head)
-
-    dqkv = xp.empty_like(qkv)  # (B, T, 3C): every entry is written below
-    dq, dk, dv = split_heads(dqkv, n_head)  # writable views into dqkv
-    _attend_blocks_backward(dy, q, k, v, blocks, dq, dk, dv)
-    dx, attn_grads = linear.backward(dqkv, attn_cache)
-    return dx, _prefixed(attn_grads, proj_grads)
-
-
-def _attend_blocks_backward(dy, q, k, v, blocks, dq, dk, dv):
-    """_attend_blocks' backward: writes dq, dk, dv (B, H, T, D) from dy (B, H, T, D)."""
-    # Blocks last to first: the last block sees every key, so it writes dk and dv
-    # in place (no zero-filled buffer); each earlier block then adds its share.
-    for s, e, p, softmax_cache, drop_cache in reversed(blocks):
-        dy_block = dy[:, :, s:e]
-        write = e == q.shape[2]
-        _matmul_write_or_add(transpose(p), dy_block, dv[:, :, :e], write)  # dv = p^T @ dy
-        dp, _ = dropout.backward(dy_block @ transpose(v[:, :, :e]), drop_cache)  # dp = dy @ v^T, (B, H, e-s, e)
-        da, _ = softmax.backward(dp, softmax_cache)
-        matmul_into(da, k[:, :, :e], dq[:, :, s:e])  # dq = da @ k
-        _matmul_write_or_add(transpose(da), q[:, :, s:e], dk[:, :, :e], write)  # dk = da^T @ q
-
-
-class VariantCache(tuple):
-    """forward_blocked's cache when grouped-query or rotary attention made q, k, v (both backends)."""
-
-
-def _forward_blocked_variant(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop, rng, training,
-                             n_kv_head, rope):
-    """forward_blocked through project_qkv, the same xp code on NumPy and CuPy."""
-    xp = array_module(x)
-    q, k, v, qkv_cache = project_qkv(x, c_attn_w, c_attn_b, n_head, n_kv_head, rope)  # (B, H, T, D) each
-    y = xp.empty(x.shape, dtype=x.dtype)  # (B, T, C)
-    blocks = _attend_blocks(q, k, v, heads_view(y, n_head), 1.0 / math.sqrt(q.shape[-1]), attn_pdrop, rng, training)
-    out, proj_cache = linear.forward(y, c_proj_w, c_proj_b)
-    return out, VariantCache((qkv_cache, q, k, v, blocks, proj_cache))
-
-
-def _backward_blocked_variant(dout, cache):
-    qkv_cache, q, k, v, blocks, proj_cache = cache
-    xp = array_module(dout)
-    dy, proj_grads = linear.backward(dout, proj_cache)  # (B, T, C)
-    dq, dk, dv = xp.empty_like(q), xp.empty_like(k), xp.empty_like(v)  # (B, H, T, D): every entry is written
-    _attend_blocks_backward(heads_view(dy, q.shape[1]), q, k, v, blocks, dq, dk, dv)
+    dprobs = dy @ transpose(v)  # (B, H, T, T)
+    dv = transpose(probs) @ dy  # (B, H, T, D)
+    dprobs, _ = dropout.backward(dprobs, drop_cache)
+    dscores, _ = softmax.backward(dprobs, softmax_cache)  # the 1/sqrt(D) scale included
+    dq = dscores @ k
+    dk = transpose(dscores) @ q
     dx, attn_grads = project_qkv_backward(dq, dk, dv, qkv_cache)
-    return dx, _prefixed(attn_grads, proj_grads)
+    return dx, prefixed(attn_grads, proj_grads)
 
 
-def _matmul_write_or_add(a, b, out, write):
-    """out = a @ b (written in place) when `write`, else out += a @ b."""
-    if write:
-        matmul_into(a, b, out)
-    else:
-        out += a @ b
-
-
-# -- the GPU layout: head-major q, k, v and one GEMM per product ------------------------
-
-
-def forward_heads_major(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False):
-    """`forward_blocked` over a contiguous (3, B, H, T, D) copy of q, k, v (the GPU's path)."""
-    xp = array_module(x)
-    qkv, attn_cache = linear.forward(x, c_attn_w, c_attn_b)  # (B, T, 3C)
-    B, T, C = x.shape
-    D = C // n_head
-    qkv_heads = xp.ascontiguousarray(qkv.reshape(B, T, 3, n_head, D).transpose(2, 0, 3, 1, 4))  # (3, B, H, T, D)
-    q, k, v = qkv_heads
-    scale = 1.0 / math.sqrt(D)
-    y_heads = xp.empty((B, n_head, T, D), dtype=x.dtype)
-    blocks = []
-    for s, e in query_blocks(T):
-        a = batched_matmul(q[:, :, s:e], k[:, :, :e], transpose_b=True)  # q k^T, (B, H, e-s, e)
-        p, softmax_cache = softmax.forward(a, scale)
-        p, drop_cache = dropout.forward(p, attn_pdrop, rng, training)
-        batched_matmul(p, v[:, :, :e], out=y_heads[:, :, s:e])  # p v, (B, H, e-s, D)
-        blocks.append((s, e, p, softmax_cache, drop_cache))
-    out, proj_cache = linear.forward(merge_heads(y_heads), c_proj_w, c_proj_b)
-    return out, (attn_cache, qkv_heads, blocks, proj_cache)
-
-
-def backward_heads_major(dout, cache):
-    """`backward_blocked` of forward_heads_major."""
-    attn_cache, qkv_heads, blocks, proj_cache = cache
-    xp = array_module(dout)
-    _, B, n_head, T, D = qkv_heads.shape
-    q, k, v = qkv_heads
-    dy, proj_grads = linear.backward(dout, proj_cache)  # (B, T, C)
-    dy = xp.ascontiguousarray(heads_view(dy, n_head))  # (B, H, T, D)
-    dqkv_heads = xp.empty_like(qkv_heads)  # (3, B, H, T, D): every entry is written below
-    dq, dk, dv = dqkv_heads
-    # Blocks last to first, as in backward_blocked: the last block writes dk and dv, the others add.
-    for s, e, p, softmax_cache, drop_cache in reversed(blocks):
-        accumulate = e != T
-        dy_block = dy[:, :, s:e]
-        batched_matmul(p, dy_block, transpose_a=True, out=dv[:, :, :e], accumulate=accumulate)  # dv (+)= p^T dy
-        dp, _ = dropout.backward(batched_matmul(dy_block, v[:, :, :e], transpose_b=True), drop_cache)  # dy v^T
-        da, _ = softmax.backward(dp, softmax_cache)
-        batched_matmul(da, k[:, :, :e], out=dq[:, :, s:e])  # dq = da k
-        batched_matmul(da, q[:, :, s:e], transpose_a=True, out=dk[:, :, :e], accumulate=accumulate)  # dk (+)= da^T q
-    dqkv = dqkv_heads.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * n_head * D)  # (B, T, 3C), one copy
-    dx, attn_grads = linear.backward(dqkv, attn_cache)
-    return dx, _prefixed(attn_grads, proj_grads)
+def prefixed(attn_grads, proj_grads):
+    """The two linear layers' gradients under the names c_attn.* and c_proj.*."""
+    grads = {f"c_attn.{name}": grad for name, grad in attn_grads.items()}
+    grads.update({f"c_proj.{name}": grad for name, grad in proj_grads.items()})
+    return grads

@@ -6,70 +6,76 @@
 Backward of a residual connection x_out = x + f(x): the gradient reaches x
 twice, straight through the skip and through f, and the two add:
 
-    dx = dx_out + df(x)^T dx_out
+    dx = dout + df(x)^T dout
 
-`p` holds this block's parameters under Hugging Face's names without the
+`params` holds this block's parameters under Hugging Face's names without the
 `transformer.h.{i}.` prefix (`ln_1.weight`, `attn.c_attn.weight`, ...); the
 gradients come back under the same names.
 
 The switches of minigpt.model.GPTConfig arrive as keywords, GPT-2's values the
-defaults: `norm` (layernorm | rmsnorm, the module behind ln_1 and ln_2),
+defaults: `norm` (layernorm | rmsnorm, the layer behind ln_1 and ln_2),
 `activation` (gelu_tanh | gelu | relu2 in mlp.py, swiglu in swiglu.py),
 `n_kv_head` and `rope` (grouped-query and rotary attention, attention.py).
+`layers` is the table the norm, the activation and attention are looked up in:
+minigpt.nn.layers.LAYERS (the plain layers, the default) or minigpt.fast.LAYERS
+(what the model runs).
 """
 
-from minigpt.nn import attention, dropout, layernorm, mlp, rmsnorm, swiglu
+from minigpt.nn import dropout, mlp
+from minigpt.nn.layers import LAYERS
 
-NORMS = {"layernorm": layernorm, "rmsnorm": rmsnorm}
 
-
-def _mlp_forward(h, p, activation):
+def mlp_forward(h, params, activation, layers):
+    """The block's feed-forward network: GPT-2's MLP with the activation `activation`, or SwiGLU."""
     if activation == "swiglu":
-        out, cache = swiglu.forward(h, p["mlp.c_fc.weight"], p.get("mlp.c_fc.bias"), p["mlp.c_gate.weight"],
-                                    p.get("mlp.c_gate.bias"), p["mlp.c_proj.weight"], p.get("mlp.c_proj.bias"))
+        swiglu = layers["swiglu"]
+        out, cache = swiglu.forward(h, params["mlp.c_fc.weight"], params.get("mlp.c_fc.bias"),
+                                    params["mlp.c_gate.weight"], params.get("mlp.c_gate.bias"),
+                                    params["mlp.c_proj.weight"], params.get("mlp.c_proj.bias"))
         return out, (swiglu, cache)
-    out, cache = mlp.forward(h, p["mlp.c_fc.weight"], p.get("mlp.c_fc.bias"), p["mlp.c_proj.weight"],
-                             p.get("mlp.c_proj.bias"), activation)
+    out, cache = mlp.forward(h, params["mlp.c_fc.weight"], params.get("mlp.c_fc.bias"), params["mlp.c_proj.weight"],
+                             params.get("mlp.c_proj.bias"), layers[activation])
     return out, (mlp, cache)
 
 
-def forward(x, p, n_head, dropout_p=0.0, rng=None, training=False, norm="layernorm", activation="gelu_tanh",
-            n_kv_head=None, rope=None):
+def forward(x, params, n_head, dropout_rate=0.0, rng=None, training=False, norm="layernorm", activation="gelu_tanh",
+            n_kv_head=None, rope=None, layers=LAYERS):
     """x: (B, T, C) -> (B, T, C)."""
-    norm = NORMS[norm]
-    h, ln_1_cache = norm.forward(x, p["ln_1.weight"], p.get("ln_1.bias"))
-    h, attn_cache = attention.forward_blocked(  # the fast path of attention.forward
-        h, p["attn.c_attn.weight"], p.get("attn.c_attn.bias"), p["attn.c_proj.weight"], p.get("attn.c_proj.bias"),
-        n_head, dropout_p, rng, training, n_kv_head, rope,
+    norm, attention = layers[norm], layers["attention"]
+    h, ln_1_cache = norm.forward(x, params["ln_1.weight"], params.get("ln_1.bias"))
+    h, attn_cache = attention.forward(
+        h, params["attn.c_attn.weight"], params.get("attn.c_attn.bias"), params["attn.c_proj.weight"],
+        params.get("attn.c_proj.bias"), n_head, dropout_rate, rng, training, n_kv_head, rope,
     )
-    h, attn_drop_cache = dropout.forward(h, dropout_p, rng, training)
+    h, attn_drop_cache = dropout.forward(h, dropout_rate, rng, training)
     x = x + h  # a new array: the caller's x stays intact
 
-    h, ln_2_cache = norm.forward(x, p["ln_2.weight"], p.get("ln_2.bias"))
-    h, mlp_cache = _mlp_forward(h, p, activation)
-    h, mlp_drop_cache = dropout.forward(h, dropout_p, rng, training)
+    h, ln_2_cache = norm.forward(x, params["ln_2.weight"], params.get("ln_2.bias"))
+    h, mlp_cache = mlp_forward(h, params, activation, layers)
+    h, mlp_drop_cache = dropout.forward(h, dropout_rate, rng, training)
     x += h
-    return x, (norm, ln_1_cache, attn_cache, attn_drop_cache, ln_2_cache, mlp_cache, mlp_drop_cache)
+    return x, (norm, attention, ln_1_cache, attn_cache, attn_drop_cache, ln_2_cache, mlp_cache, mlp_drop_cache)
 
 
 def backward(dout, cache):
-    """Returns dx (B, T, C) and this block's gradients keyed like `p`."""
-    norm, ln_1_cache, attn_cache, attn_drop_cache, ln_2_cache, (mlp_module, mlp_cache), mlp_drop_cache = cache
+    """Returns dx (B, T, C) and this block's gradients keyed like `params`."""
+    norm, attention, ln_1_cache, attn_cache, attn_drop_cache, ln_2_cache, mlp_cache, mlp_drop_cache = cache
+    mlp_layer, mlp_cache = mlp_cache
     grads = {}
 
     # second residual: x_out = x_mid + dropout(mlp(ln_2(x_mid)))
     dh, _ = dropout.backward(dout, mlp_drop_cache)
-    dh, g = mlp_module.backward(dh, mlp_cache)
-    grads.update({f"mlp.{k}": v for k, v in g.items()})
-    dh, g = norm.backward(dh, ln_2_cache)
-    grads.update({f"ln_2.{k}": v for k, v in g.items()})
+    dh, mlp_grads = mlp_layer.backward(dh, mlp_cache)
+    grads.update({f"mlp.{name}": grad for name, grad in mlp_grads.items()})
+    dh, ln_2_grads = norm.backward(dh, ln_2_cache)
+    grads.update({f"ln_2.{name}": grad for name, grad in ln_2_grads.items()})
     dx_mid = dout + dh
 
     # first residual: x_mid = x + dropout(attn(ln_1(x)))
     dh, _ = dropout.backward(dx_mid, attn_drop_cache)
-    dh, g = attention.backward_blocked(dh, attn_cache)
-    grads.update({f"attn.{k}": v for k, v in g.items()})
-    dh, g = norm.backward(dh, ln_1_cache)
-    grads.update({f"ln_1.{k}": v for k, v in g.items()})
+    dh, attn_grads = attention.backward(dh, attn_cache)
+    grads.update({f"attn.{name}": grad for name, grad in attn_grads.items()})
+    dh, ln_1_grads = norm.backward(dh, ln_1_cache)
+    grads.update({f"ln_1.{name}": grad for name, grad in ln_1_grads.items()})
     dx_mid += dh
     return dx_mid, grads

@@ -2,96 +2,42 @@
 
 Forward, for row n with logits z (V entries) and target y:
 
-    loss_n = logsumexp(z) - z_y,      logsumexp(z) = m + log S,   S = sum_v exp(z_v - m),  m = max z
+    loss_n = logsumexp(z) - z_y,      logsumexp(z) = m + log sum_v exp(z_v - m),   m = max z
     loss   = sum_{n valid} loss_n / N_valid
 
-Backward (fused with the softmax, so the probabilities are formed once):
+Backward (fused with the softmax, so the probabilities are formed once), with
+dout = dL/dloss:
 
-    dloss_n / dz_v = softmax(z)_v - [v == y]
+    dloss_n / dz_v = softmax(z)_v - [v == y],      softmax(z)_v = exp(z_v - logsumexp(z))
 
-so dz = (softmax(z) - onehot(y)) * dloss / N_valid on valid rows, and 0 on ignored rows.
-The forward already computes e = exp(z - m) to get S; it is kept, and the
-backward forms softmax(z) = e / S from it instead of exponentiating again.
-
-The in-place variants, for a caller that needs neither the logits after the
-forward nor the cache after the backward (the model in training): with N x V
-logits (206 MB for GPT-2 at T = 1024 in float32) each saves one such array.
-`forward_in_place` writes e over the logits, and `backward_in_place` writes the
-gradient over e: the whole loss then holds one (N, V) array, not three.
-
-NumPy arrays are computed here; CuPy arrays go to the fused kernels in
-minigpt/kernels/cross_entropy_cuda.py (one block per row: max, logsumexp and
-loss in one pass; the backward's softmax - onehot, scaled, in one more), which
-keep logsumexp(z) per row instead of e.
+so dz = (softmax(z) - onehot(y)) * dout / N_valid on valid rows, and 0 on ignored rows.
+(minigpt/fast/cross_entropy.py computes the same in the logits' memory, and on the GPU.)
 """
 
-import numpy as np
-
-from minigpt.backend import array_module, sum_last_axis
-from minigpt.kernels import cross_entropy_cuda
+from minigpt.backend import array_module
 
 IGNORE_INDEX = -1
 
 
 def forward(logits, targets):
     """logits: (..., V), targets: (...) ints with -1 = ignore -> 0-d loss array, and the cache."""
-    if array_module(logits) is np:
-        return forward_numpy(logits, targets)
-    V = logits.shape[-1]
-    z, y = logits.reshape(-1, V), targets.reshape(-1)  # (N, V), (N,)
-    loss_rows, lse = cross_entropy_cuda.cross_entropy_forward_cuda(z, y)  # loss_rows: 0 on ignored rows
-    n_valid = (y != IGNORE_INDEX).sum()
-    return loss_rows.sum() / n_valid, (z, y, lse, n_valid, logits.shape)
-
-
-def backward(dloss, cache):
-    """Returns dlogits, shaped like the logits, and {} (no parameters); the cache is left as it was."""
-    if array_module(cache[0]) is np:
-        return backward_numpy(dloss, cache)
-    z, y, lse, n_valid, shape = cache
-    coef = (dloss / n_valid).astype(z.dtype).reshape(1)  # on the device: dloss / N_valid
-    return cross_entropy_cuda.cross_entropy_backward_cuda(z, y, lse, coef).reshape(shape), {}
-
-
-def forward_in_place(logits, targets):
-    """`forward`, overwriting the logits (C-contiguous) with e = exp(z - m); on CuPy, `forward` (no e to keep)."""
-    if array_module(logits) is np:
-        return forward_numpy(logits, targets, in_place=True)
-    return forward(logits, targets)
-
-
-def backward_in_place(dloss, cache):
-    """`backward`, writing dlogits over the cache's e, which is then gone; on CuPy, `backward`."""
-    if array_module(cache[0]) is np:
-        return backward_numpy(dloss, cache, in_place=True)
-    return backward(dloss, cache)
-
-
-def forward_numpy(logits, targets, in_place=False):
     xp = array_module(logits)
-    V = logits.shape[-1]
-    z = logits.reshape(-1, V)  # (N, V); a view when the logits are contiguous
-    if in_place and not xp.shares_memory(z, logits):
-        raise ValueError("forward_in_place needs C-contiguous logits (reshape made a copy)")
-    y = targets.reshape(-1)  # (N,)
+    z, y = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)  # (N, V), (N,)
     valid = y != IGNORE_INDEX
-    n_valid = valid.sum()
     y_safe = xp.where(valid, y, 0)  # ignored rows read column 0, then get weight 0
-    z_y = z[xp.arange(z.shape[0]), y_safe]  # (N,), read before an in-place pass overwrites z
-    m = z.max(axis=1, keepdims=True)  # (N, 1)
-    e = xp.subtract(z, m, out=z if in_place else None)  # (N, V)
-    xp.exp(e, out=e)
-    s = sum_last_axis(e)  # S = sum_v exp(z_v - m), (N, 1)
-    loss_rows = xp.log(s[:, 0]) + m[:, 0] - z_y  # logsumexp(z) - z_y, (N,)
-    loss = (loss_rows * valid).sum() / n_valid
-    return loss, (e, s, y_safe, valid, n_valid, logits.shape)
+    m = z.max(axis=-1)  # (N,)
+    lse = m + xp.log(xp.exp(z - m[:, None]).sum(axis=-1))  # logsumexp(z), (N,)
+    loss_rows = lse - z[xp.arange(len(y)), y_safe]  # (N,)
+    n_valid = valid.sum()
+    return (loss_rows * valid).sum() / n_valid, (z, y_safe, valid, lse, n_valid, logits.shape)
 
 
-def backward_numpy(dloss, cache, in_place=False):
-    e, s, y_safe, valid, n_valid, shape = cache
-    xp = array_module(e)
-    coef = valid * (dloss / n_valid)  # (N,): dloss / N_valid on valid rows, 0 on ignored ones
-    # dz = (softmax(z) - onehot(y)) coef = e (coef / S) - onehot(y) coef: one pass over (N, V), then N entries
-    dz = xp.multiply(e, (coef / s[:, 0]).astype(e.dtype)[:, None], out=e if in_place else None)
-    dz[xp.arange(dz.shape[0]), y_safe] -= coef.astype(dz.dtype)
+def backward(dout, cache):
+    """Returns dlogits, shaped like the logits, and {} (no parameters)."""
+    z, y_safe, valid, lse, n_valid, shape = cache
+    xp = array_module(z)
+    onehot = xp.zeros_like(z)
+    onehot[xp.arange(len(y_safe)), y_safe] = 1
+    coef = (valid * (dout / n_valid)).astype(z.dtype)  # (N,): dout / N_valid on valid rows, 0 on ignored ones
+    dz = (xp.exp(z - lse[:, None]) - onehot) * coef[:, None]
     return dz.reshape(shape), {}

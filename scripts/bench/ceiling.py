@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import SHAPES, run_child  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
-from minigpt.nn.attention import query_blocks  # noqa: E402
+from minigpt.fast.attention import query_blocks  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def linear_products(N, fan_in, fan_out):
 
 
 def attention_products(B, H, T, D):
-    """minigpt.nn.attention's blocked path: per block of query rows s..e, the keys 0..e-1 only."""
+    """minigpt.fast.attention's blocked path: per block of query rows s..e, the keys 0..e-1 only."""
     products = []
     for s, e in query_blocks(T):
         rows = e - s
