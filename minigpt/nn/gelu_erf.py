@@ -19,7 +19,7 @@ scipy compiles), relative error about 1e-16 in float64:
 erf is 1 to float64 precision; |x| is clipped at 8 instead, which gives the same
 erf.) tests/test_variants.py compares it with math.erf. The cache keeps Phi(x)
 beside x, so that the backward does not evaluate erf again. The same xp code
-runs on NumPy and CuPy.
+runs on NumPy and CuPy (minigpt/fast/gelu_erf.py: the same in place).
 """
 
 import math
@@ -64,21 +64,12 @@ def erf(x):
 
 def forward(x):
     """x: any shape -> gelu(x), and the cache (x, Phi(x)): the backward reuses Phi, the costly part."""
-    cdf = erf(x * SQRT_HALF)
-    cdf += 1.0
-    cdf *= 0.5  # Phi(x)
+    cdf = 0.5 * (1 + erf(x * SQRT_HALF))  # Phi(x)
     return x * cdf, (x, cdf)
 
 
-def backward(dy, cache):
-    """Returns dx = dy * (Phi(x) + x phi(x)) and {} (no parameters)."""
+def backward(dout, cache):
+    """Returns dx = dout * (Phi(x) + x phi(x)) and {} (no parameters)."""
     x, cdf = cache
-    xp = array_module(x)
-    dx = x * x
-    dx *= -0.5
-    xp.exp(dx, out=dx)
-    dx *= INV_SQRT_2PI  # phi(x)
-    dx *= x
-    dx += cdf  # Phi(x) + x phi(x)
-    dx *= dy
-    return dx, {}
+    pdf = INV_SQRT_2PI * array_module(x).exp(-0.5 * x * x)  # phi(x)
+    return dout * (cdf + x * pdf), {}

@@ -5,11 +5,11 @@ also what lets CuPy use TF32 tensor cores):
 
     y[n, o] = sum_i x[n, i] W[i, o] + b[o]                # (N, out)
 
-Backward, given dy = dL/dy:
+Backward, given dout = dL/dy:
 
-    dx = dy @ W^T      dx[n, i] = sum_o dy[n, o] W[i, o]    # (N, in)
-    dW = x^T @ dy      dW[i, o] = sum_n x[n, i] dy[n, o]    # (in, out)
-    db = sum_n dy[n, :]                                     # (out,)
+    dx = dout @ W^T    dx[n, i] = sum_o dout[n, o] W[i, o]    # (N, in)
+    dW = x^T @ dout    dW[i, o] = sum_n x[n, i] dout[n, o]    # (in, out)
+    db = sum_n dout[n, :]                                     # (out,)
 """
 
 from minigpt.backend import sum_first_axis
@@ -25,12 +25,12 @@ def forward(x, weight, bias=None):
     return y.reshape(*lead, weight.shape[1]), (x2, weight, bias is not None, lead)
 
 
-def backward(dy, cache):
+def backward(dout, cache):
     """Returns dx (..., in) and {"weight": dW, "bias": db} (no "bias" when there was none)."""
     x2, weight, has_bias, lead = cache
-    dy2 = dy.reshape(-1, weight.shape[1])  # (N, out)
-    dx = (dy2 @ weight.T).reshape(*lead, weight.shape[0])
-    grads = {"weight": x2.T @ dy2}
+    dout2 = dout.reshape(-1, weight.shape[1])  # (N, out)
+    dx = (dout2 @ weight.T).reshape(*lead, weight.shape[0])
+    grads = {"weight": x2.T @ dout2}
     if has_bias:
-        grads["bias"] = sum_first_axis(dy2)  # db = sum_n dy[n, :]
+        grads["bias"] = sum_first_axis(dout2)  # db = sum_n dout[n, :], as one BLAS product on NumPy
     return dx, grads

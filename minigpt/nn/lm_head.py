@@ -1,9 +1,9 @@
 """The language-model head, tied to the token embedding: logits = x @ wte^T (no bias).
 
-Backward (wte is (V, C), x is (N, C), logits (N, V)):
+Backward, with dout = dL/dlogits (wte is (V, C), x is (N, C), logits (N, V)):
 
-    dx   = dlogits @ wte           # (N, C)
-    dwte = dlogits^T @ x           # (V, C): added to the embedding's own gradient,
+    dx   = dout @ wte              # (N, C)
+    dwte = dout^T @ x              # (V, C): added to the embedding's own gradient,
                                    # since both uses read the same matrix
 """
 
@@ -16,8 +16,9 @@ def forward(x, wte):
     return logits.reshape(*lead, wte.shape[0]), (x2, wte, lead)
 
 
-def backward(dlogits, cache):
+def backward(dout, cache):
+    """Returns dx (..., C) and {"weight": dwte}."""
     x2, wte, lead = cache
-    d2 = dlogits.reshape(-1, wte.shape[0])  # (N, V)
-    dx = (d2 @ wte).reshape(*lead, wte.shape[1])
-    return dx, {"weight": d2.T @ x2}
+    dout2 = dout.reshape(-1, wte.shape[0])  # (N, V)
+    dx = (dout2 @ wte).reshape(*lead, wte.shape[1])
+    return dx, {"weight": dout2.T @ x2}

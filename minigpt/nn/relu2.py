@@ -2,7 +2,7 @@
 
 Backward: for x > 0, y = x^2 and y' = 2x; for x <= 0, y = 0 and y' = 0. Both are
 
-    dx = dy * 2 max(x, 0)
+    dx = dout * 2 max(x, 0)
 
 (the function is differentiable at 0 too: both one-sided slopes are 0). The
 cache is r = max(x, 0). The same xp code runs on NumPy and CuPy.
@@ -17,8 +17,6 @@ def forward(x):
     return r * r, r
 
 
-def backward(dy, r):
-    """Returns dx = dy * 2 relu(x) and {} (no parameters)."""
-    dx = r * dy
-    dx *= 2.0
-    return dx, {}
+def backward(dout, r):
+    """Returns dx = dout * 2 relu(x) and {} (no parameters)."""
+    return dout * r * 2.0, {}

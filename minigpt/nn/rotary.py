@@ -10,10 +10,10 @@ and key by an angle proportional to its position. Head channels i and i + D/2
 so q_t . k_s depends on the positions only through t - s (R(t)^T R(s) = R(s - t)).
 
 Backward. The forward is y = R x with R a rotation (orthogonal) matrix per
-pair, so dx = R^T dy, and R^T is the rotation by -theta (cos is even, sin odd):
+pair, so dx = R^T dout, and R^T is the rotation by -theta (cos is even, sin odd):
 
-    dx_i       =  dy_i cos(theta) + dy_{i+D/2} sin(theta)
-    dx_{i+D/2} = -dy_i sin(theta) + dy_{i+D/2} cos(theta)
+    dx_i       =  dout_i cos(theta) + dout_{i+D/2} sin(theta)
+    dx_{i+D/2} = -dout_i sin(theta) + dout_{i+D/2} cos(theta)
 
 No parameters. `tables` computes cos and sin for a run of positions once per
 forward (in float64, then cast); the same xp code runs on NumPy and CuPy.
@@ -46,7 +46,7 @@ def forward(x, cos, sin):
     return _rotate(x, cos, sin), (cos, sin)
 
 
-def backward(dy, cache):
-    """Returns dx = R^T dy, the rotation by -theta, and {} (no parameters)."""
+def backward(dout, cache):
+    """Returns dx = R^T dout, the rotation by -theta, and {} (no parameters)."""
     cos, sin = cache
-    return _rotate(dy, cos, -sin), {}
+    return _rotate(dout, cos, -sin), {}
