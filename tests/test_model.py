@@ -15,8 +15,9 @@ from tests.conftest import numerical_grad, rel_error
 TINY = dict(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11)
 
 
-def tiny_model(device, dropout=0.0, seed=0, **overrides):
-    model = GPT(GPTConfig(**{**TINY, "dropout": dropout, **overrides}), dtype="float64", device=device, seed=seed)
+def tiny_model(device, dropout=0.0, seed=0, fast=True, **overrides):
+    model = GPT(GPTConfig(**{**TINY, "dropout": dropout, **overrides}), dtype="float64", device=device, seed=seed,
+                fast=fast)
     rng = np.random.default_rng(seed + 1)
     for name, p in model.params.items():
         if name.endswith(".bias") or ".ln_" in name:  # non-trivial LayerNorm and bias values
@@ -51,16 +52,19 @@ def model_gradcheck(model, idx, targets, entries_per_tensor=12, seed=0):
         assert err <= 1e-6, f"{name}: relative error {err:.2e}"
 
 
-def test_gradcheck_full_model(device):
-    model = tiny_model(device)
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_gradcheck_full_model(device, fast):
+    """On the layers the model runs (minigpt.fast) and on the plain ones (minigpt.nn)."""
+    model = tiny_model(device, fast=fast)
     rng = np.random.default_rng(0)
     idx = model.xp.asarray(rng.integers(0, 11, (2, 8)))
     targets = model.xp.asarray(rng.integers(0, 11, (2, 8)))
     model_gradcheck(model, idx, targets)
 
 
-def test_gradcheck_dropout_fixed_mask_ignored_targets_short_batch_of_one(device):
-    model = tiny_model(device, dropout=0.2, seed=3).train()
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_gradcheck_dropout_fixed_mask_ignored_targets_short_batch_of_one(device, fast):
+    model = tiny_model(device, dropout=0.2, seed=3, fast=fast).train()
     rng = np.random.default_rng(1)
     idx = model.xp.asarray(rng.integers(0, 11, (1, 5)))  # batch 1, T = 5 < block_size = 8
     targets = model.xp.asarray([[3, -1, 7, -1, 0]])  # ignored targets

@@ -142,9 +142,10 @@ def test_one_key_value_head_per_query_head_is_gpt2_attention():
 # -- the whole model ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
 @pytest.mark.parametrize("switches", COMBINATIONS[1:], ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
-def test_model_gradients_match_central_differences(switches):
-    model = tiny_model("cpu", dropout=0.1, **switches)
+def test_model_gradients_match_central_differences(switches, fast):
+    model = tiny_model("cpu", dropout=0.1, fast=fast, **switches)
     rng = np.random.default_rng(5)
     idx, targets = rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))
     model_gradcheck(model, idx, targets)
