@@ -1,7 +1,7 @@
 """The one way from what a user names to a model and its tokenizer.
 
 `load_checkpoint(source)` accepts, as `--checkpoint`, `--init_from` and
-`GPT.from_pretrained` do:
+`GPT.from_pretrained` do, what minigpt.locate finds:
 
     a checkpoint directory   config.json + model.safetensors (ours, or Hugging Face's GPT-2)
     a training out_dir       its best/, else its latest/
@@ -16,46 +16,12 @@ that names the missing files.
 from pathlib import Path
 
 from minigpt.errors import MinigptError
-from minigpt.download import download_all
-from minigpt.hub import GPT2_NAMES, GPT2_VOCAB_SIZE, MODEL_FILES, hub_files
+from minigpt.hub import GPT2_VOCAB_SIZE
+from minigpt.locate import resolve_checkpoint
 from minigpt.model import GPT
-from minigpt.paths import checkpoints_dir
 from minigpt.tokenizer import BPETokenizer, has_tokenizer, load_tokenizer
-from minigpt.tokenizer.bpe import gpt2_tokenizer_downloads
 from minigpt.tokenizer.char import CHAR_FILE_NAME
 from minigpt.weights import load_pretrained
-
-RUN_SUBDIRS = ("best", "latest")  # a training out_dir's checkpoints, in the order they are preferred
-
-
-def resolve_checkpoint(source, with_tokenizer=False) -> Path:
-    """The checkpoint directory that `source` names (see the module's docstring).
-
-    A GPT-2 name is downloaded into checkpoints/<name>/ if missing, with
-    GPT-2's tokenizer files too when `with_tokenizer`.
-    """
-    path = Path(source)
-    if path.is_dir():
-        for candidate in (path, *(path / sub for sub in RUN_SUBDIRS)):
-            if (candidate / "config.json").is_file():
-                return candidate
-        raise MinigptError(f"{path} holds no checkpoint: expected config.json + model.safetensors in it, "
-                           f"or a training out_dir with {' or '.join(f'{sub}/' for sub in RUN_SUBDIRS)}")
-    name = str(source)
-    if name in GPT2_NAMES:
-        directory = checkpoints_dir() / name
-        download_all(hub_files(name, MODEL_FILES, directory) + (gpt2_tokenizer_downloads(name) if with_tokenizer else []))
-        return directory
-    if path.exists():
-        raise MinigptError(f"{path} is a file: give the checkpoint directory that holds it")
-    raise MinigptError(f"no checkpoint at {path}: it does not exist; give a checkpoint directory, a training out_dir, "
-                       f"or one of {', '.join(GPT2_NAMES)}")
-
-
-def load_model(source, dtype="float32", device="cpu", cls=GPT) -> GPT:
-    """The model (in training mode) of the checkpoint that `source` names."""
-    return load_pretrained(cls, resolve_checkpoint(source), dtype=dtype, device=device)
-
 
 def checkpoint_tokenizer(directory: Path, vocab_size: int):
     """The tokenizer of the model in `directory`, whose vocabulary has `vocab_size` entries."""

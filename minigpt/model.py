@@ -17,7 +17,7 @@ minigpt.nn; with every switch at GPT-2's value the model runs GPT-2's code path.
 `forward` keeps every layer's cache (in training mode); `backward` walks the
 same list in reverse and returns one gradient per parameter (minigpt/nn/README.md
 tells the story layer by layer). Reading and writing Hugging Face files is in
-minigpt.weights, finding them in minigpt.loading; KV-cache decoding is
+minigpt.weights, finding them in minigpt.locate; KV-cache decoding is
 `new_kv_cache` + `forward_cached`.
 """
 
@@ -422,13 +422,14 @@ class GPT:
     @classmethod
     def from_pretrained(cls, path, dtype="float32", device="cpu"):
         """A GPT from a checkpoint directory (ours or Hugging Face's), a training out_dir (its best/, else
-        latest/), or a name gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded once); see minigpt.loading."""
-        from minigpt.loading import load_model  # minigpt.loading builds GPTs: imported here to break the cycle
+        latest/), or a name gpt2, gpt2-medium, gpt2-large, gpt2-xl (downloaded once); see minigpt.locate."""
+        from minigpt.locate import resolve_checkpoint  # here: `import minigpt.model` loads no download code (light)
+        from minigpt.weights import load_pretrained  # here: `import minigpt.model` loads no file code (light)
 
-        return load_model(path, dtype=dtype, device=device, cls=cls)
+        return load_pretrained(cls, resolve_checkpoint(path), dtype=dtype, device=device)
 
     def save_pretrained(self, directory):
         """Write config.json + model.safetensors in Hugging Face's GPT-2 format."""
-        from minigpt.weights import save_pretrained  # minigpt.weights builds GPTs: imported here to break the cycle
+        from minigpt.weights import save_pretrained  # here: `import minigpt.model` loads no file code (light)
 
         save_pretrained(self, directory)

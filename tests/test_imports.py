@@ -69,25 +69,75 @@ def reaches(start: str, goal: str, edges=MODULE_LEVEL) -> bool:
     return False
 
 
+ALL_EDGES = {name: set(top) | {target for target, _ in late} for name, (top, late) in GRAPH.items()}
+
+# The house, ground floor first: a module imports only from its own floor or below (function-level imports count).
+FLOORS = [
+    ("the ground: errors, files, paths, names", ("minigpt.errors", "minigpt.paths", "minigpt.hub", "minigpt.atomic",
+                                                 "minigpt.cli", "minigpt.distributed", "minigpt.download")),
+    ("arrays and text", ("minigpt.backend", "minigpt.tokenizer")),
+    ("the CUDA kernels", ("minigpt.kernels",)),
+    ("the plain layers", ("minigpt.nn",)),
+    ("the fast layers and their table", ("minigpt.fast",)),
+    ("what works on a model it is handed (the loaders take the class)",
+     ("minigpt.generation", "minigpt.optim", "minigpt.parallel", "minigpt.perplexity", "minigpt.weights",
+      "minigpt.locate")),
+    ("the model", ("minigpt.model",)),
+    ("built on the model", ("minigpt.loading", "minigpt.checkpoint", "minigpt.data", "minigpt.config",
+                            "minigpt.gradcheck")),
+    ("training", ("minigpt.trainer",)),
+    ("the package's face (imports lazily)", ("minigpt",)),
+]
+
+# Arrows that still run up, each with the change that removes it. weights reads GPTConfig, SWITCHES,
+# param_shapes and mlp_hidden from model.py, whose config moves into its own module below the model in
+# #21 item 2 (branch issue-21b); then this list is empty.
+KNOWN_UPWARD = {("minigpt.weights", "minigpt.model")}
+
+
+def floor(name: str) -> int:
+    matches = [(len(prefix), i) for i, (_, prefixes) in enumerate(FLOORS) for prefix in prefixes
+               if name == prefix or name.startswith(prefix + ".")]
+    assert matches, f"{name} is on no floor of FLOORS"
+    return max(matches)[1]
+
+
+def test_every_module_is_on_a_floor():
+    for name in MODULES:
+        floor(name)
+
+
+def test_no_import_runs_up_a_floor():
+    upward = {(a, b) for a, targets in ALL_EDGES.items() for b in targets if floor(b) > floor(a)}
+    assert upward == KNOWN_UPWARD, [(a, FLOORS[floor(a)][0], b, FLOORS[floor(b)][0]) for a, b in upward - KNOWN_UPWARD]
+
+
+def test_no_cycle_counting_function_level_imports():
+    """The whole graph, function-level imports included, is acyclic (less the known upward arrows)."""
+    edges = {name: targets - {b for a, b in KNOWN_UPWARD if a == name} for name, targets in ALL_EDGES.items()}
+    cycles = {(a, b) for a in edges for b in edges[a] if reaches(b, a, edges)}
+    assert cycles == set()
+    assert all(reaches(b, a, ALL_EDGES) for a, b in KNOWN_UPWARD), "a known upward arrow is gone: drop it from the list"
+
+
 def test_module_level_imports_have_no_cycle():
     cycles = [(a, b) for a in MODULES for b in GRAPH[a][0] if reaches(b, a)]
     assert cycles == []
 
 
-def test_a_function_level_import_only_breaks_a_real_cycle():
-    """`from minigpt.x import y` inside a function is allowed where x imports this module, and says so."""
+def test_a_function_level_import_says_why_it_is_not_at_the_top():
+    """An import inside a function is an edge like any other; the line says why it waits (e.g. to keep
+    `import minigpt.model` free of file and download code)."""
     for name in sorted(MODULES):
         for target, line in GRAPH[name][1]:
-            assert reaches(target, name), f"{name} imports {target} inside a function, but there is no cycle to break"
-            assert "cycle" in line, f"{name}: say on the line that the import of {target} breaks a cycle"
+            assert "#" in line, f"{name}: say on the line why the import of {target} is inside a function"
 
 
-def test_no_cycle_even_through_function_level_imports_that_do_not_say_so():
-    """The whole graph, less the imports marked as breaking a cycle, is acyclic (today's model <-> generation <->
-    weights and bpe <-> bpe_train were cycles through unmarked late imports)."""
-    edges = {name: set(top) | {t for t, line in late if "cycle" not in line} for name, (top, late) in GRAPH.items()}
-    cycles = {(a, b) for a in edges for b in edges[a] if reaches(b, a, edges)}
-    assert cycles == set()
+def test_a_function_level_import_back_up_is_a_cycle():
+    """The checks above can fail: locate building GPTs (as loading did for model.py's old from_pretrained)."""
+    edges = {name: set(targets) for name, targets in ALL_EDGES.items()}
+    edges["minigpt.locate"] = edges["minigpt.locate"] | {"minigpt.model"}  # as if locate built GPTs
+    assert reaches("minigpt.locate", "minigpt.model", edges) and reaches("minigpt.model", "minigpt.locate", edges)
 
 
 def test_the_public_api_is_importable_from_the_package():
