@@ -17,7 +17,7 @@ minigpt.nn; with every switch at GPT-2's value the model runs GPT-2's code path.
 `forward` keeps every layer's cache (in training mode); `backward` walks the
 same list in reverse and returns one gradient per parameter (minigpt/nn/README.md
 tells the story layer by layer). Reading and writing Hugging Face files is in
-minigpt.weights, finding them in minigpt.locate; KV-cache decoding is
+minigpt.weights, finding them in minigpt.loading; KV-cache decoding is
 `new_kv_cache` + `forward_cached`.
 """
 
