@@ -162,17 +162,17 @@ def check_swiglu(rng):
     randn = _randn(rng)
     C, h = 4, 6
     x = randn(2, 3, C)
-    p = {"c_fc.weight": randn(C, h), "c_fc.bias": randn(h), "c_gate.weight": randn(C, h), "c_gate.bias": randn(h),
+    params = {"c_fc.weight": randn(C, h), "c_fc.bias": randn(h), "c_gate.weight": randn(C, h), "c_gate.bias": randn(h),
          "c_proj.weight": randn(h, C), "c_proj.bias": randn(C)}
 
     def fwd():
-        return swiglu.forward(x, *p.values())
+        return swiglu.forward(x, *params.values())
 
     def backward_of(dout):
         dx, grads = swiglu.backward(dout, fwd()[1])
         return {"x": dx, **grads}
 
-    return compare("swiglu", lambda: fwd()[0], backward_of, {"x": x, **p}, randn(2, 3, C))
+    return compare("swiglu", lambda: fwd()[0], backward_of, {"x": x, **params}, randn(2, 3, C))
 
 
 def check_rotary(rng):
@@ -188,17 +188,18 @@ def check_mlp(rng):
     randn = _randn(rng)
     C = 4
     x = randn(2, 3, C)
-    p = {"c_fc.weight": randn(C, 4 * C), "c_fc.bias": randn(4 * C),
+    params = {"c_fc.weight": randn(C, 4 * C), "c_fc.bias": randn(4 * C),
          "c_proj.weight": randn(4 * C, C), "c_proj.bias": randn(C)}
 
     def fwd():
-        return mlp.forward(x, p["c_fc.weight"], p["c_fc.bias"], p["c_proj.weight"], p["c_proj.bias"])
+        return mlp.forward(x, params["c_fc.weight"], params["c_fc.bias"], params["c_proj.weight"],
+                           params["c_proj.bias"])
 
     def backward_of(dout):
         dx, grads = mlp.backward(dout, fwd()[1])
         return {"x": dx, **grads}
 
-    return compare("mlp", lambda: fwd()[0], backward_of, {"x": x, **p}, randn(2, 3, C))
+    return compare("mlp", lambda: fwd()[0], backward_of, {"x": x, **params}, randn(2, 3, C))
 
 
 def check_softmax(rng):
@@ -232,19 +233,19 @@ def _attention_check(layer, forward, backward, rng, n_kv_head=None, rotary_base=
         C, H = 8, 4
     width = C + 2 * (n_kv_head or H) * (C // H)  # c_attn's q | k | v columns
     x = randn(B, T, C)
-    p = {"c_attn.weight": randn(C, width, scale=0.5), "c_attn.bias": randn(width),
+    params = {"c_attn.weight": randn(C, width, scale=0.5), "c_attn.bias": randn(width),
          "c_proj.weight": randn(C, C, scale=0.5), "c_proj.bias": randn(C)}
     rope = None if rotary_base is None else rotary.tables(np, np.float64, 0, T, C // H, rotary_base)
 
     def fwd():
-        return forward(x, p["c_attn.weight"], p["c_attn.bias"], p["c_proj.weight"], p["c_proj.bias"], H,
-                       attn_pdrop=0.2, rng=np.random.default_rng(3), training=True, n_kv_head=n_kv_head, rope=rope)
+        return forward(x, params["c_attn.weight"], params["c_attn.bias"], params["c_proj.weight"], params["c_proj.bias"],
+                       H, attn_pdrop=0.2, rng=np.random.default_rng(3), training=True, n_kv_head=n_kv_head, rope=rope)
 
     def backward_of(dout):
         dx, grads = backward(dout, fwd()[1])
         return {"x": dx, **grads}
 
-    return compare(layer, lambda: fwd()[0], backward_of, {"x": x, **p}, randn(B, T, C))
+    return compare(layer, lambda: fwd()[0], backward_of, {"x": x, **params}, randn(B, T, C))
 
 
 def check_attention(rng):
@@ -280,19 +281,19 @@ def _block_check(layer, rng, **switches):
     randn = _randn(rng)
     config = GPTConfig(n_layer=1, n_head=2, n_embd=4, block_size=3, vocab_size=5, **switches)
     prefix = "transformer.h.0."
-    p = {name[len(prefix):]: randn(*shape, scale=0.5) for name, shape in param_shapes(config).items()
+    params = {name[len(prefix):]: randn(*shape, scale=0.5) for name, shape in param_shapes(config).items()
          if name.startswith(prefix)}
     x = randn(2, 3, config.n_embd)
     options = GPT(config, dtype="float64", seed=0)._block_options(0, 3)
 
     def fwd():
-        return block.forward(x, p, config.n_head, 0.1, np.random.default_rng(11), training=True, **options)
+        return block.forward(x, params, config.n_head, 0.1, np.random.default_rng(11), training=True, **options)
 
     def backward_of(dout):
         dx, grads = block.backward(dout, fwd()[1])
         return {"x": dx, **grads}
 
-    return compare(layer, lambda: fwd()[0], backward_of, {"x": x, **p}, randn(2, 3, config.n_embd))
+    return compare(layer, lambda: fwd()[0], backward_of, {"x": x, **params}, randn(2, 3, config.n_embd))
 
 
 def check_block(rng):
@@ -362,7 +363,8 @@ def check_model(rng, entries_per_tensor=12, layer="model", fast=True):
     for name, param in model.params.items():
         indices = rng.choice(param.size, size=min(param.size, entries_per_tensor), replace=False)
         numeric = numerical_grad(loss, param, indices=indices)
-        rows.append(Row(layer if fast else f"{layer}_plain", name, rel_error(grads[name].ravel()[indices], numeric.ravel()[indices])))
+        error = rel_error(grads[name].ravel()[indices], numeric.ravel()[indices])
+        rows.append(Row(layer if fast else f"{layer}_plain", name, error))
     return rows
 
 

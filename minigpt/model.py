@@ -247,7 +247,7 @@ class GPT:
 
     def num_params(self, non_embedding=False):
         """Parameter count (the tied head counted once); non_embedding drops wpe, as in nanoGPT."""
-        n = sum(int(p.size) for p in self.params.values())
+        n = sum(int(param.size) for param in self.params.values())
         wpe = self.params.get("transformer.wpe.weight")
         return n - int(wpe.size) if non_embedding and wpe is not None else n
 
@@ -320,11 +320,11 @@ class GPT:
         work in the logits' memory: one (B, T, V) array less (206 MB for GPT-2 at
         T = 1024). minigpt.parallel, which needs only the loss, passes it.
         """
-        c, p = self.config, self.params
+        c, params = self.config, self.params
         self._caches = None
         keep = (self.training if keep_for_backward is None else keep_for_backward) and targets is not None
         idx = self._check_idx(idx)
-        x, emb_cache = embedding.forward(idx, p["transformer.wte.weight"], p.get("transformer.wpe.weight"))
+        x, emb_cache = embedding.forward(idx, params["transformer.wte.weight"], params.get("transformer.wpe.weight"))
         x, emb_drop_cache = dropout.forward(x, c.dropout, self.rng, self.training)
         options = self._block_options(0, idx.shape[1])
         block_caches = []
@@ -397,10 +397,11 @@ class GPT:
         Inference only: no dropout, nothing kept for backward. With last_only the
         head runs on the last position alone and the logits are (B, 1, V).
         """
-        c, p = self.config, self.params
+        c, params = self.config, self.params
         idx = self._check_idx(idx, offset=cache.length)
         cache.ensure(idx.shape[0])
-        x, _ = embedding.forward(idx, p["transformer.wte.weight"], p.get("transformer.wpe.weight"), offset=cache.length)
+        x, _ = embedding.forward(idx, params["transformer.wte.weight"], params.get("transformer.wpe.weight"),
+                                 offset=cache.length)
         options = self._block_options(cache.length, idx.shape[1])
         for i in range(c.n_layer):
             x = cached_block.forward_cached(x, self.block_params(i), c.n_head, cache.keys[i], cache.values[i],
