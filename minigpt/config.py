@@ -22,7 +22,7 @@ from minigpt.cli import ArgumentParser, add_option
 from minigpt.data import DATASETS, parse_tokenizer_spec
 from minigpt.errors import MinigptError
 from minigpt.hub import GPT2_NAMES as PRETRAINED  # the GPT-2 names --init_from takes
-from minigpt.model import check_shape
+from minigpt.model_config import check_shape
 
 try:
     import tomllib  # Python 3.11+
@@ -41,7 +41,7 @@ class TrainConfig:
     block_size: int = 64
     dropout: float = 0.0
     bias: bool = True
-    # the model's switches (minigpt.model.GPTConfig), GPT-2's values the defaults
+    # the model's switches (minigpt.model_config.GPTConfig), GPT-2's values the defaults
     norm: str = "layernorm"
     activation: str = "gelu_tanh"
     position: str = "learned"
