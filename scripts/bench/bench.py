@@ -126,7 +126,7 @@ def child_minigpt(shape, workers, warmup, iters):
     from minigpt.distributed import world
     from minigpt.model import GPT, GPTConfig
     from minigpt.optim import FlatAdamW
-    from minigpt.parallel import DataParallel, batches_from
+    from minigpt.parallel import DataParallel
 
     tune_host_allocator()  # the host allocator settings train.py runs with
     comm = TimedComm(world())
@@ -134,7 +134,7 @@ def child_minigpt(shape, workers, warmup, iters):
     model = GPT(GPTConfig(**cfg), seed=0).train()
     opt = FlatAdamW(model.params, lr=1e-4, comm=comm, zero=True)  # as train.py (--zero true; one rank: plain)
     parallel = DataParallel(model, workers or None, comm)
-    source = batches_from(*batches(shape))
+    source = batches(shape)  # (X, Y): (A, B, T) inputs and targets
 
     def step():
         loss, grads = parallel.forward_backward(*source, into=opt.grad_views)  # as train.py
