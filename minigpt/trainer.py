@@ -47,7 +47,7 @@ from minigpt.distributed import communicator
 from minigpt.errors import MinigptError
 from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
-from minigpt.model import GPT, GPTConfig
+from minigpt.model import GPT
 from minigpt.optim import FlatAdamW, cosine_lr
 from minigpt.parallel import DataParallel
 from minigpt.runlog import LOG_FILE, PLOT_FILE, RunLog, import_pyplot, plot_losses
@@ -127,13 +127,8 @@ class Trainer:
         cfg = self.cfg
         self.data = prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
         self.tokenizer = self.data.tokenizer
-        model_config = GPTConfig(
-            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-            vocab_size=self.data.meta["vocab_size"], dropout=cfg.dropout, bias=cfg.bias,
-            norm=cfg.norm, activation=cfg.activation, position=cfg.position, tie_embeddings=cfg.tie_embeddings,
-            n_kv_head=cfg.n_kv_head, mlp_hidden=cfg.mlp_hidden, rope_base=cfg.rope_base,
-        )
-        self.model = GPT(model_config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+        self.model = GPT(cfg.model_config(self.data.meta["vocab_size"]), dtype=cfg.dtype, device=cfg.device,
+                         seed=cfg.seed)
 
     def _init_from_checkpoint(self):
         """Weights and tokenizer from out_dir/latest (resume), or what --init_from names (see minigpt.loading)."""
