@@ -38,13 +38,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minigpt.backend import get_xp, scalar, to_host, tune_host_allocator
+from minigpt.backend import get_xp, scalar, to_host
 from minigpt.checkpoint import (is_checkpoint, load_optimizer_state, load_trainer_state, recover_checkpoint,
                                 save_checkpoint)
 from minigpt.config import TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
 from minigpt.distributed import communicator
 from minigpt.errors import MinigptError
+from minigpt.host_memory import tune_host_allocator
 from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
 from minigpt.model import GPT
