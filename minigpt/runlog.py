@@ -10,6 +10,8 @@ between still logs the evaluation once it resumes.
 """
 
 import json
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from minigpt.atomic import write_file, write_text
@@ -79,6 +81,38 @@ class RunLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class RunClock:
+    """A record's timing fields: `elapsed_s`, wall time since the run began (earlier runs included), and
+    `tokens_per_sec`, the training throughput since the previous record, evaluations excluded."""
+
+    def __init__(self, elapsed_before: float = 0.0):
+        self.elapsed_before = elapsed_before  # wall time of the earlier runs this one resumes
+        self.start = self.window_start = time.perf_counter()
+        self.window_tokens = 0
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
+
+    def count(self, tokens: int) -> None:
+        self.window_tokens += tokens
+
+    @contextmanager
+    def paused(self):
+        """Time spent inside the block does not count against the throughput."""
+        paused = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.window_start += time.perf_counter() - paused
+
+    def throughput(self) -> tuple[float, float]:
+        """(tokens_per_sec since the last call, elapsed_s now); starts the next window."""
+        now = time.perf_counter()
+        tokens_per_sec = self.window_tokens / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_tokens = now, 0
+        return tokens_per_sec, self.elapsed_before + now - self.start
 
 
 def import_pyplot():

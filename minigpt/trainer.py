@@ -9,9 +9,9 @@ Dividing by A makes g the gradient of the mean loss over all A*B*T tokens, the
 same as one big batch. Every eval_interval iterations the train and val losses
 are estimated on eval_iters batches each, a short sample is printed, and the
 checkpoints `out_dir/latest` (and `out_dir/best`, when val loss improved) are
-written. Each logged iteration appends one record to `out_dir/log.jsonl`: its
-step's batch loss, and at an evaluation also the two estimates (`val_loss`,
-`train_loss_eval`), so an iteration never has two records.
+written. Each logged iteration appends one record to `out_dir/log.jsonl`
+(minigpt.runlog): its step's batch loss, and at an evaluation also the two
+estimates (`val_loss`, `train_loss_eval`), so an iteration never has two records.
 
 Exact resume: everything that decides the next iterations is in the
 checkpoint (weights, AdamW moments and step count, the batch sampler's RNG
@@ -19,11 +19,13 @@ state); dropout masks are seeded by (seed, iteration, micro-batch, row).
 Evaluation and sampling draw from their own generators, seeded by (seed,
 iteration), so they never shift the training randomness.
 
-The loop stays device-agnostic: batches go to the model's device, and the loss
-and the gradient norm are read back to the host only at log intervals. Each
-step's global batch is split over the ranks (mpiexec -n N, minigpt.distributed)
-and, on the CPU, over worker threads (--workers, see minigpt.parallel); the
-gradients are the same up to float rounding. Rank 0 prints, logs and saves.
+The loop stays device-agnostic: the trainer draws each step's tokens on the
+host and hands them down (`DataParallel.forward_backward(X, Y, ...)`), and the
+loss and the gradient norm are read back to the host only at log intervals.
+Each step's global batch is split over the ranks (mpiexec -n N,
+minigpt.distributed) and, on the CPU, over worker threads (--workers, see
+minigpt.parallel); the gradients are the same up to float rounding. Rank 0
+prints, logs and saves.
 """
 
 import math
@@ -31,7 +33,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -51,7 +52,7 @@ from minigpt.loading import load_checkpoint
 from minigpt.model import GPT
 from minigpt.optim import FlatAdamW, cosine_lr
 from minigpt.parallel import DataParallel
-from minigpt.runlog import LOG_FILE, PLOT_FILE, RunLog, import_pyplot, plot_losses
+from minigpt.runlog import LOG_FILE, PLOT_FILE, RunClock, RunLog, import_pyplot, plot_losses
 
 
 class TrainingDiverged(MinigptError):
@@ -266,12 +267,44 @@ class Trainer:
     def run(self) -> int:
         """Train from start_iter to max_iters; returns the exit status (0, or 130 after Ctrl-C)."""
         cfg = self.cfg
+        if not self.start():
+            return 0
+        stop, clock = StopFlag(self.comm), RunClock(self.elapsed_before)
+        bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True,
+                   disable=not self.is_main)
+        loss, it = None, self.start_iter
+        with stop, closing(bar):  # an error closes the bar first, so its one line starts a line of its own
+            while True:
+                elapsed = clock.elapsed()
+                if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != self.last_eval_iter:
+                    with clock.paused():  # evaluation time is not training throughput
+                        self.evaluate_and_checkpoint(it, elapsed, bar)
+                if it >= cfg.max_iters:
+                    if self.log.pending is not None:  # the last evaluation has no training step after it
+                        self.write_record({"iter": it, "lr": self.lr_at(it)}, {"elapsed_s": elapsed})
+                    break
+                if stop.requested:
+                    return self.stop_at(it, loss, elapsed, bar)
+
+                loss, grad_norm = self.train_step(it)
+                clock.count(cfg.tokens_per_iter)
+                bar.update(1)
+                if self.log.due(it, cfg.log_interval):
+                    self.log_step(it, loss, grad_norm, clock, bar)
+                it += 1
+        print(f"done: {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f} in {self.out_dir / 'best'}, "
+              f"last checkpoint {self.out_dir / 'latest'}")
+        return 0
+
+    def start(self) -> bool:
+        """Open the run log and say what will run; False when a resumed run has nothing left to train."""
+        cfg = self.cfg
         resuming = cfg.init_from == "resume"
         if resuming and self.start_iter >= cfg.max_iters:
             print(f"{self.out_dir / 'latest'} is already at iteration {self.start_iter} (--max_iters {cfg.max_iters}): "
                   f"nothing to train; to continue, raise it: --init_from resume --out_dir {cfg.out_dir} "
                   f"--max_iters N with N > {self.start_iter}")
-            return 0
+            return False
         with self.writing(self.out_dir / LOG_FILE):
             self.log.open(keep_before=self.start_iter if resuming else 0)
         print(
@@ -286,52 +319,27 @@ class Trainer:
         self.pyplot = import_pyplot() if self.is_main else None  # rank 0 alone draws loss.png
         if self.pyplot is None and self.is_main:
             print(f"note: no {PLOT_FILE} (matplotlib is not installed; pip install -e '.[plot]' to draw it)")
+        return True
 
-        stop = StopFlag(self.comm)
-        run_start = time.perf_counter()
-        window_start, window_tokens = run_start, 0
-        bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True,
-                   disable=not self.is_main)
-        loss = None
-        it = self.start_iter
-        with stop, closing(bar):  # an error closes the bar first, so its one line starts a line of its own
-            while True:
-                elapsed = self.elapsed_before + time.perf_counter() - run_start
-                if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != self.last_eval_iter:
-                    paused = time.perf_counter()
-                    self.evaluate_and_checkpoint(it, elapsed, bar)
-                    window_start += time.perf_counter() - paused  # evaluation time is not training throughput
-                if it >= cfg.max_iters:
-                    if self.log.pending is not None:  # the last evaluation has no training step after it
-                        self.write_record({"iter": it, "lr": self.lr_at(it)}, {"elapsed_s": elapsed})
-                    break
-                if stop.requested:
-                    self._check_finite(loss, it)
-                    self.save("latest", it, elapsed)
-                    bar.close()
-                    print(f"interrupted: saved {self.out_dir / 'latest'} at iteration {it}; "
-                          f"continue with --init_from resume --out_dir {cfg.out_dir}")
-                    return 130
+    def log_step(self, it: int, loss, grad_norm, clock: "RunClock", bar) -> None:
+        """The record of iteration `it`'s training step; reading the loss waits for the device."""
+        train_loss = self._check_finite(loss, it)
+        tokens_per_sec, elapsed = clock.throughput()  # after the loss read, so the device has finished
+        lr = self.lr_at(it)
+        record = {"iter": it, "lr": lr, "train_loss": train_loss}
+        if grad_norm is not None:
+            record["grad_norm"] = scalar(grad_norm)
+        self.write_record(record, {"tokens_per_sec": tokens_per_sec, "elapsed_s": elapsed})
+        bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
 
-                loss, grad_norm = self.train_step(it)
-                window_tokens += cfg.tokens_per_iter
-                bar.update(1)
-                if self.log.due(it, cfg.log_interval):
-                    train_loss = self._check_finite(loss, it)
-                    now = time.perf_counter()  # after the loss read, so the device has finished
-                    tokens_per_sec = window_tokens / max(now - window_start, 1e-9)
-                    window_start, window_tokens = now, 0
-                    lr = self.lr_at(it)
-                    record = {"iter": it, "lr": lr, "train_loss": train_loss}
-                    if grad_norm is not None:
-                        record["grad_norm"] = scalar(grad_norm)
-                    timing = {"tokens_per_sec": tokens_per_sec, "elapsed_s": self.elapsed_before + now - run_start}
-                    self.write_record(record, timing)
-                    bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
-                it += 1
-        print(f"done: {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f} in {self.out_dir / 'best'}, "
-              f"last checkpoint {self.out_dir / 'latest'}")
-        return 0
+    def stop_at(self, it: int, loss, elapsed: float, bar) -> int:
+        """Ctrl-C: save latest at iteration `it` (before its step) and say how to continue; the exit status."""
+        self._check_finite(loss, it)
+        self.save("latest", it, elapsed)
+        bar.close()
+        print(f"interrupted: saved {self.out_dir / 'latest'} at iteration {it}; "
+              f"continue with --init_from resume --out_dir {self.cfg.out_dir}")
+        return 130
 
     def write_record(self, record: dict, timing: dict) -> None:
         """Append one iteration's record to the run log (see minigpt.runlog); redraw loss.png after an evaluation."""
