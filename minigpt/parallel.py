@@ -228,7 +228,7 @@ class DataParallel:
         plan = self._plan(n_micro, batch_size)
         mine = sorted((piece for share in plan for piece in share), key=lambda p: (p.micro, p.start))
         data = {p: (X[p.micro, p.start:p.stop], Y[p.micro, p.start:p.stop]) for p in mine}
-        counts = {p: int((np.asarray(y) != IGNORE_INDEX).sum()) for p, (_, y) in data.items()}
+        counts = {p: int((y != IGNORE_INDEX).sum()) for p, (_, y) in data.items()}
         n_valid = np.zeros(n_micro)
         for p, c in counts.items():
             n_valid[p.micro] += c
