@@ -2,7 +2,7 @@
 
 The public API, as `from minigpt import GPT, GPTConfig, BPETokenizer, AdamW`:
 
-    GPT, GPTConfig              the model (minigpt.model)
+    GPT, GPTConfig              the model (minigpt.model) and its config (minigpt.model_config)
     load_checkpoint             checkpoint, training out_dir or GPT-2 name -> (model, tokenizer, directory)
     BPETokenizer, CharTokenizer, load_tokenizer    the tokenizers (minigpt.tokenizer)
     AdamW                       the optimizer (minigpt.optim)
@@ -16,7 +16,7 @@ import importlib
 
 _WHERE = {  # public name -> the module that defines it
     "GPT": "minigpt.model",
-    "GPTConfig": "minigpt.model",
+    "GPTConfig": "minigpt.model_config",
     "load_checkpoint": "minigpt.loading",
     "BPETokenizer": "minigpt.tokenizer",
     "CharTokenizer": "minigpt.tokenizer",

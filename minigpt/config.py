@@ -22,7 +22,7 @@ from minigpt.cli import ArgumentParser, add_option
 from minigpt.data import DATASETS, parse_tokenizer_spec
 from minigpt.errors import MinigptError
 from minigpt.hub import GPT2_NAMES as PRETRAINED  # the GPT-2 names --init_from takes
-from minigpt.model import check_shape
+from minigpt.model_config import GPTConfig, check_shape
 
 try:
     import tomllib  # Python 3.11+
@@ -30,25 +30,22 @@ except ModuleNotFoundError:  # Python 3.10: the same parser from PyPI (a depende
     import tomli as tomllib
 
 
-@dataclass
-class TrainConfig:
-    """Every option of scripts/train.py. The defaults train nanoGPT's CPU recipe on the pydoc text."""
+# The model's options are GPTConfig's fields (minigpt.model_config), but vocab_size, which the tokenizer
+# decides; they are ignored when starting from a checkpoint, whose config wins. The defaults: GPT-2's
+# switches, and a model small enough to train on a CPU in minutes.
+MODEL_FIELDS = tuple(f.name for f in fields(GPTConfig) if f.name != "vocab_size")
+CPU_SHAPE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64}
+ModelOptions = dataclasses.make_dataclass("ModelOptions", [
+    (f.name, f.type, dataclasses.field(default=CPU_SHAPE.get(f.name, f.default), metadata=f.metadata))
+    for f in fields(GPTConfig) if f.name in MODEL_FIELDS
+], namespace={"MODEL_FIELDS": MODEL_FIELDS})
 
-    # model (ignored when starting from a checkpoint, whose config wins)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 64
-    dropout: float = 0.0
-    bias: bool = True
-    # the model's switches (minigpt.model.GPTConfig), GPT-2's values the defaults
-    norm: str = "layernorm"
-    activation: str = "gelu_tanh"
-    position: str = "learned"
-    tie_embeddings: bool = True
-    n_kv_head: int | None = None  # None: n_head
-    mlp_hidden: int | None = None  # None: 4 n_embd (about 8/3 n_embd for swiglu)
-    rope_base: float = 10000.0
+
+@dataclass
+class TrainConfig(ModelOptions):
+    """Every option of scripts/train.py: the model's (ModelOptions, from GPTConfig), then the run's.
+    The defaults train nanoGPT's CPU recipe on the pydoc text."""
+
     # data
     dataset: str = "pydoc"
     data: str | None = None
@@ -82,9 +79,6 @@ class TrainConfig:
     workers: int = 0  # CPU threads per process that share each step (minigpt.parallel); 0: one per core
     zero: bool = True  # with several ranks (mpiexec -n N), each keeps AdamW's moments for its 1/N shard (ZeRO-1)
 
-    MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias",
-                    "norm", "activation", "position", "tie_embeddings", "n_kv_head", "mlp_hidden", "rope_base")
-
     @property
     def decay_iters(self) -> int:
         return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
@@ -95,6 +89,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The GPTConfig these options describe, for a tokenizer of vocab_size tokens."""
+        return GPTConfig(vocab_size=vocab_size, **{name: getattr(self, name) for name in MODEL_FIELDS})
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -160,7 +158,7 @@ def _describe(name: str) -> str:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Raise a one-line MinigptError for the first impossible value."""
-    check_shape({name: getattr(cfg, name) for name in TrainConfig.MODEL_FIELDS}, option=lambda name: f"--{name}")
+    check_shape({name: getattr(cfg, name) for name in MODEL_FIELDS}, option=lambda name: f"--{name}")
     positive = ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval")
     for name in positive:
         if getattr(cfg, name) < 1:
@@ -194,21 +192,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 # The command line
 
 
-# One line per option for --help, which adds each default.
+# One line per option for --help, which adds each default; the model's come with GPTConfig's fields.
 HELP = {
-    "n_layer": "transformer blocks",
-    "n_head": "attention heads per block",
-    "n_embd": "width of the residual stream (a multiple of n_head)",
-    "block_size": "context length in tokens",
-    "dropout": "dropout probability while training, in [0, 1)",
-    "bias": "biases in the linear layers and LayerNorms (GPT-2 has them)",
-    "norm": "layernorm (GPT-2) or rmsnorm",
-    "activation": "the MLP's: gelu_tanh (GPT-2), gelu (exact, erf), relu2 (squared ReLU) or swiglu (gated, 3 matrices)",
-    "position": "learned (GPT-2's wpe) or rotary (RoPE on q and k, no wpe)",
-    "tie_embeddings": "the LM head reuses wte (GPT-2); false: a separate lm_head.weight",
-    "n_kv_head": "key/value heads, n_head a multiple of it: grouped query attention (1: multi query; None: n_head)",
-    "mlp_hidden": "the MLP's hidden width (None: 4 n_embd, or round(8 n_embd / 3) for swiglu)",
-    "rope_base": "RoPE's base: the angle of channel pair i at position t is t * rope_base^(-2i/head_dim)",
+    **{name: _FIELDS[name].metadata["help"] for name in MODEL_FIELDS},
     "dataset": f"a built-in corpus: {', '.join(DATASETS)} (shakespeare is downloaded once)",
     "data": "a UTF-8 text file or a folder of them, used instead of --dataset",
     "tokenizer": "char, gpt2, or bpe:N (a BPE of N tokens trained on the text)",
@@ -303,7 +289,7 @@ def merge_resumed(saved_options: dict, explicit: dict) -> TrainConfig:
     base = {k: v for k, v in saved_options.items() if k in _FIELDS}
     if base.get("lr_decay_iters") is None and "max_iters" in base:
         base["lr_decay_iters"] = base["max_iters"]
-    for name in TrainConfig.MODEL_FIELDS:
+    for name in MODEL_FIELDS:
         if name in explicit and name in base and explicit[name] != base[name] and name != "dropout":
             raise MinigptError(
                 f"--{name} {explicit[name]} differs from the checkpoint's {base[name]}; a resumed run keeps its model shape"

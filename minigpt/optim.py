@@ -217,12 +217,8 @@ class FlatAdamW:
     2-D tensors (weight decay) come first, so decay is the slice [0, decay_end).
     Gradients are packed each step into a second flat buffer of the same layout
     (`grad_views` are its per-name views: a caller that accumulates gradients
-    straight into them skips the pack). The pack is one copy of the gradients:
-    1.9-3.4 ms for the 6x384 character model (10.8M parameters) and 33-75 ms for
-    GPT-2 124M (float32, 2 loaded EPYC cores, 2026-12-02), about a tenth of the
-    optimizer step and 0.1% of the character model's training step (forward +
-    backward at B=8, T=256: 2.0-3.8 s). The parameters, being views, are never
-    copied; packing them too would cost two more such copies per step.
+    straight into them skips the pack, one copy of the gradients; its cost is in
+    scripts/bench/HISTORY.md). The parameters, being views, are never copied.
 
     One step, with N = comm.world_size ranks, each holding its own gradient sums
     (scaled so that their sum over ranks is the gradient of the global mean loss):

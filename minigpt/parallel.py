@@ -45,6 +45,7 @@ where a run resumed (dropout's first axis is always the row).
 """
 
 import collections
+import functools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -105,7 +106,7 @@ class RowRNG:
 class Accumulator:
     """A rank's loss and gradient sums, added in turn order (0, 1, 2, ...) whatever thread arrives first.
 
-    Gradients arrive layer by layer (GPT.backward's sink). Each tensor keeps its
+    Gradients arrive layer by layer (`GPT.backward(sink=accumulator.turn(t))`). Each tensor keeps its
     own turn, so a worker waits only until the slice before its own has added
     that same tensor, and each layer's gradients are freed as soon as they are
     added: a rank holds one set of sums plus the layers in flight, not one whole
@@ -145,6 +146,10 @@ class Accumulator:
                 self._turns[name] += 1
                 self._ready.notify_all()
 
+    def turn(self, turn: int):
+        """The sink of slice `turn`'s backward: it adds each layer's gradients in this turn."""
+        return functools.partial(self.add_grads, turn)
+
     def _wait(self, ready) -> None:
         self._ready.wait_for(lambda: ready() or self.failed)
         if self.failed:
@@ -157,22 +162,12 @@ class Accumulator:
             self._ready.notify_all()
 
 
-def batches_from(idx, targets):
-    """(read, n_micro, batch_size) for arrays already in memory: (B, T) one micro-batch, or (A, B, T)."""
-    idx, targets = np.asarray(idx), np.asarray(targets)
-    if idx.ndim == 2:
-        idx, targets = idx[None], targets[None]
-    return (lambda a, rows: (idx[a][rows], targets[a][rows])), idx.shape[0], idx.shape[1]
-
-
 class DataParallel:
     """Runs `model` over this rank's slices of each step on `workers` threads (CPU; one on a GPU).
 
-    A step's data comes from `read(micro, rows) -> (x, y)`, which gives rows
-    `rows` (an index array) of micro-batch `micro`; it is called once per
-    micro-batch, in order, on every rank (with an empty `rows` when the rank
-    has none), so a sampler that draws every row's position advances alike
-    everywhere while each rank reads only its own rows.
+    A step's tokens arrive as arrays, the same on every rank: inputs X and
+    targets Y, (A, B, T) for A micro-batches of B rows (or (B, T), one
+    micro-batch); each rank computes only its own slices of them.
     """
 
     def __init__(self, model, workers=None, comm=None):
@@ -193,9 +188,10 @@ class DataParallel:
 
     # -- the two jobs ---------------------------------------------------------------
 
-    def forward_backward(self, read, n_micro: int, batch_size: int, dropout_key=None, into=None):
-        """(loss, grads) of one optimizer step: the global mean loss (the same on every rank) and this rank's
-        share of its gradient (keyed like model.params; their sum over the ranks is the whole gradient).
+    def forward_backward(self, X, Y, dropout_key=None, into=None):
+        """(loss, grads) of one optimizer step on inputs X and targets Y ((A, B, T) or (B, T) host arrays):
+        the global mean loss (the same on every rank) and this rank's share of its gradient (keyed like
+        model.params; their sum over the ranks is the whole gradient).
 
         into: arrays (name -> array shaped like the parameter) to write the
         gradients into, e.g. FlatAdamW's grad_views, which then need no packing;
@@ -204,11 +200,12 @@ class DataParallel:
         model = self.model
         if dropout_key is None and model.training and model.config.dropout:
             dropout_key = (int(model.rng.integers(0, 2**63)),)  # no key given: masks from the model's generator
-        return self._run(read, n_micro, batch_size, dropout_key, backward=True, into=into)
+        return self._run(X, Y, dropout_key, backward=True, into=into)
 
-    def loss(self, read, n_batches: int, batch_size: int):
-        """The mean over n_batches batches of each one's mean loss, for evaluation (no gradients, no dropout)."""
-        loss, _ = self._run(read, n_batches, batch_size, None, backward=False)
+    def loss(self, X, Y):
+        """The mean over X's batches ((n, B, T), or one (B, T)) of each one's mean loss, for evaluation
+        (no gradients, no dropout)."""
+        loss, _ = self._run(X, Y, None, backward=False)
         return loss
 
     # -- the slices ---------------------------------------------------------------------
@@ -222,21 +219,16 @@ class DataParallel:
             self._plans[key] = shares[rank * W:(rank + 1) * W]
         return self._plans[key]
 
-    def _run(self, read, n_micro, batch_size, dropout_key, backward, into=None):
+    def _run(self, X, Y, dropout_key, backward, into=None):
         model = self.model
+        X, Y = np.asarray(X), np.asarray(Y)
+        if X.ndim == 2:  # one micro-batch
+            X, Y = X[None], Y[None]
+        n_micro, batch_size = X.shape[:2]
         plan = self._plan(n_micro, batch_size)
         mine = sorted((piece for share in plan for piece in share), key=lambda p: (p.micro, p.start))
-        data = {}
-        for a in range(n_micro):  # every micro-batch, in order, on every rank
-            pieces = [p for p in mine if p.micro == a]
-            rows = np.concatenate([np.arange(p.start, p.stop) for p in pieces] or [np.zeros(0, np.int64)])
-            x, y = read(a, rows)
-            at = 0
-            for p in pieces:
-                n = p.stop - p.start
-                data[p] = (x[at:at + n], y[at:at + n])
-                at += n
-        counts = {p: int((np.asarray(y) != IGNORE_INDEX).sum()) for p, (_, y) in data.items()}
+        data = {p: (X[p.micro, p.start:p.stop], Y[p.micro, p.start:p.stop]) for p in mine}
+        counts = {p: int((y != IGNORE_INDEX).sum()) for p, (_, y) in data.items()}
         n_valid = np.zeros(n_micro)
         for p, c in counts.items():
             n_valid[p.micro] += c
@@ -286,7 +278,7 @@ class DataParallel:
                 _, slice_loss = replica.forward(to_device(x, device), to_device(y, device), return_logits=False)
                 total.add_loss(turn, slice_loss * weight)
                 if backward:
-                    replica.backward(dloss=weight, sink=lambda grads: total.add_grads(turn, grads))
+                    replica.backward(dloss=weight, sink=total.turn(turn))  # each layer's gradients added as it ends
         except BaseException:
             total.fail()
             raise

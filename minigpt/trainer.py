@@ -9,9 +9,9 @@ Dividing by A makes g the gradient of the mean loss over all A*B*T tokens, the
 same as one big batch. Every eval_interval iterations the train and val losses
 are estimated on eval_iters batches each, a short sample is printed, and the
 checkpoints `out_dir/latest` (and `out_dir/best`, when val loss improved) are
-written. Each logged iteration appends one record to `out_dir/log.jsonl`: its
-step's batch loss, and at an evaluation also the two estimates (`val_loss`,
-`train_loss_eval`), so an iteration never has two records.
+written. Each logged iteration appends one record to `out_dir/log.jsonl`
+(minigpt.runlog): its step's batch loss, and at an evaluation also the two
+estimates (`val_loss`, `train_loss_eval`), so an iteration never has two records.
 
 Exact resume: everything that decides the next iterations is in the
 checkpoint (weights, AdamW moments and step count, the batch sampler's RNG
@@ -19,42 +19,40 @@ state); dropout masks are seeded by (seed, iteration, micro-batch, row).
 Evaluation and sampling draw from their own generators, seeded by (seed,
 iteration), so they never shift the training randomness.
 
-The loop stays device-agnostic: batches go to the model's device, and the loss
-and the gradient norm are read back to the host only at log intervals. Each
-step's global batch is split over the ranks (mpiexec -n N, minigpt.distributed)
-and, on the CPU, over worker threads (--workers, see minigpt.parallel); the
-gradients are the same up to float rounding. Rank 0 prints, logs and saves.
+The loop stays device-agnostic: the trainer draws each step's tokens on the
+host and hands them down (`DataParallel.forward_backward(X, Y, ...)`), and the
+loss and the gradient norm are read back to the host only at log intervals.
+Each step's global batch is split over the ranks (mpiexec -n N,
+minigpt.distributed) and, on the CPU, over worker threads (--workers, see
+minigpt.parallel); the gradients are the same up to float rounding. Rank 0
+prints, logs and saves.
 """
 
-import json
 import math
 import os
 import signal
 import sys
 import tempfile
-import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from minigpt.atomic import write_file, write_text
-from minigpt.backend import get_xp, scalar, to_host, tune_host_allocator
+from minigpt.backend import get_xp, scalar, to_host
 from minigpt.checkpoint import (is_checkpoint, load_optimizer_state, load_trainer_state, recover_checkpoint,
                                 save_checkpoint)
 from minigpt.config import TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
 from minigpt.distributed import communicator
 from minigpt.errors import MinigptError
+from minigpt.host_memory import tune_host_allocator
 from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
-from minigpt.model import GPT, GPTConfig
+from minigpt.model import GPT
 from minigpt.optim import FlatAdamW, cosine_lr
 from minigpt.parallel import DataParallel
-
-LOG_FILE = "log.jsonl"
-PLOT_FILE = "loss.png"
+from minigpt.runlog import LOG_FILE, PLOT_FILE, RunClock, RunLog, import_pyplot, plot_losses
 
 
 class TrainingDiverged(MinigptError):
@@ -103,7 +101,8 @@ class Trainer:
         self.start_iter = 0
         self.best_val_loss = None
         self.last_eval_iter = None
-        self.pending_eval = None  # the evaluation at the current iteration, logged with its training step
+        self.log = RunLog(self.out_dir / LOG_FILE if self.is_main else None)  # opened by run()
+        self.pyplot = None  # matplotlib, which run() imports on rank 0 to draw loss.png
         self.elapsed_before = 0.0  # wall time of the earlier runs this one resumes
         self.batch_rng = np.random.default_rng(cfg.seed)
         with self.comm.local_first():  # one rank per machine prepares data/ and downloads; the others reuse it
@@ -130,13 +129,8 @@ class Trainer:
         cfg = self.cfg
         self.data = prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
         self.tokenizer = self.data.tokenizer
-        model_config = GPTConfig(
-            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-            vocab_size=self.data.meta["vocab_size"], dropout=cfg.dropout, bias=cfg.bias,
-            norm=cfg.norm, activation=cfg.activation, position=cfg.position, tie_embeddings=cfg.tie_embeddings,
-            n_kv_head=cfg.n_kv_head, mlp_hidden=cfg.mlp_hidden, rope_base=cfg.rope_base,
-        )
-        self.model = GPT(model_config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+        self.model = GPT(cfg.model_config(self.data.meta["vocab_size"]), dtype=cfg.dtype, device=cfg.device,
+                         seed=cfg.seed)
 
     def _init_from_checkpoint(self):
         """Weights and tokenizer from out_dir/latest (resume), or what --init_from names (see minigpt.loading)."""
@@ -153,9 +147,7 @@ class Trainer:
         self.start_iter = int(state["iter"])
         self.best_val_loss = state.get("best_val_loss")
         self.last_eval_iter = state.get("last_eval_iter")
-        last_eval = state.get("last_eval")
-        if isinstance(last_eval, dict) and last_eval.get("iter") == self.start_iter:
-            self.pending_eval = last_eval  # saved before its record was written: the resumed run logs it
+        self.log.resume(state.get("last_eval"), self.start_iter)  # an evaluation saved before its record was written
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         if state.get("batch_rng"):
             self.batch_rng.bit_generator.state = state["batch_rng"]
@@ -168,24 +160,25 @@ class Trainer:
             return cfg.learning_rate
         return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
 
+    def draw_batches(self, tokens, n: int, rng):
+        """n batches of B windows of the split `tokens`: inputs X and targets Y, (n, B, T) host arrays."""
+        cfg = self.cfg
+        X, Y = zip(*(get_batch(tokens, cfg.batch_size, cfg.block_size, rng) for _ in range(n)))
+        return np.stack(X), np.stack(Y)
+
     def train_step(self, it: int):
         """One optimizer step; returns (mean loss, gradient norm before clipping or None), on the device.
 
         The step's A micro-batches of B rows are drawn from batch_rng alike on
-        every rank; each rank reads and computes only its slices of them
-        (minigpt.parallel), and the optimizer sums the gradients over the ranks.
-        Dropout masks are seeded by (seed, it, micro-batch, row).
+        every rank; each rank computes only its slices of them (minigpt.parallel),
+        and the optimizer sums the gradients over the ranks. Dropout masks are
+        seeded by (seed, it, micro-batch, row).
         """
         cfg = self.cfg
         self.model.train()
-
-        def read(micro, rows):
-            return get_batch(self.data.train, cfg.batch_size, cfg.block_size, self.batch_rng, rows)
-
-        loss, grads = self.parallel.forward_backward(  # the gradients go straight into the optimizer's flat buffer
-            read, cfg.gradient_accumulation_steps, cfg.batch_size, dropout_key=(cfg.seed, it),
-            into=self.optimizer.grad_views,
-        )
+        X, Y = self.draw_batches(self.data.train, cfg.gradient_accumulation_steps, self.batch_rng)  # (A, B, T)
+        # the gradients are summed layer by layer straight into the optimizer's flat buffer: no second copy
+        loss, grads = self.parallel.forward_backward(X, Y, dropout_key=(cfg.seed, it), into=self.optimizer.grad_views)
         # one collective sums the ranks' gradients (all-reduce, or reduce-scatter under ZeRO-1), then clip + AdamW
         return loss, self.optimizer.step(grads, lr=self.lr_at(it), grad_clip=cfg.grad_clip)
 
@@ -202,11 +195,7 @@ class Trainer:
         model.eval()
         losses = {}
         for split, tokens in (("train", self.data.train), ("val", self.data.val)):
-
-            def read(batch, rows, tokens=tokens):
-                return get_batch(tokens, cfg.batch_size, cfg.block_size, rng, rows)
-
-            losses[split] = scalar(self.parallel.loss(read, cfg.eval_iters, cfg.batch_size))
+            losses[split] = scalar(self.parallel.loss(*self.draw_batches(tokens, cfg.eval_iters, rng)))
         model.train()
         return losses
 
@@ -227,7 +216,7 @@ class Trainer:
             "iter": it,
             "best_val_loss": self.best_val_loss,
             "last_eval_iter": self.last_eval_iter,
-            "last_eval": self.pending_eval,  # None once logged; else the record's evaluation fields
+            "last_eval": self.log.pending,  # None once logged; else the record's evaluation fields
             "elapsed_s": elapsed,
             "batch_rng": rng_state(self.batch_rng),
             "data": str(self.data.dir),
@@ -278,14 +267,46 @@ class Trainer:
     def run(self) -> int:
         """Train from start_iter to max_iters; returns the exit status (0, or 130 after Ctrl-C)."""
         cfg = self.cfg
+        if not self.start():
+            return 0
+        stop, clock = StopFlag(self.comm), RunClock(self.elapsed_before)
+        bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True,
+                   disable=not self.is_main)
+        loss, it = None, self.start_iter
+        with stop, closing(bar):  # an error closes the bar first, so its one line starts a line of its own
+            while True:
+                elapsed = clock.elapsed()
+                if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != self.last_eval_iter:
+                    with clock.paused():  # evaluation time is not training throughput
+                        self.evaluate_and_checkpoint(it, elapsed, bar)
+                if it >= cfg.max_iters:
+                    if self.log.pending is not None:  # the last evaluation has no training step after it
+                        self.write_record({"iter": it, "lr": self.lr_at(it)}, {"elapsed_s": elapsed})
+                    break
+                if stop.requested:
+                    return self.stop_at(it, loss, elapsed, bar)
+
+                loss, grad_norm = self.train_step(it)
+                clock.count(cfg.tokens_per_iter)
+                bar.update(1)
+                if self.log.due(it, cfg.log_interval):
+                    self.log_step(it, loss, grad_norm, clock, bar)
+                it += 1
+        print(f"done: {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f} in {self.out_dir / 'best'}, "
+              f"last checkpoint {self.out_dir / 'latest'}")
+        return 0
+
+    def start(self) -> bool:
+        """Open the run log and say what will run; False when a resumed run has nothing left to train."""
+        cfg = self.cfg
         resuming = cfg.init_from == "resume"
         if resuming and self.start_iter >= cfg.max_iters:
             print(f"{self.out_dir / 'latest'} is already at iteration {self.start_iter} (--max_iters {cfg.max_iters}): "
                   f"nothing to train; to continue, raise it: --init_from resume --out_dir {cfg.out_dir} "
                   f"--max_iters N with N > {self.start_iter}")
-            return 0
+            return False
         with self.writing(self.out_dir / LOG_FILE):
-            log = RunLog(self.out_dir / LOG_FILE if self.is_main else None, keep_before=self.start_iter if resuming else 0)
+            self.log.open(keep_before=self.start_iter if resuming else 0)
         print(
             f"model: {self.model.num_params():,} parameters ({self.model.config.n_layer} layers), "
             f"data: {self.data.dir} ({self.data.train.size:,} train / {self.data.val.size:,} val tokens, "
@@ -295,81 +316,51 @@ class Trainer:
         if resuming:
             print(f"resuming {self.out_dir / 'latest'} at iteration {self.start_iter} of {cfg.max_iters}; "
                   + self.schedule_summary())
-        pyplot = import_pyplot() if self.is_main else None  # rank 0 alone draws loss.png
-        if pyplot is None and self.is_main:
+        self.pyplot = import_pyplot() if self.is_main else None  # rank 0 alone draws loss.png
+        if self.pyplot is None and self.is_main:
             print(f"note: no {PLOT_FILE} (matplotlib is not installed; pip install -e '.[plot]' to draw it)")
+        return True
 
-        stop = StopFlag(self.comm)
-        run_start = time.perf_counter()
-        window_start, window_tokens = run_start, 0
-        bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True,
-                   disable=not self.is_main)
-        loss = None
-        it = self.start_iter
-        with stop, closing(bar):  # an error closes the bar first, so its one line starts a line of its own
-            while True:
-                elapsed = self.elapsed_before + time.perf_counter() - run_start
-                if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and it != self.last_eval_iter:
-                    paused = time.perf_counter()
-                    self.evaluate_and_checkpoint(it, elapsed, bar)
-                    window_start += time.perf_counter() - paused  # evaluation time is not training throughput
-                if it >= cfg.max_iters:
-                    if self.pending_eval is not None:  # the last evaluation has no training step after it
-                        self.log_record(log, pyplot, {"iter": it, "lr": self.lr_at(it)}, {"elapsed_s": elapsed})
-                    break
-                if stop.requested:
-                    self._check_finite(loss, it)
-                    self.save("latest", it, elapsed)
-                    bar.close()
-                    print(f"interrupted: saved {self.out_dir / 'latest'} at iteration {it}; "
-                          f"continue with --init_from resume --out_dir {cfg.out_dir}")
-                    return 130
+    def log_step(self, it: int, loss, grad_norm, clock: "RunClock", bar) -> None:
+        """The record of iteration `it`'s training step; reading the loss waits for the device."""
+        train_loss = self._check_finite(loss, it)
+        tokens_per_sec, elapsed = clock.throughput()  # after the loss read, so the device has finished
+        lr = self.lr_at(it)
+        record = {"iter": it, "lr": lr, "train_loss": train_loss}
+        if grad_norm is not None:
+            record["grad_norm"] = scalar(grad_norm)
+        self.write_record(record, {"tokens_per_sec": tokens_per_sec, "elapsed_s": elapsed})
+        bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
 
-                loss, grad_norm = self.train_step(it)
-                window_tokens += cfg.tokens_per_iter
-                bar.update(1)
-                if it % cfg.log_interval == 0 or self.pending_eval is not None:
-                    train_loss = self._check_finite(loss, it)
-                    now = time.perf_counter()  # after the loss read, so the device has finished
-                    tokens_per_sec = window_tokens / max(now - window_start, 1e-9)
-                    window_start, window_tokens = now, 0
-                    lr = self.lr_at(it)
-                    record = {"iter": it, "lr": lr, "train_loss": train_loss}
-                    if grad_norm is not None:
-                        record["grad_norm"] = scalar(grad_norm)
-                    timing = {"tokens_per_sec": tokens_per_sec, "elapsed_s": self.elapsed_before + now - run_start}
-                    self.log_record(log, pyplot, record, timing)
-                    bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
-                it += 1
-        print(f"done: {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f} in {self.out_dir / 'best'}, "
-              f"last checkpoint {self.out_dir / 'latest'}")
-        return 0
+    def stop_at(self, it: int, loss, elapsed: float, bar) -> int:
+        """Ctrl-C: save latest at iteration `it` (before its step) and say how to continue; the exit status."""
+        self._check_finite(loss, it)
+        self.save("latest", it, elapsed)
+        bar.close()
+        print(f"interrupted: saved {self.out_dir / 'latest'} at iteration {it}; "
+              f"continue with --init_from resume --out_dir {self.cfg.out_dir}")
+        return 130
 
-    def log_record(self, log: "RunLog", pyplot, record: dict, timing: dict) -> None:
-        """Append one iteration's record: its step, the evaluation made at that iteration if any, then timing."""
-        evaluated = self.pending_eval is not None
-        if evaluated:
-            record.update((k, v) for k, v in self.pending_eval.items() if k != "iter")
-            self.pending_eval = None
-        record.update(timing)
-        with self.writing(log.path):
-            log.write(record)
-        if evaluated and pyplot is not None:
+    def write_record(self, record: dict, timing: dict) -> None:
+        """Append one iteration's record to the run log (see minigpt.runlog); redraw loss.png after an evaluation."""
+        with self.writing(self.out_dir / LOG_FILE):
+            evaluated = self.log.step(record, timing)
+        if evaluated and self.pyplot is not None:
             with self.writing(self.out_dir / PLOT_FILE):
-                plot_losses(pyplot, log.records, self.out_dir / PLOT_FILE)
+                plot_losses(self.pyplot, self.log.records, self.out_dir / PLOT_FILE)
 
     def evaluate_and_checkpoint(self, it: int, elapsed: float, bar) -> None:
         """Estimate both losses, print them and a sample, write the checkpoints.
 
         The estimates are logged with the record of iteration `it`, after its
-        training step; until then they wait in `pending_eval`, which the
-        checkpoint also holds, so a run killed in between still logs them on resume.
+        training step; until then they wait in the run log (`RunLog.pending`),
+        which the checkpoint also holds, so a run killed in between still logs them on resume.
         """
         losses = self.estimate_loss(it)
         if not all(math.isfinite(v) for v in losses.values()):
             raise TrainingDiverged(self._diverged_message(f"the evaluation loss is {losses['val']}", it))
         self.last_eval_iter = it
-        self.pending_eval = {"iter": it, "val_loss": losses["val"], "train_loss_eval": losses["train"]}
+        self.log.evaluated(it, val_loss=losses["val"], train_loss_eval=losses["train"])
         bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         if self.cfg.sample_tokens and self.is_main:
             bar.write("sample: " + self.sample(it).replace("\n", "\n        ")[:2000])
@@ -398,7 +389,7 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------
-# Helpers: out_dir, Ctrl-C, the JSON-lines log, the loss plot
+# Helpers: out_dir, Ctrl-C
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -462,69 +453,6 @@ class StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-class RunLog:
-    """out_dir/log.jsonl: one JSON record per logged iteration, in order, flushed as it is written.
-
-    A resumed run first drops the records at or after the iteration it resumes
-    from (a crashed run may have logged past its last checkpoint; the resumed
-    run writes those records again, with the same values), so after any
-    interruption the file holds exactly the records of one uninterrupted run;
-    a fresh run starts an empty file.
-    """
-
-    def __init__(self, path: Path | None, keep_before: int = 0):
-        self.path = path  # None: records kept in memory only (the ranks other than 0)
-        self.records = []
-        if path is None:
-            return
-        if keep_before and path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if isinstance(record, dict) and record.get("iter", keep_before) < keep_before:
-                    self.records.append(record)
-        write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
-
-    def write(self, record: dict) -> None:
-        self.records.append(record)
-        if self.path is None:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def import_pyplot():
-    """matplotlib.pyplot on its file-only backend, or None when matplotlib is not installed (the `plot` extra)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def plot_losses(plt, records: list, path: Path) -> None:
-    """The training batches' loss and the evaluations' val loss against iteration, as a PNG."""
-    train = [(r["iter"], r["train_loss"]) for r in records if "train_loss" in r]
-    val = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for points, label in ((train, "train (batch)"), (val, "val")):
-        if points:
-            ax.plot(*zip(*points), label=label)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("cross-entropy loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    try:
-        write_file(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
 
 
 def main(argv=None) -> int:

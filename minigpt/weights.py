@@ -8,7 +8,7 @@ Two namings exist in the wild and both load:
 Weights are Conv1D-shaped (in, out) in both, the layout minigpt uses, so nothing
 is transposed. Every problem with a file is a one-line MinigptError.
 
-A model with a switch away from GPT-2 (minigpt.model.SWITCHES, n_kv_head,
+A model with a switch away from GPT-2 (minigpt.model_config.SWITCHES, n_kv_head,
 mlp_hidden) is not a GPT-2: its config.json says `"model_type": "minigpt"` (so
 that transformers refuses it instead of loading a wrong model) and holds the
 switches in a `"minigpt"` object; its extra tensors are named in Hugging Face's
@@ -27,13 +27,13 @@ import numpy as np
 from minigpt.atomic import write_file, write_text
 from minigpt.backend import to_device, to_host
 from minigpt.errors import MinigptError
-from minigpt.model import SWITCHES, GPTConfig, mlp_hidden, param_shapes
+from minigpt.model import mlp_hidden, param_shapes
+from minigpt.model_config import SWITCH_FIELDS, GPTConfig
 
 # activations that are exactly GPT-2's tanh approximation
 TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 MINIGPT_TYPE = "minigpt"  # config.json's model_type for a model with switches away from GPT-2
-SWITCH_FIELDS = (*SWITCHES, "n_kv_head", "mlp_hidden", "rope_base")  # the keys of config.json's "minigpt" object
 JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 CHECK_CHUNK = 1 << 20  # elements looked at per step when a sum is not finite (4 MB of float32)
 

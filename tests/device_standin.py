@@ -567,7 +567,7 @@ def column_major(buffer, offset, rows, cols, ld):
 
 def emulate_gemm_strided_batched(g, alpha, x, beta, y, c):
     """cuBLAS's C_i = alpha op(X_i) op(Y_i) + beta C_i; x, y, c are (flat buffer, element offset)."""
-    from minigpt.backend import CUBLAS_OP_N
+    from minigpt.kernels.cublas import CUBLAS_OP_N
 
     def operand(buffer_offset, trans, rows, cols, ld, stride, i):
         buffer, offset = buffer_offset
@@ -588,7 +588,7 @@ def emulating_gemm_strided_batched_ex(calls):
 
     Each call's (data type, compute type, algorithm) is appended to `calls`.
     """
-    from minigpt.backend import CUBLAS_OP_N, GemmArgs
+    from minigpt.kernels.cublas import CUBLAS_OP_N, GemmArgs
 
     def call(handle, transa, transb, m, n, k, alpha, a_ptr, a_type, lda, stride_a, b_ptr, b_type, ldb, stride_b,
              beta, c_ptr, c_type, ldc, stride_c, batch, compute_type, algo):

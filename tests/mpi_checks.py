@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from minigpt.distributed import SingleProcess, run_cli, world  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
-from minigpt.parallel import DataParallel, batches_from  # noqa: E402
+from minigpt.parallel import DataParallel  # noqa: E402
 
 
 def check_collectives():
@@ -49,11 +49,11 @@ def check_gradients():
     targets[1, 2, :4] = -1
     model = GPT(config, dtype="float64", seed=0)
     one = DataParallel(model, 1, SingleProcess())
-    loss, grads = one.forward_backward(*batches_from(idx, targets), dropout_key=(1337, 4))
+    loss, grads = one.forward_backward(idx, targets, dropout_key=(1337, 4))
     grads = {k: g.copy() for k, g in grads.items()}
     for workers in (1, 2):
         parallel = DataParallel(model, workers, comm)
-        ranks_loss, mine = parallel.forward_backward(*batches_from(idx, targets), dropout_key=(1337, 4))
+        ranks_loss, mine = parallel.forward_backward(idx, targets, dropout_key=(1337, 4))
         flat = np.concatenate([g.ravel() for g in mine.values()])
         comm.all_reduce(flat)  # what the optimizer's one collective does
         assert abs(float(ranks_loss) - float(loss)) <= 1e-12 * abs(float(loss))

@@ -58,13 +58,13 @@ def test_get_xp_leaves_the_allocator_alone(monkeypatch):
     """Tuning glibc's malloc is process-wide: only an explicit tune_host_allocator() does it."""
     import ctypes
 
-    from minigpt import backend
+    from minigpt import host_memory
 
     calls = []
     monkeypatch.setattr(ctypes, "CDLL", lambda name: calls.append(name) or types_namespace(calls))
     get_xp("cpu")
     assert calls == []
-    backend.tune_host_allocator()
+    host_memory.tune_host_allocator()
     assert calls[0] == "libc.so.6" and sorted(calls[1:]) == [(-8, 1), (-4, 0), (-2, 64 << 20), (-1, -1)]
 
 
@@ -79,9 +79,9 @@ KEEPS_FREED_MEMORY = """
 import os
 import sys
 import numpy as np
-from minigpt import backend
+from minigpt import host_memory
 if sys.argv[1] == "tuned":
-    backend.tune_host_allocator()
+    host_memory.tune_host_allocator()
 def resident_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

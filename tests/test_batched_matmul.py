@@ -14,8 +14,9 @@
 import numpy as np
 import pytest
 
-from minigpt.backend import CUBLAS_OP_T, batched_matmul, gemm_strided_batched_args, get_xp, gpu_available, tf32_enabled
+from minigpt.backend import batched_matmul, get_xp, gpu_available, tf32_enabled
 from minigpt.fast import attention
+from minigpt.kernels.cublas import CUBLAS_OP_T, gemm_strided_batched_args
 from tests import device_standin
 from tests.device_standin import emulate_gemm_strided_batched, emulating_gemm_strided_batched_ex
 
@@ -155,8 +156,8 @@ def test_cublas_batched_matmul_on_the_gpu_equals_numpy(dtype, accumulate):
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_the_cublas_call_end_to_end_on_the_cpu(dtype, tf32, accumulate, monkeypatch):
     """backend.batched_matmul's CuPy branch, the real call with pointers, scalars and types, into an emulated cuBLAS."""
-    from minigpt.backend import (CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_COMPUTE_64F,
-                                 CUBLAS_GEMM_DEFAULT, CUDA_R_32F, CUDA_R_64F)
+    from minigpt.kernels.cublas import (CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_COMPUTE_64F,
+                                        CUBLAS_GEMM_DEFAULT, CUDA_R_32F, CUDA_R_64F)
 
     monkeypatch.setenv("CUPY_TF32", "1" if tf32 else "0")
     calls = []

@@ -9,7 +9,7 @@ import minigpt.parallel as parallel_module
 from minigpt.errors import MinigptError
 from minigpt.model import GPT, GPTConfig
 from minigpt.optim import FlatAdamW
-from minigpt.parallel import DataParallel, Slice, batches_from, split_step
+from minigpt.parallel import DataParallel, Slice, split_step
 
 TINY = dict(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=11)
 
@@ -48,8 +48,8 @@ def test_slices_give_the_whole_batch_loss_and_gradients(workers):
     idx, targets = batch()
     loss, grads = sequential(model, idx[None], targets[None])
     parallel = DataParallel(model, workers)
-    assert_same(*parallel.forward_backward(*batches_from(idx, targets)), loss, grads)
-    assert float(parallel.loss(*batches_from(idx, targets))) == pytest.approx(loss, rel=1e-13)
+    assert_same(*parallel.forward_backward(idx, targets), loss, grads)
+    assert float(parallel.loss(idx, targets)) == pytest.approx(loss, rel=1e-13)
     parallel.close()
 
 
@@ -62,7 +62,7 @@ def test_micro_batches_spread_over_workers_add_up_as_the_sequential_loop(workers
     targets[0, 0, :3] = -1
     loss, grads = sequential(model, idx, targets)
     parallel = DataParallel(model, workers)
-    p_loss, p_grads = parallel.forward_backward(*batches_from(idx, targets))
+    p_loss, p_grads = parallel.forward_backward(idx, targets)
     assert_same(p_loss, p_grads, loss, grads)
     if split_step(A, B, workers)[0][0].stop == B:  # whole micro-batches: added in the loop's order, bit for bit
         for name, g in grads.items():
@@ -80,7 +80,7 @@ def test_gradients_go_into_the_optimizers_flat_buffer(workers):
     opt = FlatAdamW(model.params)
     opt.flat_grads[...] = np.nan  # whatever the buffer held before: the first slice writes, the others add
     parallel = DataParallel(model, workers)
-    p_loss, p_grads = parallel.forward_backward(*batches_from(idx, targets), into=opt.grad_views)
+    p_loss, p_grads = parallel.forward_backward(idx, targets, into=opt.grad_views)
     assert all(p_grads[name] is opt.grad_views[name] for name in model.params)
     for name, g in grads.items():
         np.testing.assert_array_equal(p_grads[name], g, err_msg=name)
@@ -113,7 +113,7 @@ def test_a_failing_worker_does_not_leave_the_others_waiting():
     targets[0, 0, 0] = 99  # outside the vocabulary: the worker of micro-batch 0 fails, the other waits for its turn
     parallel = DataParallel(model, 2)
     with pytest.raises(IndexError):
-        parallel.forward_backward(*batches_from(idx, targets))
+        parallel.forward_backward(idx, targets)
     parallel.close()
 
 
@@ -136,12 +136,12 @@ def test_dropout_masks_do_not_depend_on_the_workers():
     for workers in (1, 2, 3):
         model = GPT(GPTConfig(**TINY, dropout=0.3), dtype="float64", seed=7).train()
         parallel = DataParallel(model, workers)
-        results.append(parallel.forward_backward(*batches_from(idx, targets), dropout_key=(5, 0)))
-        other = parallel.forward_backward(*batches_from(idx, targets), dropout_key=(5, 1))
+        results.append(parallel.forward_backward(idx, targets, dropout_key=(5, 0)))
+        other = parallel.forward_backward(idx, targets, dropout_key=(5, 1))
         assert float(other[0]) != float(results[-1][0])  # another iteration: other masks
         model.eval()
         _, eval_loss = model.forward(idx[0], targets[0])
-        assert float(parallel.loss(*batches_from(idx[0], targets[0]))) == pytest.approx(float(eval_loss), rel=1e-13)
+        assert float(parallel.loss(idx[0], targets[0])) == pytest.approx(float(eval_loss), rel=1e-13)
         parallel.close()
     for loss, grads in results[1:]:
         assert_same(loss, grads, *results[0])
@@ -161,8 +161,8 @@ def test_one_busy_worker_gets_every_core(monkeypatch):
     parallel = DataParallel(model, 2)
     parallel.cores = 2
     idx, targets = batch()
-    parallel.forward_backward(*batches_from(idx[:1], targets[:1]))
-    parallel.forward_backward(*batches_from(idx[:2], targets[:2]))
+    parallel.forward_backward(idx[:1], targets[:1])
+    parallel.forward_backward(idx[:2], targets[:2])
     assert seen == [2, 1]
     parallel.close()
 
@@ -171,7 +171,7 @@ def test_one_worker_and_bad_counts():
     model = GPT(GPTConfig(**TINY), dtype="float64", seed=0)
     idx, targets = batch()
     parallel = DataParallel(model, 1)
-    loss, _ = parallel.forward_backward(*batches_from(idx, targets))
+    loss, _ = parallel.forward_backward(idx, targets)
     _, again = model.forward(idx, targets)
     assert float(loss) == pytest.approx(float(again), rel=1e-15) and len(parallel.replicas) == 1
     with pytest.raises(MinigptError, match="at least 1"):

@@ -530,3 +530,26 @@ def test_a_missing_matplotlib_is_one_note_per_run(tmp_path, corpus, monkeypatch,
     assert printed.count("no loss.png (matplotlib is not installed; pip install -e '.[plot]'") == 1
     assert len(re.findall(r"iter \d: train loss", printed)) == 5  # five evaluations, one note
     assert not (out / "loss.png").exists()
+
+
+# -- data flows one way (issue 21) ------------------------------------------------------------
+
+
+def test_the_trainer_hands_the_steps_tokens_down_as_arrays(tmp_path, corpus, monkeypatch):
+    """train_step draws the step's (A, B, T) batch itself and hands it to forward_backward, with the
+    optimizer's flat gradient buffer as the place the gradients go: no read callback."""
+    from minigpt.data import get_batch
+
+    argv = [*TINY, "--data", corpus, "--batch_size", 2, "--gradient_accumulation_steps", 3, "--out_dir", tmp_path / "o"]
+    trainer = Trainer(resolve_config([str(a) for a in argv]))
+    seen, real = [], trainer.parallel.forward_backward
+    monkeypatch.setattr(trainer.parallel, "forward_backward", lambda X, Y, **kw: seen.append((X, Y, kw)) or real(X, Y, **kw))
+    rng = np.random.default_rng()
+    rng.bit_generator.state = trainer.batch_rng.bit_generator.state
+    trainer.train_step(0)
+    (X, Y, kw), = seen
+    want = [get_batch(trainer.data.train, 2, 16, rng) for _ in range(3)]
+    assert isinstance(X, np.ndarray) and X.shape == Y.shape == (3, 2, 16)
+    np.testing.assert_array_equal(X, np.stack([x for x, _ in want]))
+    np.testing.assert_array_equal(Y, np.stack([y for _, y in want]))
+    assert kw["into"] is trainer.optimizer.grad_views

@@ -122,11 +122,12 @@ class TimedComm:
 
 
 def child_minigpt(shape, workers, warmup, iters):
-    from minigpt.backend import scalar, tune_host_allocator
+    from minigpt.backend import scalar
+    from minigpt.host_memory import tune_host_allocator
     from minigpt.distributed import world
     from minigpt.model import GPT, GPTConfig
     from minigpt.optim import FlatAdamW
-    from minigpt.parallel import DataParallel, batches_from
+    from minigpt.parallel import DataParallel
 
     tune_host_allocator()  # the host allocator settings train.py runs with
     comm = TimedComm(world())
@@ -134,7 +135,7 @@ def child_minigpt(shape, workers, warmup, iters):
     model = GPT(GPTConfig(**cfg), seed=0).train()
     opt = FlatAdamW(model.params, lr=1e-4, comm=comm, zero=True)  # as train.py (--zero true; one rank: plain)
     parallel = DataParallel(model, workers or None, comm)
-    source = batches_from(*batches(shape))
+    source = batches(shape)  # (X, Y): (A, B, T) inputs and targets
 
     def step():
         loss, grads = parallel.forward_backward(*source, into=opt.grad_views)  # as train.py
@@ -181,7 +182,7 @@ def child_torch(shape, warmup, iters):
     return {"tokens_per_sec": A * B * T / seconds, "rss_mb": max_rss_mb(), "threads": torch.get_num_threads()}
 
 
-# backend.tune_host_allocator's settings, for a process that cannot call mallopt itself (PyTorch's side)
+# host_memory.tune_host_allocator's settings, for a process that cannot call mallopt itself (PyTorch's side)
 TUNED_GLIBC = ("glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=18446744073709551615:"
                "glibc.malloc.top_pad=67108864")
 

@@ -62,7 +62,7 @@ def interleaved_best_times(fns, repeats):
 
 def bench_past_block_size(args):
     """tokens/s of a generation 4 x block_size long: the window re-run at every token against the slide."""
-    from minigpt.backend import tune_host_allocator
+    from minigpt.host_memory import tune_host_allocator
     from minigpt.config import TrainConfig
     from minigpt.model import GPT, GPTConfig
 
@@ -95,7 +95,7 @@ def main():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from minigpt.backend import tune_host_allocator
+    from minigpt.host_memory import tune_host_allocator
     from minigpt.model import GPT
 
     tune_host_allocator()  # as training does

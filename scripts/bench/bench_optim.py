@@ -96,7 +96,7 @@ def bench_one_process(label, model, grads, args, sync, xp):
         from minigpt.parallel import DataParallel
 
         parallel = DataParallel(model)
-        idx = xp.asarray(np.random.default_rng(0).integers(0, 65, size=(8, 256)))
+        idx = np.random.default_rng(0).integers(0, 65, size=(8, 256))  # host tokens, as the trainer hands them down
 
         def forward_backward():
             return parallel.forward_backward(idx, idx)[0]
