@@ -28,56 +28,10 @@ from minigpt.backend import check_dtype, get_xp, make_rng
 from minigpt.fast import LAYERS as FAST_LAYERS
 from minigpt.fast import block as cached_block
 from minigpt.generation import generate
-from minigpt.model_config import SWITCHES, GPTConfig, check_shape, check_switches  # noqa: F401 (re-exported)
+from minigpt.model_config import (  # noqa: F401 (SWITCHES, check_*, mlp_hidden: re-exported)
+    SWITCHES, GPTConfig, check_shape, check_switches, mlp_hidden, param_shapes)
 from minigpt.nn import block, dropout, embedding, lm_head, rotary
 from minigpt.nn.layers import LAYERS as PLAIN_LAYERS
-
-
-def mlp_hidden(config) -> int:
-    """The MLP's hidden width: mlp_hidden when given, else GPT-2's 4C, or round(8C/3) for swiglu,
-    whose three C x h matrices then hold as many weights as the 4x MLP's two (3 h = 8 C)."""
-    if config.mlp_hidden is not None:
-        return config.mlp_hidden
-    return round(8 * config.n_embd / 3) if config.activation == "swiglu" else 4 * config.n_embd
-
-
-def param_shapes(config):
-    """Hugging Face GPT2LMHeadModel's parameter names and shapes, in its order.
-
-    The switches add or drop tensors: no wpe with rotary positions, no LayerNorm
-    bias with RMSNorm, mlp.c_gate with swiglu, lm_head.weight (V, C) untied, and
-    c_attn's width is C + 2 n_kv_head D with grouped-query attention.
-    """
-    C, V, D = config.n_embd, config.vocab_size, config.n_embd // config.n_head
-    qkv, hidden = C + 2 * config.n_kv_head * D, mlp_hidden(config)
-    shapes = {"transformer.wte.weight": (V, C)}
-    if config.position == "learned":
-        shapes["transformer.wpe.weight"] = (config.block_size, C)
-    for i in range(config.n_layer):
-        h = f"transformer.h.{i}."
-        layer = {
-            "ln_1.weight": (C,), "ln_1.bias": (C,),
-            "attn.c_attn.weight": (C, qkv), "attn.c_attn.bias": (qkv,),
-            "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
-            "ln_2.weight": (C,), "ln_2.bias": (C,),
-            "mlp.c_fc.weight": (C, hidden), "mlp.c_fc.bias": (hidden,),
-        }
-        if config.activation == "swiglu":
-            layer.update({"mlp.c_gate.weight": (C, hidden), "mlp.c_gate.bias": (hidden,)})
-        layer.update({"mlp.c_proj.weight": (hidden, C), "mlp.c_proj.bias": (C,)})
-        shapes.update({h + k: s for k, s in layer.items() if _has_param(config, k)})
-    shapes["transformer.ln_f.weight"] = (C,)
-    if _has_param(config, "ln_f.bias"):
-        shapes["transformer.ln_f.bias"] = (C,)
-    if not config.tie_embeddings:
-        shapes["lm_head.weight"] = (V, C)
-    return shapes
-
-
-def _has_param(config, name):
-    if not name.endswith(".bias"):
-        return True
-    return config.bias and not (name.startswith("ln_") and config.norm == "rmsnorm")  # RMSNorm has no bias
 
 
 class KVCache:

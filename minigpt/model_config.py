@@ -6,7 +6,8 @@ mlp_hidden, rope_base) that swap in the variants modern models use, GPT-2's valu
 the default of each. Training options (minigpt.config), checkpoint files
 (minigpt.weights) and the trainer derive their model fields from it.
 check_shape / check_switches say in one line what is wrong with a config, spelling
-each field as the user wrote it (`--n_head` on the command line).
+each field as the user wrote it (`--n_head` on the command line). param_shapes is
+the model's parameters a config makes, by Hugging Face's names (mlp_hidden the MLP's width).
 """
 
 import math
@@ -133,3 +134,50 @@ def check_switches(values: dict, option=str) -> None:
     if values.get("position") == "rotary" and "n_embd" in values and (values["n_embd"] // n_head) % 2:
         raise MinigptError(f"{option('position')} rotary rotates channel pairs: n_embd / n_head = "
                            f"{values['n_embd'] // n_head} must be even")
+
+
+def mlp_hidden(config) -> int:
+    """The MLP's hidden width: mlp_hidden when given, else GPT-2's 4C, or round(8C/3) for swiglu,
+    whose three C x h matrices then hold as many weights as the 4x MLP's two (3 h = 8 C)."""
+    if config.mlp_hidden is not None:
+        return config.mlp_hidden
+    return round(8 * config.n_embd / 3) if config.activation == "swiglu" else 4 * config.n_embd
+
+
+def param_shapes(config):
+    """Hugging Face GPT2LMHeadModel's parameter names and shapes, in its order.
+
+    The switches add or drop tensors: no wpe with rotary positions, no LayerNorm
+    bias with RMSNorm, mlp.c_gate with swiglu, lm_head.weight (V, C) untied, and
+    c_attn's width is C + 2 n_kv_head D with grouped-query attention.
+    """
+    C, V, D = config.n_embd, config.vocab_size, config.n_embd // config.n_head
+    qkv, hidden = C + 2 * config.n_kv_head * D, mlp_hidden(config)
+    shapes = {"transformer.wte.weight": (V, C)}
+    if config.position == "learned":
+        shapes["transformer.wpe.weight"] = (config.block_size, C)
+    for i in range(config.n_layer):
+        h = f"transformer.h.{i}."
+        layer = {
+            "ln_1.weight": (C,), "ln_1.bias": (C,),
+            "attn.c_attn.weight": (C, qkv), "attn.c_attn.bias": (qkv,),
+            "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
+            "ln_2.weight": (C,), "ln_2.bias": (C,),
+            "mlp.c_fc.weight": (C, hidden), "mlp.c_fc.bias": (hidden,),
+        }
+        if config.activation == "swiglu":
+            layer.update({"mlp.c_gate.weight": (C, hidden), "mlp.c_gate.bias": (hidden,)})
+        layer.update({"mlp.c_proj.weight": (hidden, C), "mlp.c_proj.bias": (C,)})
+        shapes.update({h + k: s for k, s in layer.items() if _has_param(config, k)})
+    shapes["transformer.ln_f.weight"] = (C,)
+    if _has_param(config, "ln_f.bias"):
+        shapes["transformer.ln_f.bias"] = (C,)
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
+def _has_param(config, name):
+    if not name.endswith(".bias"):
+        return True
+    return config.bias and not (name.startswith("ln_") and config.norm == "rmsnorm")  # RMSNorm has no bias

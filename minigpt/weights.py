@@ -27,8 +27,7 @@ import numpy as np
 from minigpt.atomic import write_file, write_text
 from minigpt.backend import to_device, to_host
 from minigpt.errors import MinigptError
-from minigpt.model import mlp_hidden, param_shapes
-from minigpt.model_config import SWITCH_FIELDS, GPTConfig
+from minigpt.model_config import SWITCH_FIELDS, GPTConfig, mlp_hidden, param_shapes
 
 # activations that are exactly GPT-2's tanh approximation
 TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")

@@ -91,11 +91,6 @@ FLOORS = [
     ("the package's face (imports lazily)", ("minigpt",)),
 ]
 
-# Arrows that still run up, each with the change that removes it. weights reads param_shapes and
-# mlp_hidden from model.py; they belong beside GPTConfig in model_config.py (then this list is empty).
-KNOWN_UPWARD = {("minigpt.weights", "minigpt.model")}
-
-
 def floor(name: str) -> int:
     """The floor of module `name`: its longest prefix in FLOORS (the package itself only by its own name)."""
     matches = [(len(prefix), i) for i, (_, prefixes) in enumerate(FLOORS) for prefix in prefixes
@@ -111,15 +106,13 @@ def test_every_module_is_on_a_floor():
 
 def test_no_import_runs_up_a_floor():
     upward = {(a, b) for a, targets in ALL_EDGES.items() for b in targets if floor(b) > floor(a)}
-    assert upward == KNOWN_UPWARD, [(a, FLOORS[floor(a)][0], b, FLOORS[floor(b)][0]) for a, b in upward - KNOWN_UPWARD]
+    assert upward == set(), [(a, FLOORS[floor(a)][0], b, FLOORS[floor(b)][0]) for a, b in upward]
 
 
 def test_no_cycle_counting_function_level_imports():
-    """The whole graph, function-level imports included, is acyclic (less the known upward arrows)."""
-    edges = {name: targets - {b for a, b in KNOWN_UPWARD if a == name} for name, targets in ALL_EDGES.items()}
-    cycles = {(a, b) for a in edges for b in edges[a] if reaches(b, a, edges)}
+    """The whole graph, function-level imports included, is acyclic."""
+    cycles = {(a, b) for a in ALL_EDGES for b in ALL_EDGES[a] if reaches(b, a, ALL_EDGES)}
     assert cycles == set()
-    assert all(reaches(b, a, ALL_EDGES) for a, b in KNOWN_UPWARD), "a known upward arrow is gone: drop it from the list"
 
 
 def test_module_level_imports_have_no_cycle():
