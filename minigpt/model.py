@@ -60,7 +60,7 @@ class KVCache:
 class GPT:
     def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None, fast=True):
         """fast=False runs the plain layers of minigpt.nn (the formulas) instead of minigpt.fast's: slower,
-        the same results to rounding; the gradient checks run both."""
+        the same results to rounding; the gradient checks run both. KV-cache decoding has only the fast step."""
         self.config = config
         self.layers = FAST_LAYERS if fast else PLAIN_LAYERS  # the module behind each layer name, see minigpt.fast
         self.dtype = check_dtype(dtype)

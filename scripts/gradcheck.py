@@ -5,6 +5,8 @@
 
 Prints one row per input or parameter: the layer, what the gradient is of, and
 the relative error between the backward's gradient and the numerical one. The
+whole model is checked twice: rows `model...` on the fast layers it runs
+(minigpt/fast), rows `model..._plain` on the plain ones (minigpt/nn). The
 exit status is 1 if any row is above the tolerance (1e-6). How it works, and an
 exercise (break a line of a backward and watch its row fail): minigpt/nn/README.md.
 """
