@@ -110,3 +110,49 @@ def test_too_few_gpus_stops_a_run_before_any_gpu_work(tmp_path, corpus, rank_one
         assert not device_standin.ON_DEVICE
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+# -- grid limits ------------------------------------------------------------------------------------------------
+
+MANY_ROWS = 5_000_000  # > 65535 x 64 = 4.19M rows: LayerNorm backward's chunks once overflowed gridDim.y
+
+
+@pytest.mark.parametrize("grid, block, shared_mem", [
+    ((2**31,), (128,), 0), ((1, 65536), (32, 8), 0), ((1, 1, 65536), (32,), 0), ((1,), (1025,), 0),
+    ((1,), (32, 32, 2), 0), ((1,), (1, 1, 65), 0), ((0,), (32,), 0), ((1,), (32,), 48 * 1024 + 1)])
+def test_the_stand_in_refuses_a_launch_beyond_cuda_limits(grid, block, shared_mem):
+    with pytest.raises(AssertionError, match="k:"):
+        device_standin.check_launch_config("k", grid, block, shared_mem)
+    device_standin.check_launch_config("k", (2**31 - 1, 65535, 65535), (32, 32), 48 * 1024)  # the limits pass
+
+
+def test_every_kernel_launch_stays_within_cuda_limits_at_millions_of_rows():
+    """Each RawKernel wrapper at 5M rows of width 1 (no values computed: the launches are checked, not run)."""
+    from minigpt import optim
+    from minigpt.kernels import adamw_cuda, cross_entropy_cuda, layernorm_cuda, softmax_cuda
+
+    with device_standin.installed(values=False) as cupy:
+        x = cupy.ones((MANY_ROWS, 1), dtype=np.float32)
+        w = cupy.ones(1, dtype=np.float32)
+        _, xhat, rstd = layernorm_cuda.layernorm_forward_cuda(x, w, w, 1e-5)
+        layernorm_cuda.layernorm_backward_cuda(x, xhat, rstd, w)
+        scores = cupy.ones((MANY_ROWS, 1, 1, 1), dtype=np.float32)
+        probs = softmax_cuda.causal_softmax_forward_cuda(scores, 1.0)
+        softmax_cuda.causal_softmax_backward_cuda(scores, probs, 1.0)
+        targets = cupy.zeros(MANY_ROWS, dtype=np.int64)
+        _, lse = cross_entropy_cuda.cross_entropy_forward_cuda(x, targets)
+        cross_entropy_cuda.cross_entropy_backward_cuda(x, targets, lse, w)
+        p = x.reshape(-1)
+        adamw_cuda.adamw_step_cuda(p, p, p.copy(), p.copy(), w, 1.0, MANY_ROWS,
+                                   optim.AdamWScalars.at(1, 1e-3, (0.9, 0.95), 1e-8, 0.1))
+        launched = {kind for kind in device_standin.LAUNCHES if kind.startswith("kernel ")}
+    assert len(launched) == 8  # every RawKernel, each checked by the stand-in
+
+
+@pytest.mark.parametrize("n_rows", [1, 64, 65535 * 64, 65535 * 64 + 1, MANY_ROWS, 2**31 - 1])
+def test_layernorm_row_chunks_cover_the_rows_within_the_grid(n_rows):
+    from minigpt.kernels.layernorm_cuda import ROWS_PER_CHUNK, row_chunks
+
+    rows_per_chunk, n_chunks = row_chunks(n_rows)
+    assert n_chunks <= 65535 and rows_per_chunk >= ROWS_PER_CHUNK
+    assert (n_chunks - 1) * rows_per_chunk < n_rows <= n_chunks * rows_per_chunk  # every row, no empty chunk

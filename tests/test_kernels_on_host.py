@@ -141,3 +141,18 @@ def test_online_softmax_with_a_growing_row_max(softmax_host, kernels_on_host):
     scores = np.tile(np.linspace(-50, 50, 100), (100, 1))[None, None]  # (1, 1, 100, 100)
     np.testing.assert_allclose(softmax_cuda.causal_softmax_forward_cuda(scores, 1.0),
                                softmax.forward_numpy(scores, 1.0), **TOL)
+
+
+def test_layernorm_parameter_gradients_with_chunks_grown_to_fit_the_grid(layernorm_host, kernels_on_host,
+                                                                         monkeypatch):
+    """A grid capped at 4 chunks: 70 rows in chunks of 18 (what 4.19M+ rows meet against gridDim.y <= 65535)."""
+    monkeypatch.setattr(layernorm_cuda, "ROWS_PER_CHUNK", 8)
+    monkeypatch.setattr(layernorm_cuda, "MAX_GRID_Y", 4)
+    launches = kernels_on_host(layernorm_cuda, layernorm_host)
+    rng = np.random.default_rng(6)
+    x, dy, w = rng.standard_normal((70, 40)), rng.standard_normal((70, 40)), rng.standard_normal(40)
+    _, xhat, rstd = layernorm_cuda.layernorm_forward_cuda(x, w, None, layernorm.EPS)
+    _, dw, db = layernorm_cuda.layernorm_backward_cuda(dy, xhat, rstd, w)
+    assert launches[-1][1] == (2, 4)  # 40 columns in 2 blocks of 32, 4 chunks of 18 rows
+    np.testing.assert_allclose(dw, (dy * xhat).sum(axis=0), **TOL)
+    np.testing.assert_allclose(db, dy.sum(axis=0), **TOL)
