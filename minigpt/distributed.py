@@ -29,6 +29,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from minigpt.backend import cupy_without_probe
 from minigpt.errors import MinigptError, run_cli as run_cli_one_process
 
 # Launchers' variables for the number of processes and this one's rank: MPICH's Hydra and Intel MPI (PMI_*),
@@ -266,8 +267,6 @@ def use_local_gpu(host: Communicator):
     not collect a CUDA context from every rank (under EXCLUSIVE_PROCESS compute
     mode, ranks 1..N-1 would fail there).
     """
-    from minigpt.backend import cupy_without_probe
-
     cupy = cupy_without_probe()  # counting devices creates no context
     visible = cupy.cuda.runtime.getDeviceCount()
     cupy.cuda.Device(local_gpu(host.local_rank, host.local_size, visible,

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minigpt.backend import blas_threads, get_xp, make_rng, to_device
+from minigpt.data import check_token_ids
 from minigpt.distributed import SingleProcess, cores_per_rank
 from minigpt.errors import MinigptError
 from minigpt.nn.cross_entropy import IGNORE_INDEX
@@ -231,6 +232,7 @@ class DataParallel:
             pieces = [p for p in mine if p.micro == a]
             rows = np.concatenate([np.arange(p.start, p.stop) for p in pieces] or [np.zeros(0, np.int64)])
             x, y = read(a, rows)
+            check_token_ids(x, y, model.config.vocab_size)  # on the host: a GPU would not catch a bad id
             at = 0
             for p in pieces:
                 n = p.stop - p.start

@@ -573,17 +573,17 @@ def _cross_entropy_forward(logits, targets, loss_rows, lse, n_rows, v):
     z = logits.reshape(n_rows, v)
     m = z.max(axis=1)
     row_lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
-    valid = targets >= 0
-    picked = z[np.arange(n_rows), np.where(valid, targets, 0)]
+    valid, in_range = targets != -1, (targets >= 0) & (targets < v)  # -1: ignored; other ids outside: NaN
+    picked = z[np.arange(n_rows), np.where(in_range, targets, 0)]
     _write(lse, row_lse)
-    _write(loss_rows, np.where(valid, row_lse - picked, 0))
+    _write(loss_rows, np.where(valid, np.where(in_range, row_lse - picked, np.nan), 0))
 
 
 def _cross_entropy_backward(logits, targets, lse, coef, dlogits, n_rows, v):
     dz = np.exp(logits.reshape(n_rows, v) - lse[:, None])
-    valid = targets >= 0
-    dz[np.arange(n_rows), np.where(valid, targets, 0)] -= 1
-    dz *= np.where(valid, coef[0], 0).astype(dz.dtype)[:, None]
+    valid, in_range = targets != -1, (targets >= 0) & (targets < v)
+    dz[np.arange(n_rows), np.where(in_range, targets, 0)] -= in_range
+    dz *= np.where(valid, np.where(in_range, coef[0], np.nan), 0).astype(dz.dtype)[:, None]
     _write(dlogits, dz)
 
 

@@ -156,3 +156,57 @@ def test_layernorm_row_chunks_cover_the_rows_within_the_grid(n_rows):
     rows_per_chunk, n_chunks = row_chunks(n_rows)
     assert n_chunks <= 65535 and rows_per_chunk >= ROWS_PER_CHUNK
     assert (n_chunks - 1) * rows_per_chunk < n_rows <= n_chunks * rows_per_chunk  # every row, no empty chunk
+
+
+# -- out-of-range targets and ids --------------------------------------------------------------------------------
+
+
+def test_the_stand_ins_cross_entropy_twin_writes_nan_for_an_out_of_range_target():
+    """As the kernel does (tests/test_kernels_on_host.py runs its CUDA source): NaN loss and gradient row."""
+    from minigpt.kernels import cross_entropy_cuda
+
+    z = np.random.default_rng(0).standard_normal((5, 7))
+    y = np.array([3, 7, -1, -2, 100])  # valid, V, ignored, below -1, far above V
+    with device_standin.installed() as cupy:
+        loss_rows, lse = cross_entropy_cuda.cross_entropy_forward_cuda(cupy.asarray(z), cupy.asarray(y))
+        dz = cross_entropy_cuda.cross_entropy_backward_cuda(cupy.asarray(z), cupy.asarray(y), lse,
+                                                            cupy.asarray(np.array([0.5])))
+        loss_rows, dz = loss_rows.get(), dz.get()
+    assert np.isfinite(loss_rows[0]) and loss_rows[2] == 0 and np.isnan(loss_rows[[1, 3, 4]]).all()
+    assert np.isfinite(dz[0]).all() and (dz[2] == 0).all() and np.isnan(dz[[1, 3, 4]]).all()
+
+
+def test_an_out_of_vocabulary_id_is_refused_on_the_host_before_the_device_sees_it():
+    from minigpt.model import GPT, GPTConfig
+    from minigpt.parallel import DataParallel, batches_from
+
+    config = GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11)
+    good = np.arange(16).reshape(2, 8) % 11
+    with device_standin.installed() as cupy:
+        parallel = DataParallel(GPT(config, device="gpu", seed=0))
+        for idx, targets, words in [(good + (good == 3) * 8, good, "input token id 11"),
+                                    (good, good - 2 * (good == 0), "target token id -2"),
+                                    (good, good + (good == 10) * 989, "target token id 999")]:
+            device_standin.EVENTS.clear()
+            with pytest.raises(MinigptError, match=f"{words} in a batch is outside the model's vocabulary of 11"):
+                parallel.forward_backward(*batches_from(idx, targets))
+            assert device_standin.EVENTS == []  # nothing went up to the device
+        ignored = good.copy()
+        ignored[0, :3] = -1  # -1 targets are ignored, not refused
+        loss, _ = parallel.forward_backward(*batches_from(good, ignored))
+        assert np.isfinite(float(cupy.asnumpy(loss)))
+
+
+def test_training_on_token_data_past_the_vocabulary_is_one_clear_error(tmp_path, corpus):
+    """A train.bin holding an id the model's vocabulary does not have (stale or foreign data) stops the run."""
+    from minigpt.data import HEADER_BYTES, load_corpus, prepare
+
+    data = prepare(load_corpus(data=str(corpus)), "char")
+    vocab = data.meta["vocab_size"]
+    path = next((tmp_path / "data").rglob("train.bin"))
+    tokens = np.memmap(path, dtype=data.train.dtype, mode="r+", offset=HEADER_BYTES)
+    tokens[:] = vocab + 3  # every window holds it
+    tokens.flush()
+    del tokens
+    with pytest.raises(MinigptError, match=f"id {vocab + 3} in a batch is outside the model's vocabulary of {vocab}"):
+        run_main(*TINY, "--data", corpus, "--max_iters", 1, "--out_dir", tmp_path / "out")

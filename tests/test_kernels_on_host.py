@@ -156,3 +156,18 @@ def test_layernorm_parameter_gradients_with_chunks_grown_to_fit_the_grid(layerno
     assert launches[-1][1] == (2, 4)  # 40 columns in 2 blocks of 32, 4 chunks of 18 rows
     np.testing.assert_allclose(dw, (dy * xhat).sum(axis=0), **TOL)
     np.testing.assert_allclose(db, dy.sum(axis=0), **TOL)
+
+
+def test_cross_entropy_kernels_write_nan_for_a_target_outside_the_vocabulary(cross_entropy_host, kernels_on_host):
+    """y = V, y = V + 50 or y < -1: a NaN loss and a NaN row of dlogits, no read past the row; -1 stays ignored."""
+    kernels_on_host(cross_entropy_cuda, cross_entropy_host)
+    z = np.random.default_rng(5).standard_normal((6, 40))
+    y = np.array([3, 40, -1, 90, -7, 39])
+    loss_rows, lse = cross_entropy_cuda.cross_entropy_forward_cuda(z, y)
+    dz = cross_entropy_cuda.cross_entropy_backward_cuda(z, y, lse, np.array([0.25]))
+    bad, good = [1, 3, 4], [0, 5]
+    assert np.isnan(loss_rows[bad]).all() and np.isnan(dz[bad]).all()
+    assert loss_rows[2] == 0 and (dz[2] == 0).all()
+    loss_twin, cache = cross_entropy.forward(z[good], y[good])
+    np.testing.assert_allclose(loss_rows[good].mean(), loss_twin, **TOL)
+    np.testing.assert_allclose(dz[good], cross_entropy.backward(0.25 * 2, cache)[0], **TOL)  # coef = dloss / 2 rows
