@@ -596,6 +596,12 @@ def _adamw_flat_step(p, m, v, g, sumsq, max_norm, *scalars_and_sizes):
                            optim.AdamWScalars(*map(float, scalars)))
 
 
+def _row_uniform(seeds, out, counter, row_size, n_rows):
+    from minigpt.kernels.random_cuda import row_uniform_numpy
+
+    _write(out, row_uniform_numpy(seeds, int(counter), (int(n_rows), int(row_size)), out.dtype))
+
+
 def _fill_twins():
     from minigpt.nn import gelu
 
@@ -612,6 +618,7 @@ def _fill_twins():
         "cross_entropy_forward": _cross_entropy_forward,
         "cross_entropy_backward": _cross_entropy_backward,
         "adamw_flat_step": _adamw_flat_step,
+        "row_uniform": _row_uniform,
     })
 
 

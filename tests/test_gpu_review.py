@@ -210,3 +210,61 @@ def test_training_on_token_data_past_the_vocabulary_is_one_clear_error(tmp_path,
     del tokens
     with pytest.raises(MinigptError, match=f"id {vocab + 3} in a batch is outside the model's vocabulary of {vocab}"):
         run_main(*TINY, "--data", corpus, "--max_iters", 1, "--out_dir", tmp_path / "out")
+
+
+# -- dropout's generators ----------------------------------------------------------------------------------------
+
+
+def test_a_gpu_training_step_with_dropout_makes_no_generator(tmp_path, corpus, monkeypatch):
+    """Accumulation 2 x batch 4 with dropout: once a cuRAND generator per row per step (8), now none."""
+    from minigpt.trainer import Trainer
+
+    made = []
+    train_step = Trainer.train_step
+
+    def counted(self, it):
+        before = device_standin.LAUNCHES["generator"]
+        result = train_step(self, it)
+        made.append(device_standin.LAUNCHES["generator"] - before)
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", counted)
+    with device_standin.installed():
+        assert run_main(*TINY, "--data", corpus, "--device", "gpu", "--max_iters", 3, "--dropout", 0.2,
+                        "--gradient_accumulation_steps", 2, "--out_dir", tmp_path / "out") == 0
+        assert made == [0, 0, 0]
+        assert device_standin.LAUNCHES["kernel row_uniform"] > 0  # the masks came from the counter-based streams
+
+
+def test_gpu_dropout_rows_are_the_same_however_the_micro_batch_is_sliced():
+    """Rows 0-5 drawn as one slice, or as slices 0-1, 2-4, 5 (other ranks or workers): the same numbers."""
+    from minigpt.parallel import RowRNG, Slice
+
+    key, shapes = (1337, 7), [(6, 2, 5, 5), (6, 5, 8)]  # two draws in a row, as attention then the MLP's dropout
+    with device_standin.installed():
+        whole = RowRNG("gpu", key, Slice(3, 0, 6))
+        parts = [RowRNG("gpu", key, Slice(3, a, b)) for a, b in ((0, 2), (2, 5), (5, 6))]
+        for shape in shapes:
+            one = whole.random(shape, np.float32).get()
+            sliced = np.concatenate([p.random((p.counter_rows.seeds.shape[0], *shape[1:]), np.float32).get()
+                                     for p in parts])
+            np.testing.assert_array_equal(one, sliced)
+            assert 0.0 <= one.min() and one.max() < 1.0 and abs(one.mean() - 0.5) < 0.05
+        first = RowRNG("gpu", key, Slice(3, 0, 6)).random(shapes[0], np.float32).get()
+        for other in (Slice(4, 0, 6), Slice(3, 1, 7)):  # another micro-batch; the next row
+            assert not np.isclose(RowRNG("gpu", key, other).random(shapes[0], np.float32).get(), first).any()
+        assert device_standin.LAUNCHES["generator"] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_counter_based_uniforms_look_uniform_and_independent(dtype):
+    from minigpt.kernels.random_cuda import row_uniform_numpy
+
+    u = row_uniform_numpy(np.array([1, 2, 2**63 + 5], dtype=np.uint64), 0, (3, 200_000), dtype)
+    assert u.dtype == dtype and 0.0 <= u.min() and u.max() < 1.0
+    for row in u:
+        assert abs(row.mean() - 0.5) < 0.005 and abs(row.var() - 1 / 12) < 0.002
+        assert abs(np.corrcoef(row[:-1], row[1:])[0, 1]) < 0.01  # successive numbers
+    assert abs(np.corrcoef(u[0], u[1])[0, 1]) < 0.01  # neighbouring seeds
+    later = row_uniform_numpy(np.array([1], dtype=np.uint64), 150_000, (1, 50_000), dtype)
+    np.testing.assert_array_equal(later[0], u[0, 150_000:])  # a counter is a position in the row's stream

@@ -171,3 +171,16 @@ def test_cross_entropy_kernels_write_nan_for_a_target_outside_the_vocabulary(cro
     loss_twin, cache = cross_entropy.forward(z[good], y[good])
     np.testing.assert_allclose(loss_rows[good].mean(), loss_twin, **TOL)
     np.testing.assert_allclose(dz[good], cross_entropy.backward(0.25 * 2, cache)[0], **TOL)  # coef = dloss / 2 rows
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_counter_based_row_uniforms_equal_the_twin_bit_for_bit(tmp_path_factory, kernels_on_host, dtype):
+    """Dropout's GPU streams (minigpt.kernels.random_cuda): the CUDA source's numbers are the NumPy twin's."""
+    from minigpt.kernels import random_cuda
+
+    built = on_host(random_cuda, random_cuda.RANDOM_SOURCE, tmp_path_factory)
+    launches = kernels_on_host(random_cuda, built)
+    seeds = np.array([3, 2**63 + 11, 12345678901234567], dtype=np.uint64).view(np.int64)
+    out = random_cuda.row_uniform_cuda(seeds, 77, (3, 5, 7), dtype)
+    np.testing.assert_array_equal(out, random_cuda.row_uniform_numpy(seeds, 77, (3, 5, 7), dtype))
+    assert launches[0][1] == (1, 1)  # 105 numbers: one block of the grid-stride loop
