@@ -42,8 +42,9 @@ def tf32_enabled() -> bool:
     return int(os.environ.get("CUPY_TF32", "0")) > 0
 
 
-_GPU_EXTRA_HELP = ("install CuPy with its CUDA toolkit extra (pip install -e '.[gpu]', which brings "
-                   "cupy-cuda12x[ctk]: NVRTC and the CUDA headers), or use --device cpu")
+_GPU_EXTRA_HELP = ("give the CuPy you have its CUDA toolkit extra, NVRTC and the CUDA headers (pip install "
+                   "'cupy-cuda13x[ctk]' for cupy-cuda13x, 'cupy-cuda12x[ctk]' for cupy-cuda12x; never a second "
+                   "CuPy beside it; docs/gpu-launchers.md), or use --device cpu")
 _PROBED = False  # the kernel probe below runs once per process
 
 
