@@ -15,6 +15,7 @@ from minigpt import distributed
 from minigpt.distributed import Communicator, local_gpu
 from minigpt.errors import MinigptError
 from tests import device_standin
+from tests.test_distributed import REPO, mpiexec, needs_mpi
 from tests.test_train import TEXT, run_main
 
 TINY = ["--n_layer", 1, "--n_head", 2, "--n_embd", 16, "--block_size", 8, "--batch_size", 4, "--eval_iters", 1,
@@ -268,3 +269,12 @@ def test_counter_based_uniforms_look_uniform_and_independent(dtype):
     assert abs(np.corrcoef(u[0], u[1])[0, 1]) < 0.01  # neighbouring seeds
     later = row_uniform_numpy(np.array([1], dtype=np.uint64), 150_000, (1, 50_000), dtype)
     np.testing.assert_array_equal(later[0], u[0, 150_000:])  # a counter is a position in the row's stream
+
+
+@needs_mpi
+@pytest.mark.parametrize("visible", ["all", "own"])
+def test_two_ranks_on_the_gpu_path_each_touch_only_their_own_gpu(tmp_path, corpus, visible):
+    """mpiexec -n 2 train.py --device gpu (stand-in CuPy, fake NCCL, real MPI): every GPU sees one rank."""
+    result = mpiexec(REPO / "tests" / "mpi_checks.py", "gpu_devices", corpus, tmp_path / "out", visible)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("own GPU only: ok") == 2  # one per rank (their lines may interleave)
