@@ -48,7 +48,7 @@ a rank that selects its GPU first is seen touching no other. An operand on
 another device than the current one is refused (CuPy refuses it unless peer
 access is set up, which minigpt never does). `cupy.cuda.nccl` is a fake whose
 collectives check that they are called on their communicator's device and
-leave the buffers as they are (a world whose other ranks add zeros).
+compute what NCCL would in a world whose other ranks send zeros.
 
 Launch limits. Every RawKernel launch is checked against CUDA's limits
 (`check_launch_config`): gridDim.x <= 2^31 - 1, gridDim.y and .z <= 65535,
@@ -729,23 +729,38 @@ class _Device:
 
 
 class _NcclCommunicator:
-    """cupy.cuda.nccl.NcclCommunicator for one rank whose peers add zeros: checks where its buffers are."""
+    """cupy.cuda.nccl.NcclCommunicator for rank `rank` of a world whose other ranks send zeros.
+
+    Each collective checks that it is called on its communicator's device and
+    writes what NCCL would, over raw memory: all_reduce leaves this rank's
+    values, reduce_scatter gives this rank's shard of its own buffer, all_gather
+    puts its shard in its place and zeros elsewhere.
+    """
 
     def __init__(self, world_size, uid, rank):
-        self.device_id = current_device()
+        self.device_id, self.world_size, self.rank = current_device(), world_size, rank
         ON_DEVICE[self.device_id] += 1  # NCCL allocates its buffers on the current device
+
+    def _memory(self, ptr, count, dtype):
+        self._check()
+        ctype = np.ctypeslib.as_ctypes_type({7: np.float32, 8: np.float64}[dtype])
+        return np.ctypeslib.as_array((ctype * count).from_address(ptr))
 
     def _check(self):
         assert current_device() == self.device_id, "an NCCL call from another device than its communicator's"
 
     def allReduce(self, send, recv, count, dtype, op, stream):  # noqa: N802 (NCCL's names)
-        self._check()
+        self._memory(recv, count, dtype)[...] = self._memory(send, count, dtype)
 
     def reduceScatter(self, send, recv, count, dtype, op, stream):  # noqa: N802
-        self._check()
+        mine = self._memory(send, count * self.world_size, dtype)[self.rank * count:(self.rank + 1) * count]
+        self._memory(recv, count, dtype)[...] = mine
 
     def allGather(self, send, recv, count, dtype, stream):  # noqa: N802
-        self._check()
+        out = self._memory(recv, count * self.world_size, dtype)
+        shard = self._memory(send, count, dtype).copy()
+        out[...] = 0
+        out[self.rank * count:(self.rank + 1) * count] = shard
 
 
 def _nccl_module():
