@@ -99,7 +99,7 @@ class RowRNG:
                  for j in range(piece.start, piece.stop)]
         self.xp = get_xp(device)
         self.counter_rows = CounterRows(seeds, self.xp) if device in self.COUNTER_BASED else None
-        self.streams = [] if self.counter_rows else [make_rng(device, seed) for seed in seeds]
+        self.streams = [] if self.counter_rows is not None else [make_rng(device, seed) for seed in seeds]
 
     def random(self, shape, dtype):
         """Uniform [0, 1) of `shape`, whose first axis is the slice's rows."""

@@ -130,7 +130,7 @@ def test_the_stand_in_refuses_a_launch_beyond_cuda_limits(grid, block, shared_me
 def test_every_kernel_launch_stays_within_cuda_limits_at_millions_of_rows():
     """Each RawKernel wrapper at 5M rows of width 1 (no values computed: the launches are checked, not run)."""
     from minigpt import optim
-    from minigpt.kernels import adamw_cuda, cross_entropy_cuda, layernorm_cuda, softmax_cuda
+    from minigpt.kernels import adamw_cuda, cross_entropy_cuda, layernorm_cuda, random_cuda, softmax_cuda
 
     with device_standin.installed(values=False) as cupy:
         x = cupy.ones((MANY_ROWS, 1), dtype=np.float32)
@@ -146,8 +146,9 @@ def test_every_kernel_launch_stays_within_cuda_limits_at_millions_of_rows():
         p = x.reshape(-1)
         adamw_cuda.adamw_step_cuda(p, p, p.copy(), p.copy(), w, 1.0, MANY_ROWS,
                                    optim.AdamWScalars.at(1, 1e-3, (0.9, 0.95), 1e-8, 0.1))
+        random_cuda.row_uniform_cuda(cupy.zeros(MANY_ROWS, dtype=np.int64), 0, (MANY_ROWS, 1), np.float32)
         launched = {kind for kind in device_standin.LAUNCHES if kind.startswith("kernel ")}
-    assert len(launched) == 8  # every RawKernel, each checked by the stand-in
+    assert len(launched) == 9  # every RawKernel, each checked by the stand-in
 
 
 @pytest.mark.parametrize("n_rows", [1, 64, 65535 * 64, 65535 * 64 + 1, MANY_ROWS, 2**31 - 1])
