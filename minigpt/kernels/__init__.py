@@ -4,6 +4,7 @@
 kernels of minigpt.nn.gelu, .softmax, .layernorm and .cross_entropy (the math
 and its derivation live there, with the NumPy twin); those layers call them for
 CuPy arrays. `adamw_cuda` is the one-launch twin of the flat AdamW step in
-minigpt.optim. `build_cuda` turns the CUDA sources into CuPy kernels on first
+minigpt.optim; `random_cuda` draws dropout's uniforms from counter-based row
+streams (no cuRAND generator per row). `build_cuda` turns the CUDA sources into CuPy kernels on first
 use. Nothing here imports CuPy at module level.
 """
