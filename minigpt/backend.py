@@ -42,14 +42,24 @@ def tf32_enabled() -> bool:
     return int(os.environ.get("CUPY_TF32", "0")) > 0
 
 
-_GPU_EXTRA_HELP = ("install CuPy with its CUDA toolkit extra (pip install -e '.[gpu]', which brings "
-                   "cupy-cuda12x[ctk]: NVRTC and the CUDA headers), or use --device cpu")
+_GPU_EXTRA_HELP = ("give the CuPy you have its CUDA toolkit extra, NVRTC and the CUDA headers (pip install "
+                   "'cupy-cuda13x[ctk]' for cupy-cuda13x, 'cupy-cuda12x[ctk]' for cupy-cuda12x; never a second "
+                   "CuPy beside it; docs/gpu-launchers.md), or use --device cpu")
 _PROBED = False  # the kernel probe below runs once per process
 
 
 def _import_cupy():
     """Return the cupy module, or raise a MinigptError that says how to get one."""
     global _PROBED
+    cupy = cupy_without_probe()
+    if not _PROBED:
+        _probe_kernel(cupy)  # on the current device: a rank of N selects its own first (distributed.communicator)
+        _PROBED = True
+    return cupy
+
+
+def cupy_without_probe():
+    """The cupy module, once it sees a CUDA device; no kernel runs and no device memory is touched."""
     if "CUPY_TF32" not in os.environ:  # set_tf32 or the user's own CUPY_TF32 win over the default
         set_tf32(os.environ.get("MINIGPT_TF32", "1") != "0")
     try:
@@ -64,9 +74,6 @@ def _import_cupy():
     if count == 0:
         raise MinigptError(f"--device gpu found no CUDA device: CuPy is installed, but the driver sees no GPU; "
                            f"{_NO_DEVICE_HELP}")
-    if not _PROBED:
-        _probe_kernel(cupy)
-        _PROBED = True
     return cupy
 
 

@@ -412,6 +412,22 @@ def check_block_size(data: PreparedData, block_size: int) -> None:
 # Batches
 
 
+def check_token_ids(x: np.ndarray, y: np.ndarray, vocab_size: int) -> None:
+    """Refuse a host batch whose input ids are outside [0, vocab_size), or targets outside it and not -1 (ignored).
+
+    Called on every batch while it is still on the host (a min and a max over
+    B x T ints, no device sync): on a GPU an id past the vocabulary would not
+    raise, as CuPy's indexing wraps it and the cross-entropy kernel would read
+    outside its row (it writes NaN instead, as a last line of defence).
+    """
+    for what, ids, lowest in (("input", x, 0), ("target", y, -1)):
+        if ids.size and (ids.min() < lowest or ids.max() >= vocab_size):
+            bad = ids.min() if ids.min() < lowest else ids.max()
+            raise MinigptError(f"{what} token id {int(bad)} in a batch is outside the model's vocabulary of "
+                               f"{vocab_size} (0..{vocab_size - 1}): the data was tokenized for another "
+                               f"vocabulary; prepare it again with this model's tokenizer")
+
+
 def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator, rows=None):
     """B random windows of T + 1 tokens -> inputs x (B, T) and targets y = x shifted by one (B, T).
 

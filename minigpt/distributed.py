@@ -2,6 +2,9 @@
 
     mpiexec -n 4 python scripts/train.py ...                 # 4 ranks on the CPU (MPI, via mpi4py)
     mpiexec -n 8 python scripts/train.py --device gpu ...    # 8 GPUs, rank r on local GPU r (NCCL, via CuPy)
+    srun --gpus-per-task=1 --mpi=pmi2 -n 8 python ...        # each rank sees one GPU: it takes that one
+
+(docs/gpu-launchers.md: the launchers considered, and how each rank finds its GPU)
 
 Each rank is one process with the whole model. Every optimizer step, each rank
 computes the gradients of its share of the global batch (minigpt.parallel), and
@@ -26,6 +29,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from minigpt.backend import cupy_without_probe
 from minigpt.errors import MinigptError, run_cli as run_cli_one_process
 
 # Launchers' variables for the number of processes and this one's rank: MPICH's Hydra and Intel MPI (PMI_*),
@@ -189,24 +193,18 @@ class MPICommunicator(Communicator):
 class NCCLCommunicator(Communicator):
     """NCCL over cupy.cuda.nccl on device buffers; host-side calls (sums of counts, set-up) go over MPI.
 
-    Rank r uses local GPU r (set before any device memory is allocated). The
-    collectives are queued on CuPy's current stream, like the kernels around
-    them: no host synchronisation.
+    Each rank uses its own GPU (`use_local_gpu`, before any kernel runs or any
+    device memory is allocated). The collectives are queued on CuPy's current
+    stream, like the kernels around them: no host synchronisation.
     """
 
     def __init__(self, host: Communicator):
-        import cupy
+        cupy = use_local_gpu(host)
         from cupy.cuda import nccl
 
         self.host, self.nccl, self.cupy = host, nccl, cupy
         self.rank, self.world_size = host.rank, host.world_size
         self.local_rank, self.local_size = host.local_rank, host.local_size
-        devices = cupy.cuda.runtime.getDeviceCount()
-        if self.local_rank >= devices:
-            raise MinigptError(
-                f"{self.local_size} ranks on this machine but only {devices} GPUs: start at most one rank per GPU"
-            )
-        cupy.cuda.Device(self.local_rank).use()
         uid = host.broadcast(nccl.get_unique_id() if self.rank == 0 else None)
         self.comm = nccl.NcclCommunicator(self.world_size, uid, self.rank)
         self._dtypes = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}
@@ -239,6 +237,41 @@ class NCCLCommunicator(Communicator):
 
     def describe(self) -> str:
         return f"{self.world_size} ranks (NCCL)"
+
+
+def local_gpu(local_rank: int, local_size: int, visible: int, visible_list: str | None = None) -> int:
+    """The index, among the `visible` GPUs this rank sees, of the one it uses.
+
+    Two ways a launcher places ranks on a machine's GPUs:
+    * every rank sees all of them (mpiexec, srun without GPU binding): rank r
+      of the machine takes GPU r, so `visible` must be at least `local_size`;
+    * each rank sees only its own (srun --gpus-per-task=1, a wrapper setting
+      CUDA_VISIBLE_DEVICES per rank): it takes GPU 0, the one it sees.
+    Anything else (two ranks on one GPU, 4 ranks seeing 2 GPUs each) is a user error.
+    `visible_list` is CUDA_VISIBLE_DEVICES (None when unset).
+    """
+    if visible >= local_size:
+        return local_rank
+    if visible == 1 and visible_list:  # the launcher gave this rank its own GPU
+        return 0
+    shared = " (all share it: set CUDA_VISIBLE_DEVICES per rank, or srun --gpus-per-task=1)" if visible == 1 else ""
+    raise MinigptError(f"{local_size} ranks on this machine but this rank sees only {visible} GPU"
+                       f"{'s' if visible != 1 else ''}{shared}: start at most one rank per GPU")
+
+
+def use_local_gpu(host: Communicator):
+    """Make this rank's own GPU CuPy's current device, before anything touches a GPU; returns cupy.
+
+    Called first thing for --device gpu under a launcher: backend's probe kernel,
+    the NCCL communicator and every array then live on that GPU, and GPU 0 does
+    not collect a CUDA context from every rank (under EXCLUSIVE_PROCESS compute
+    mode, ranks 1..N-1 would fail there).
+    """
+    cupy = cupy_without_probe()  # counting devices creates no context
+    visible = cupy.cuda.runtime.getDeviceCount()
+    cupy.cuda.Device(local_gpu(host.local_rank, host.local_size, visible,
+                               os.environ.get("CUDA_VISIBLE_DEVICES"))).use()
+    return cupy
 
 
 _WORLD = None

@@ -41,7 +41,8 @@ float rounding differs.
 
 Dropout. Row j of micro-batch a at iteration `it` draws its masks from its own
 stream, seeded by (seed, it, a, j): the masks depend neither on R, W nor on
-where a run resumed (dropout's first axis is always the row).
+where a run resumed (dropout's first axis is always the row). On a GPU the
+streams are counter-based (minigpt.kernels.random_cuda), not a generator each.
 """
 
 import collections
@@ -54,8 +55,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from minigpt.backend import blas_threads, get_xp, make_rng, to_device
+from minigpt.data import check_token_ids
 from minigpt.distributed import SingleProcess, cores_per_rank
 from minigpt.errors import MinigptError
+from minigpt.kernels.random_cuda import CounterRows
 from minigpt.nn.cross_entropy import IGNORE_INDEX
 
 
@@ -84,17 +87,25 @@ def split_step(n_micro: int, batch_size: int, parts: int) -> list[list[Slice]]:
 
 
 class RowRNG:
-    """Dropout's generator for a slice: row j's masks come from its own stream seeded by (*key, micro, j)."""
+    """Dropout's generator for a slice: row j's masks come from its own stream seeded by (*key, micro, j).
+
+    On a GPU the streams are counter-based (minigpt.kernels.random_cuda): one launch per draw and no cuRAND
+    generator made per row and step. COUNTER_BASED lists the devices that use them.
+    """
+
+    COUNTER_BASED = ("gpu",)
 
     def __init__(self, device, key, piece: Slice):
-        self.streams = [
-            make_rng(device, int(np.random.SeedSequence([*key, piece.micro, j]).generate_state(1, np.uint64)[0]))
-            for j in range(piece.start, piece.stop)
-        ]
+        seeds = [int(np.random.SeedSequence([*key, piece.micro, j]).generate_state(1, np.uint64)[0])
+                 for j in range(piece.start, piece.stop)]
         self.xp = get_xp(device)
+        self.counter_rows = CounterRows(seeds, self.xp) if device in self.COUNTER_BASED else None
+        self.streams = [] if self.counter_rows is not None else [make_rng(device, seed) for seed in seeds]
 
     def random(self, shape, dtype):
         """Uniform [0, 1) of `shape`, whose first axis is the slice's rows."""
+        if self.counter_rows is not None:
+            return self.counter_rows.random(shape, dtype)
         if shape[0] != len(self.streams):
             raise ValueError(f"dropout masks for {len(self.streams)} rows, asked for shape {shape}")
         out = self.xp.empty(shape, dtype=dtype)
@@ -224,6 +235,7 @@ class DataParallel:
         X, Y = np.asarray(X), np.asarray(Y)
         if X.ndim == 2:  # one micro-batch
             X, Y = X[None], Y[None]
+        check_token_ids(X, Y, model.config.vocab_size)  # on the host: a GPU would not catch a bad id
         n_micro, batch_size = X.shape[:2]
         plan = self._plan(n_micro, batch_size)
         mine = sorted((piece for share in plan for piece in share), key=lambda p: (p.micro, p.start))

@@ -90,9 +90,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.out_dir = Path(cfg.out_dir)
-        get_xp(cfg.device)  # fail now if --device gpu cannot work
+        self.comm = communicator(cfg.device)  # first: each rank selects its own GPU before anything touches one
+        get_xp(cfg.device)  # fail now if --device gpu cannot work (the probe runs on this rank's GPU)
         tune_host_allocator()
-        self.comm = communicator(cfg.device)  # before any device array: rank r takes local GPU r
         self.is_main = self.comm.rank == 0  # the rank that prints, logs, samples and writes checkpoints
         if self.is_main:
             check_out_dir(self.out_dir)  # before any data is prepared: a bad out_dir fails in a second, not after it

@@ -27,7 +27,7 @@ import types
 import numpy as np
 
 from minigpt.kernels.build_cuda import CTYPES
-from tests.device_standin import check_launch, host_memory, kernel_parameters
+from tests.device_standin import check_launch, check_launch_config, host_memory, kernel_parameters
 
 PRELUDE = r"""
 #include <algorithm>
@@ -160,6 +160,7 @@ def host_launcher(library, signatures, launches=None):
         def kernel(grid, block, args, shared_mem=0):
             args = [host_memory(a) for a in args]  # the stand-in's device arrays, or NumPy arrays (fake_cupy)
             check_launch(kernel_name, params, args, dtype)
+            check_launch_config(kernel_name, grid, block, shared_mem)
             c_args = []
             for (ptype, _), arg in zip(params, args):
                 if ptype.endswith("*"):

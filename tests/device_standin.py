@@ -40,6 +40,25 @@ real CuPy makes for it:
   2-D, one that is neither C- nor F-contiguous);
 * a RawKernel or ElementwiseKernel call, a cuBLAS gemmStridedBatchedEx: one.
 
+Devices. `installed(devices=N)` makes N GPUs visible (1 by default), with
+CUDA's current device per host thread (0 until `cupy.cuda.Device(i).use()`).
+Each array lives on the device that was current when it was made, and
+`ON_DEVICE` counts, per device id, the arrays made and the launches run there:
+a rank that selects its GPU first is seen touching no other. An operand on
+another device than the current one is refused (CuPy refuses it unless peer
+access is set up, which minigpt never does). `cupy.cuda.nccl` is a fake whose
+collectives check that they are called on their communicator's device and
+compute what NCCL would in a world whose other ranks send zeros.
+
+Launch limits. Every RawKernel launch is checked against CUDA's limits
+(`check_launch_config`): gridDim.x <= 2^31 - 1, gridDim.y and .z <= 65535,
+at most 1024 threads per block (blockDim.z <= 64), dynamic shared memory
+within the 48 KiB a kernel gets without opting in; with or without values.
+
+Generators. `cupy.random.default_rng` (a cuRAND generator: CuPy's XORWOW
+allocates and curand_inits 8 x 256 x SMs states, ~13 MB on an H200) adds one to
+LAUNCHES["generator"] per generator made.
+
 Values. With `installed()` (values=True) everything computes real numbers:
 each ElementwiseKernel by its NumPy twin (ELEMENTWISE_TWINS), each RawKernel
 launch by a NumPy twin of the kernel (RAW_TWINS: the layers' own NumPy code,
@@ -59,6 +78,7 @@ import collections
 import contextlib
 import re
 import sys
+import threading
 import types
 
 import numpy as np
@@ -66,6 +86,13 @@ import numpy as np
 LAUNCHES = collections.Counter()
 TRANSFERS = []  # ("d2h" or "h2d", bytes) of every copy between host and device, in order
 EVENTS = []  # every synchronisation ("sync", what) and copy ("d2h"/"h2d", bytes), in order
+ON_DEVICE = collections.Counter()  # device id -> arrays made and kernels launched on it
+_VISIBLE = [1]  # the number of GPUs this process sees (installed(devices=...))
+_CURRENT = threading.local()  # CUDA's current device is per host thread
+
+
+def current_device() -> int:
+    return getattr(_CURRENT, "id", 0)
 
 _NO_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy "
                 "array explicitly (minigpt: backend.to_host or backend.scalar)")
@@ -98,11 +125,13 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):  # noqa: N801 (cupy's name)
     __array_ufunc__ (as NumPy's own ufuncs called on this array are).
     """
 
-    __slots__ = ("_a",)
+    __slots__ = ("_a", "device_id")
     __array_priority__ = 100
 
     def __init__(self, memory):
         self._a = memory  # the NumPy array standing in for device memory; never handed out unasked
+        self.device_id = current_device()
+        ON_DEVICE[self.device_id] += 1
 
     # -- what a device array tells without a copy ------------------------------------------
 
@@ -272,10 +301,17 @@ def _wrap_all(result):
 def _operand(x, what, scalars=True):
     """The memory of a device operand; a host array is refused, as CuPy refuses it (a scalar passes)."""
     if isinstance(x, ndarray):
+        _on_current_device(x, what)
         return x._a
     if isinstance(x, (np.ndarray, list, tuple)) or not scalars:
         raise _host_operand_error(what)
     return x
+
+
+def _on_current_device(x, what):
+    if x.device_id != current_device():
+        raise ValueError(f"The device where the array resides ({x.device_id}) is different from the current "
+                         f"device ({current_device()}): {what}")
 
 
 def _device_key(key):
@@ -386,6 +422,7 @@ class Generator:
     """cupy.random.Generator: draws on the device (one launch each); no state to save, as CuPy 14's."""
 
     def __init__(self, seed=None):
+        count("generator")
         self._rng = np.random.default_rng(seed)
 
     def random(self, shape, dtype=np.float64):
@@ -409,6 +446,7 @@ class ElementwiseKernel:
 
     def __call__(self, *args):
         count(f"kernel {self.name}")
+        ON_DEVICE[current_device()] += 1
         memory = [_operand(a, f"ElementwiseKernel {self.name}") for a in args]
         twin = ELEMENTWISE_TWINS.get(self.name, _probe if self.name == "minigpt_probe" else None)
         if twin is not None:
@@ -429,6 +467,25 @@ def kernel_parameters(code: str, name: str):
     """[(C type, name)] of kernel `name`'s parameters, read from the CUDA source."""
     signature = re.search(rf"__global__ void {name}\((.*?)\)\s*\{{", code, re.S).group(1)
     return [(" ".join(d.split()[:-1]), d.split()[-1]) for d in signature.split(",")]
+
+
+MAX_GRID_X = 2**31 - 1  # CUDA's limits on a launch (compute capability 3.0 and later)
+MAX_GRID_YZ = 65535
+MAX_THREADS_PER_BLOCK = 1024
+MAX_BLOCK_DIM = (1024, 1024, 64)
+MAX_DYNAMIC_SHARED_BYTES = 48 * 1024  # without cudaFuncSetAttribute's opt-in (which minigpt never asks for)
+
+
+def check_launch_config(kernel_name, grid, block, shared_mem=0):
+    """A launch's grid, block and dynamic shared memory against CUDA's limits (AssertionError if out)."""
+    grid, block = (*grid, 1, 1)[:3], (*block, 1, 1)[:3]
+    assert all(isinstance(n, (int, np.integer)) and n >= 1 for n in (*grid, *block)), \
+        f"{kernel_name}: grid {grid} and block {block} need positive integers"
+    assert grid[0] <= MAX_GRID_X and max(grid[1:]) <= MAX_GRID_YZ, \
+        f"{kernel_name}: grid {grid} is beyond CUDA's ({MAX_GRID_X}, {MAX_GRID_YZ}, {MAX_GRID_YZ})"
+    assert all(b <= m for b, m in zip(block, MAX_BLOCK_DIM)) and np.prod(block) <= MAX_THREADS_PER_BLOCK, \
+        f"{kernel_name}: block {block} is beyond CUDA's {MAX_THREADS_PER_BLOCK} threads"
+    assert 0 <= shared_mem <= MAX_DYNAMIC_SHARED_BYTES, f"{kernel_name}: {shared_mem} bytes of shared memory"
 
 
 def check_launch(kernel_name, params, args, dtype):
@@ -458,6 +515,8 @@ class RawModule:
 
         def launch(grid, block, args, shared_mem=0):
             count(f"kernel {name}")
+            ON_DEVICE[current_device()] += 1
+            check_launch_config(name, grid, block, shared_mem)
             memory = [_operand(a, f"RawKernel {name}") for a in args]
             if not _VALUES:
                 return
@@ -514,17 +573,17 @@ def _cross_entropy_forward(logits, targets, loss_rows, lse, n_rows, v):
     z = logits.reshape(n_rows, v)
     m = z.max(axis=1)
     row_lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
-    valid = targets >= 0
-    picked = z[np.arange(n_rows), np.where(valid, targets, 0)]
+    valid, in_range = targets != -1, (targets >= 0) & (targets < v)  # -1: ignored; other ids outside: NaN
+    picked = z[np.arange(n_rows), np.where(in_range, targets, 0)]
     _write(lse, row_lse)
-    _write(loss_rows, np.where(valid, row_lse - picked, 0))
+    _write(loss_rows, np.where(valid, np.where(in_range, row_lse - picked, np.nan), 0))
 
 
 def _cross_entropy_backward(logits, targets, lse, coef, dlogits, n_rows, v):
     dz = np.exp(logits.reshape(n_rows, v) - lse[:, None])
-    valid = targets >= 0
-    dz[np.arange(n_rows), np.where(valid, targets, 0)] -= 1
-    dz *= np.where(valid, coef[0], 0).astype(dz.dtype)[:, None]
+    valid, in_range = targets != -1, (targets >= 0) & (targets < v)
+    dz[np.arange(n_rows), np.where(in_range, targets, 0)] -= in_range
+    dz *= np.where(valid, np.where(in_range, coef[0], np.nan), 0).astype(dz.dtype)[:, None]
     _write(dlogits, dz)
 
 
@@ -535,6 +594,12 @@ def _adamw_flat_step(p, m, v, g, sumsq, max_norm, *scalars_and_sizes):
     assert n == p.size
     optim.adamw_step_numpy(p, g.copy(), m, v, sumsq, float(max_norm), int(decay_end),
                            optim.AdamWScalars(*map(float, scalars)))
+
+
+def _row_uniform(seeds, out, counter, row_size, n_rows):
+    from minigpt.kernels.random_cuda import row_uniform_numpy
+
+    _write(out, row_uniform_numpy(seeds, int(counter), (int(n_rows), int(row_size)), out.dtype))
 
 
 def _fill_twins():
@@ -553,6 +618,7 @@ def _fill_twins():
         "cross_entropy_forward": _cross_entropy_forward,
         "cross_entropy_backward": _cross_entropy_backward,
         "adamw_flat_step": _adamw_flat_step,
+        "row_uniform": _row_uniform,
     })
 
 
@@ -639,16 +705,67 @@ class _Stream:
 
 
 class _Device:
-    id = 0
+    """cupy.cuda.Device: Device() is the current one; use() makes one current for this host thread."""
 
-    def __init__(self, device_id=0):
-        self.id = device_id
+    def __init__(self, device_id=None):
+        self.id = current_device() if device_id is None else int(device_id)
+        if not 0 <= self.id < _VISIBLE[0]:
+            raise RuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal {self.id} "
+                               f"(the stand-in sees {_VISIBLE[0]})")
 
     def synchronize(self):
         sync("Device.synchronize")
 
     def use(self):
-        pass
+        _CURRENT.id = self.id
+
+    def __enter__(self):
+        self._before = current_device()
+        self.use()
+        return self
+
+    def __exit__(self, *exc):
+        _CURRENT.id = self._before
+
+
+class _NcclCommunicator:
+    """cupy.cuda.nccl.NcclCommunicator for rank `rank` of a world whose other ranks send zeros.
+
+    Each collective checks that it is called on its communicator's device and
+    writes what NCCL would, over raw memory: all_reduce leaves this rank's
+    values, reduce_scatter gives this rank's shard of its own buffer, all_gather
+    puts its shard in its place and zeros elsewhere.
+    """
+
+    def __init__(self, world_size, uid, rank):
+        self.device_id, self.world_size, self.rank = current_device(), world_size, rank
+        ON_DEVICE[self.device_id] += 1  # NCCL allocates its buffers on the current device
+
+    def _memory(self, ptr, count, dtype):
+        self._check()
+        ctype = np.ctypeslib.as_ctypes_type({7: np.float32, 8: np.float64}[dtype])
+        return np.ctypeslib.as_array((ctype * count).from_address(ptr))
+
+    def _check(self):
+        assert current_device() == self.device_id, "an NCCL call from another device than its communicator's"
+
+    def allReduce(self, send, recv, count, dtype, op, stream):  # noqa: N802 (NCCL's names)
+        self._memory(recv, count, dtype)[...] = self._memory(send, count, dtype)
+
+    def reduceScatter(self, send, recv, count, dtype, op, stream):  # noqa: N802
+        mine = self._memory(send, count * self.world_size, dtype)[self.rank * count:(self.rank + 1) * count]
+        self._memory(recv, count, dtype)[...] = mine
+
+    def allGather(self, send, recv, count, dtype, stream):  # noqa: N802
+        out = self._memory(recv, count * self.world_size, dtype)
+        shard = self._memory(send, count, dtype).copy()
+        out[...] = 0
+        out[self.rank * count:(self.rank + 1) * count] = shard
+
+
+def _nccl_module():
+    return types.SimpleNamespace(get_unique_id=lambda: (0,) * 128, NcclCommunicator=_NcclCommunicator,
+                                 NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_SUM=0)
 
 
 def make_module():
@@ -683,11 +800,12 @@ def make_module():
     cupy.get_default_memory_pool = lambda: pool
 
     cuda = types.ModuleType("cupy.cuda")
-    cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, runtimeGetVersion=lambda: 0,
+    cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: _VISIBLE[0], runtimeGetVersion=lambda: 0,
                                          getDeviceProperties=lambda device_id: {"name": b"NumPy stand-in"})
     cuda.cublas = types.SimpleNamespace(gemmStridedBatchedEx=_gemm_strided_batched_ex)
     cuda.device = types.SimpleNamespace(get_cublas_handle=lambda: 0)
     cuda.Device = _Device
+    cuda.nccl = _nccl_module()
     stream = _Stream()
     cuda.get_current_stream = lambda: stream
     cuda.Stream = types.SimpleNamespace(null=stream)
@@ -722,10 +840,11 @@ _VALUES = False  # whether kernels and cuBLAS compute (installed(values=True)) o
 
 
 @contextlib.contextmanager
-def installed(values=True):
+def installed(values=True, devices=1):
     """Within the block, `import cupy` gives the stand-in; the counts and logs start empty. Yields the fake module.
 
     values=False: kernels and cuBLAS calls are counted, not computed (their outputs hold what `empty` gave).
+    devices: the number of GPUs visible (device 0 current at the start).
     """
     global _VALUES
     from minigpt import backend
@@ -739,6 +858,9 @@ def installed(values=True):
     LAUNCHES.clear()
     TRANSFERS.clear()
     EVENTS.clear()
+    ON_DEVICE.clear()
+    _VISIBLE[0] = devices
+    _CURRENT.id = 0
     _VALUES = values
     if values:
         _fill_twins()
@@ -746,6 +868,7 @@ def installed(values=True):
         yield cupy
     finally:
         _VALUES = False
+        _VISIBLE[0], _CURRENT.id = 1, 0
         for name, module in saved.items():
             if module is None:
                 sys.modules.pop(name, None)

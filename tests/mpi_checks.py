@@ -5,6 +5,9 @@
     zero          the flat-buffer AdamW sharded over the ranks (ZeRO-1) equals AdamW + clipping in one process
                   (float64, 1e-10, several steps), and its state_dict gathers the whole state
     crash         rank 1 raises while rank 0 waits in a collective: the job must end, with one line
+    gpu_devices CORPUS OUT all|own
+                  train.py --device gpu on 2 ranks under the strict CuPy stand-in, each rank seeing both GPUs
+                  (all) or only its own (own): each touches its own GPU only
 Each rank prints "ok" when all its assertions held.
 """
 
@@ -90,8 +93,33 @@ def check_zero():
         np.testing.assert_allclose(tensors[key], value, rtol=1e-10, atol=1e-14, err_msg=key)
 
 
+def check_gpu_devices(corpus, out_dir, visible):
+    """A 2-rank `train.py --device gpu` under the strict stand-in (2 GPUs each, or 1 of its own): each rank's
+    arrays and kernels, the probe's first, are on its own GPU only. MPI is real, NCCL a fake that adds nothing
+    (so the losses are each rank's own: 2 evaluation batches, one per rank, keep them finite)."""
+    import os
+
+    from minigpt.trainer import main as train
+    from tests import device_standin
+
+    comm = world()
+    own = {"all": comm.local_rank, "own": 0}[visible]
+    if visible == "own":
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(comm.local_rank)  # what srun --gpus-per-task=1 sets
+    with device_standin.installed(devices=2 if visible == "all" else 1):
+        code = train(["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "8", "--batch_size", "4",
+                      "--max_iters", "2", "--eval_interval", "100", "--eval_iters", "2", "--sample_tokens", "4",
+                      "--dropout", "0.1", "--data", corpus, "--device", "gpu", "--out_dir", out_dir])
+        assert code == 0
+        on = dict(device_standin.ON_DEVICE)
+    assert set(on) == {own}, f"rank {comm.rank} worked on devices {on}, not only on {own}"
+
+
 def main(argv):
-    if argv[0] == "collectives":
+    if argv[0] == "gpu_devices":
+        check_gpu_devices(*argv[1:])
+        print("own GPU only: ok", file=sys.stderr)
+    elif argv[0] == "collectives":
         check_collectives()
         check_gradients()
         print("ok", file=sys.stderr)

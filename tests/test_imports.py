@@ -74,10 +74,11 @@ ALL_EDGES = {name: set(top) | {target for target, _ in late} for name, (top, lat
 # The house, ground floor first: a module imports only from its own floor or below (function-level imports count).
 FLOORS = [
     ("the ground: errors, files, paths, names, logs", ("minigpt.errors", "minigpt.paths", "minigpt.hub",
-                                                       "minigpt.atomic", "minigpt.cli", "minigpt.distributed",
-                                                       "minigpt.download", "minigpt.host_memory", "minigpt.runlog")),
+                                                       "minigpt.atomic", "minigpt.cli", "minigpt.download",
+                                                       "minigpt.host_memory", "minigpt.runlog")),
     ("the CUDA sources", ("minigpt.kernels",)),
-    ("arrays and text", ("minigpt.backend", "minigpt.tokenizer")),
+    ("arrays, communicators, text and its token files", ("minigpt.backend", "minigpt.distributed", "minigpt.tokenizer",
+                                                         "minigpt.data")),
     ("the plain layers", ("minigpt.nn",)),
     ("the fast layers and their table", ("minigpt.fast",)),
     ("the model's fields", ("minigpt.model_config",)),
@@ -85,8 +86,7 @@ FLOORS = [
      ("minigpt.generation", "minigpt.optim", "minigpt.parallel", "minigpt.perplexity", "minigpt.weights",
       "minigpt.locate")),
     ("the model", ("minigpt.model",)),
-    ("built on the model", ("minigpt.loading", "minigpt.checkpoint", "minigpt.data", "minigpt.config",
-                            "minigpt.gradcheck")),
+    ("built on the model", ("minigpt.loading", "minigpt.checkpoint", "minigpt.config", "minigpt.gradcheck")),
     ("training", ("minigpt.trainer",)),
     ("the package's face (imports lazily)", ("minigpt",)),
 ]

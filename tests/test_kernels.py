@@ -104,7 +104,7 @@ def test_the_gelu_kernels_constants_are_the_layers():
     "module",
     ["minigpt.kernels.gelu_cuda", "minigpt.kernels.softmax_cuda", "minigpt.kernels.layernorm_cuda",
      "minigpt.kernels.cross_entropy_cuda", "minigpt.fast.gelu", "minigpt.fast.softmax", "minigpt.fast.layernorm",
-     "minigpt.fast.cross_entropy", "minigpt.fast", "minigpt.model"],
+     "minigpt.fast.cross_entropy", "minigpt.fast", "minigpt.model", "minigpt.kernels.random_cuda", "minigpt.parallel"],
 )
 def test_imports_first_in_a_fresh_interpreter(module):
     """Whichever side of a layer/kernel pair is imported first, the import completes (no cycle)."""
@@ -117,7 +117,7 @@ def test_imports_first_in_a_fresh_interpreter(module):
 def test_kernels_package_holds_only_the_cuda_twins_and_their_loading():
     names = sorted(info.name for info in pkgutil.iter_modules(minigpt.kernels.__path__))
     assert names == ["adamw_cuda", "build_cuda", "cross_entropy_cuda", "cublas", "gelu_cuda", "layernorm_cuda",
-                     "softmax_cuda"]  # cublas: batched_matmul's strided-batched GEMM
+                     "random_cuda", "softmax_cuda"]  # cublas: batched_matmul's strided-batched GEMM
 
 
 # ---------------------------------------------------------------------------

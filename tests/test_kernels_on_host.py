@@ -141,3 +141,46 @@ def test_online_softmax_with_a_growing_row_max(softmax_host, kernels_on_host):
     scores = np.tile(np.linspace(-50, 50, 100), (100, 1))[None, None]  # (1, 1, 100, 100)
     np.testing.assert_allclose(softmax_cuda.causal_softmax_forward_cuda(scores, 1.0),
                                softmax.forward_numpy(scores, 1.0), **TOL)
+
+
+def test_layernorm_parameter_gradients_with_chunks_grown_to_fit_the_grid(layernorm_host, kernels_on_host,
+                                                                         monkeypatch):
+    """A grid capped at 4 chunks: 70 rows in chunks of 18 (what 4.19M+ rows meet against gridDim.y <= 65535)."""
+    monkeypatch.setattr(layernorm_cuda, "ROWS_PER_CHUNK", 8)
+    monkeypatch.setattr(layernorm_cuda, "MAX_GRID_Y", 4)
+    launches = kernels_on_host(layernorm_cuda, layernorm_host)
+    rng = np.random.default_rng(6)
+    x, dy, w = rng.standard_normal((70, 40)), rng.standard_normal((70, 40)), rng.standard_normal(40)
+    _, xhat, rstd = layernorm_cuda.layernorm_forward_cuda(x, w, None, layernorm.EPS)
+    _, dw, db = layernorm_cuda.layernorm_backward_cuda(dy, xhat, rstd, w)
+    assert launches[-1][1] == (2, 4)  # 40 columns in 2 blocks of 32, 4 chunks of 18 rows
+    np.testing.assert_allclose(dw, (dy * xhat).sum(axis=0), **TOL)
+    np.testing.assert_allclose(db, dy.sum(axis=0), **TOL)
+
+
+def test_cross_entropy_kernels_write_nan_for_a_target_outside_the_vocabulary(cross_entropy_host, kernels_on_host):
+    """y = V, y = V + 50 or y < -1: a NaN loss and a NaN row of dlogits, no read past the row; -1 stays ignored."""
+    kernels_on_host(cross_entropy_cuda, cross_entropy_host)
+    z = np.random.default_rng(5).standard_normal((6, 40))
+    y = np.array([3, 40, -1, 90, -7, 39])
+    loss_rows, lse = cross_entropy_cuda.cross_entropy_forward_cuda(z, y)
+    dz = cross_entropy_cuda.cross_entropy_backward_cuda(z, y, lse, np.array([0.25]))
+    bad, good = [1, 3, 4], [0, 5]
+    assert np.isnan(loss_rows[bad]).all() and np.isnan(dz[bad]).all()
+    assert loss_rows[2] == 0 and (dz[2] == 0).all()
+    loss_twin, cache = cross_entropy.forward(z[good], y[good])
+    np.testing.assert_allclose(loss_rows[good].mean(), loss_twin, **TOL)
+    np.testing.assert_allclose(dz[good], cross_entropy.backward(0.25 * 2, cache)[0], **TOL)  # coef = dloss / 2 rows
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_counter_based_row_uniforms_equal_the_twin_bit_for_bit(tmp_path_factory, kernels_on_host, dtype):
+    """Dropout's GPU streams (minigpt.kernels.random_cuda): the CUDA source's numbers are the NumPy twin's."""
+    from minigpt.kernels import random_cuda
+
+    built = on_host(random_cuda, random_cuda.RANDOM_SOURCE, tmp_path_factory)
+    launches = kernels_on_host(random_cuda, built)
+    seeds = np.array([3, 2**63 + 11, 12345678901234567], dtype=np.uint64).view(np.int64)
+    out = random_cuda.row_uniform_cuda(seeds, 77, (3, 5, 7), dtype)
+    np.testing.assert_array_equal(out, random_cuda.row_uniform_numpy(seeds, 77, (3, 5, 7), dtype))
+    assert launches[0][1] == (1, 1)  # 105 numbers: one block of the grid-stride loop

@@ -25,6 +25,7 @@ import pytest
 
 from minigpt.backend import get_xp, to_host
 from minigpt.model import GPT, GPTConfig
+from minigpt.parallel import RowRNG
 from minigpt.trainer import Trainer
 from tests import device_standin
 from tests.device_standin import EVENTS, ndarray
@@ -80,6 +81,7 @@ def runs(tmp_path_factory):
     common = [*TINY, "--data", corpus, "--gradient_accumulation_steps", 2, "--dropout", 0.1]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINIGPT_DATA_DIR", str(root / "data"))
+        mp.setattr(RowRNG, "COUNTER_BASED", ("cpu", "gpu"))  # the GPU's dropout streams, by their NumPy twin
         assert run_main(*common, "--max_iters", 4, "--out_dir", root / "cpu") == 0
     return root, common
 

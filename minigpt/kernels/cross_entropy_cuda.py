@@ -1,7 +1,9 @@
 """Softmax + cross-entropy of next-token logits, forward and backward, as CuPy RawKernels: one block per row.
 
 The GPU side of `minigpt.nn.cross_entropy` (derivation there). For row n with
-logits z (V entries) and target y (-1: ignored):
+logits z (V entries) and target y (-1: ignored; any other id outside [0, V):
+NaN loss and a NaN row of dlogits, never a read out of bounds; the trainer
+refuses such ids on the host before they get here, minigpt.data.check_token_ids):
 
     forward:   m = max z,  lse = m + log sum_v exp(z_v - m),  loss_n = lse - z_y  (0 when ignored)
     backward:  dz_v = (exp(z_v - lse) - [v == y]) * coef,      coef = dloss / N_valid  (0 when ignored)
@@ -36,6 +38,10 @@ template <> __device__ __forceinline__ float minus_infinity<float>() { return -_
 template <> __device__ __forceinline__ double minus_infinity<double>() {
     return -__longlong_as_double(0x7ff0000000000000LL);
 }
+// A quiet NaN, for a target outside [0, V) other than the ignored -1: wrong data shows, never a wrong gradient.
+template <typename T> __device__ __forceinline__ T quiet_nan();
+template <> __device__ __forceinline__ float quiet_nan<float>() { return __int_as_float(0x7fc00000); }
+template <> __device__ __forceinline__ double quiet_nan<double>() { return __longlong_as_double(0x7ff8000000000000LL); }
 
 // The (max, sum of exp(z - max)) pair of two parts of a row. A part with no entries has
 // max = -inf and sum = 0; two such give (-inf, 0) (the guard keeps exp(-inf - -inf) = NaN out).
@@ -47,7 +53,8 @@ __device__ __forceinline__ void combine(T& m, T& s, T m_other, T s_other) {
     m = m_new;
 }
 
-// loss_rows[n] = logsumexp(z) - z[y] (0 when y == -1), lse[n] = logsumexp(z). One block per row.
+// loss_rows[n] = logsumexp(z) - z[y] (0 when y == -1, NaN when y is another id outside [0, v)),
+// lse[n] = logsumexp(z). One block per row.
 template <typename T>
 __global__ void cross_entropy_forward(const T* logits, const long long* targets, T* loss_rows, T* lse,
                                       int n_rows, int v) {
@@ -82,21 +89,22 @@ __global__ void cross_entropy_forward(const T* logits, const long long* targets,
         const T row_lse = m + log_of(s);
         const long long y = targets[row];
         lse[row] = row_lse;
-        loss_rows[row] = y < 0 ? T(0) : row_lse - z[y];
+        loss_rows[row] = y == -1 ? T(0) : (y < 0 || y >= v) ? quiet_nan<T>() : row_lse - z[y];
     }
 }
 
-// dlogits = (softmax(z) - onehot(y)) * coef[0], 0 on ignored rows. One block per row.
+// dlogits = (softmax(z) - onehot(y)) * coef[0], 0 on ignored rows, NaN on rows whose y is outside [0, v).
+// One block per row.
 template <typename T>
 __global__ void cross_entropy_backward(const T* logits, const long long* targets, const T* lse, const T* coef,
                                        T* dlogits, int n_rows, int v) {
     const int row = blockIdx.x;
     const long long offset = (long long)row * v;
     const long long y = targets[row];
-    const T c = coef[0];
+    const T c = y == -1 ? T(0) : (y < 0 || y >= v) ? quiet_nan<T>() : coef[0];
     const T row_lse = lse[row];
     for (int j = threadIdx.x; j < v; j += blockDim.x) {
-        dlogits[offset + j] = y < 0 ? T(0) : (exp_of(logits[offset + j] - row_lse) - (j == y ? T(1) : T(0))) * c;
+        dlogits[offset + j] = y == -1 ? T(0) : (exp_of(logits[offset + j] - row_lse) - (j == y ? T(1) : T(0))) * c;
     }
 }
 """,

@@ -17,9 +17,16 @@ Backward, per row, with g = dy * w:
 
 and for the parameters, sums over all rows: dw = sum dy * xhat, db = sum dy.
 Those are column sums, so a second kernel gives each block 32 columns and a
-chunk of ROWS_PER_CHUNK rows (8 row-lanes of 32 threads, partials summed in
-shared memory) and writes partial sums (n_chunks, 2, C); one CuPy sum over the
-chunks finishes them. No atomics: the result is the same every run.
+chunk of rows (8 row-lanes of 32 threads, partials summed in shared memory) and
+writes partial sums (n_chunks, 2, C); one CuPy sum over the chunks finishes
+them. No atomics: the result is the same every run. The chunks are the grid's
+y axis, which CUDA caps at 65535: a chunk is ROWS_PER_CHUNK rows, or more when
+n_rows needs it (above 65535 x 64 = 4.19M rows, e.g. B x T of a small model's
+large batch).
+
+Grid limits of every launch here: the row kernels' gridDim.x is
+ceil(n_rows / 4) < 2^29 (n_rows < 2^31, checked), within CUDA's 2^31 - 1;
+the parameter kernel's gridDim.x is ceil(C / 32), its gridDim.y at most 65535.
 """
 
 import numpy as np
@@ -29,7 +36,8 @@ from minigpt.kernels.build_cuda import RawSource, check_float_array, raw_kernel
 WARP_SIZE = 32
 WARPS_PER_BLOCK = 4  # rows per block in the row kernels
 ROW_LANES = 8  # threadIdx.y of the parameter-gradient kernel: 8 x 32 threads per block
-ROWS_PER_CHUNK = 64  # rows summed by one block of the parameter-gradient kernel
+ROWS_PER_CHUNK = 64  # rows summed by one block of the parameter-gradient kernel (more when n_rows needs it)
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y (and .z)
 
 LAYERNORM_SOURCE = RawSource(
     code=r"""
@@ -159,6 +167,12 @@ def _row_blocks(n_rows):
     return ((n_rows + WARPS_PER_BLOCK - 1) // WARPS_PER_BLOCK,), (WARPS_PER_BLOCK * WARP_SIZE,)
 
 
+def row_chunks(n_rows: int) -> tuple[int, int]:
+    """(rows_per_chunk, n_chunks) of the parameter-gradient kernel: n_chunks, its gridDim.y, within 65535."""
+    rows_per_chunk = max(ROWS_PER_CHUNK, -(-n_rows // MAX_GRID_Y))
+    return rows_per_chunk, max(-(-n_rows // rows_per_chunk), 1)
+
+
 def layernorm_forward_cuda(x, weight, bias, eps):
     """y, xhat (both shaped like x) and rstd (..., 1) for x (..., C), weight/bias (C,) (bias may be None)."""
     import cupy
@@ -188,7 +202,7 @@ def layernorm_backward_cuda(dy, xhat, rstd, weight):
     dy = cupy.ascontiguousarray(dy)
     n_rows, c = _rows(xhat)
     dx = cupy.empty_like(xhat)
-    n_chunks = max((n_rows + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK, 1)
+    rows_per_chunk, n_chunks = row_chunks(n_rows)
     allocate = cupy.empty if n_rows else cupy.zeros  # no rows: the sums are 0
     partial = allocate((n_chunks, 2, c), dtype=xhat.dtype)
     if n_rows:
@@ -196,7 +210,7 @@ def layernorm_backward_cuda(dy, xhat, rstd, weight):
         raw_kernel(LAYERNORM_SOURCE, "layernorm_backward_dx", xhat.dtype)(*_row_blocks(n_rows), args)
         grid = ((c + WARP_SIZE - 1) // WARP_SIZE, n_chunks)
         shared_mem = 2 * ROW_LANES * WARP_SIZE * xhat.dtype.itemsize
-        args = (dy, xhat, partial, np.int32(n_rows), np.int32(c), np.int32(ROWS_PER_CHUNK))
+        args = (dy, xhat, partial, np.int32(n_rows), np.int32(c), np.int32(rows_per_chunk))
         raw_kernel(LAYERNORM_SOURCE, "layernorm_backward_params", xhat.dtype)(
             grid, (WARP_SIZE, ROW_LANES), args, shared_mem=shared_mem)
     sums = partial.sum(axis=0)  # (2, C): dw, db
