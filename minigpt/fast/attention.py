@@ -143,7 +143,7 @@ def _matmul_write_or_add(a, b, out, write):
 
 
 def forward_heads_major(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_pdrop=0.0, rng=None, training=False):
-    """`forward` over a contiguous (3, B, H, T, D) copy of q, k, v (the GPU's path)."""
+    """minigpt.nn.attention.forward (GPT-2's), blocked over a contiguous (3, B, H, T, D) copy of q, k, v (the GPU's)."""
     xp = array_module(x)
     qkv, attn_cache = linear.forward(x, c_attn_w, c_attn_b)  # (B, T, 3C)
     B, T, C = x.shape
@@ -164,7 +164,7 @@ def forward_heads_major(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, attn_
 
 
 def backward_heads_major(dout, cache):
-    """`backward` of forward_heads_major."""
+    """minigpt.nn.attention.backward, for forward_heads_major's cache."""
     attn_cache, qkv_heads, blocks, proj_cache = cache
     xp = array_module(dout)
     _, B, n_head, T, D = qkv_heads.shape
