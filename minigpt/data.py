@@ -87,6 +87,7 @@ def read_tokens(path) -> np.memmap:
         raise MinigptError(f"token file {path} is too short to hold a header; {rebuild}")
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     magic, version, count, itemsize = (int(v) for v in header[:4])
+    itemsize = itemsize or 2  # llm.c leaves header[3] zero: uint16 tokens
     if magic != MAGIC or version != VERSION or itemsize not in (2, 4):
         raise MinigptError(f"{path} is not a minigpt token file (bad magic, version or dtype); {rebuild}")
     if size != HEADER_BYTES + count * itemsize:
@@ -419,9 +420,15 @@ def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.rand
     positions of all B are drawn, so the generator advances alike whichever rows
     a caller reads (each rank of a multi-process run reads its own).
     Host-side int64 arrays; the trainer moves them to the model's device.
+    `tokens` may also be a split of many shards (minigpt.shards.TokenShards),
+    whose windows never cross a shard's end; one array draws as it always has.
     """
-    starts = rng.integers(0, tokens.size - block_size, size=batch_size)
+    sharded = hasattr(tokens, "gather")
+    starts = rng.integers(0, tokens.span(block_size) if sharded else tokens.size - block_size, size=batch_size)
     if rows is not None:
         starts = starts[rows]
-    windows = np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int64)
+    if sharded:
+        windows = tokens.gather(starts, block_size)
+    else:
+        windows = np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int64)
     return windows[:, :-1], windows[:, 1:]
