@@ -321,6 +321,7 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None) -> Pre
         out = _folder_for_tokenizer(corpus, label, fingerprint)
 
     recover_dir(out)
+    _refuse_shard_folder(out)
     meta = _read_meta(out)
     if _reusable(meta, corpus, tokenizer_spec, fingerprint):
         return _open(out, meta, load_tokenizer(out / "tokenizer"))
@@ -371,6 +372,17 @@ def _reusable(meta: dict | None, corpus: Corpus, tokenizer_spec: str, fingerprin
     if fingerprint is not None:  # a given tokenizer: compare the tokenizers themselves
         return meta.get("tokenizer_sha256") == fingerprint
     return meta.get("tokenizer") == tokenizer_spec  # a spec builds the same tokenizer from the same text
+
+
+def _refuse_shard_folder(folder: Path) -> None:
+    """A folder of shards (scripts/prepare_data.py) is trained on as it is, never rebuilt as train.bin."""
+    try:
+        shards = "shards" in json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return
+    if shards:
+        raise MinigptError(f"{folder} holds shards prepared by scripts/prepare_data.py; train on them with "
+                           f"--data {folder}, or delete the folder to prepare it as one train.bin again")
 
 
 def _read_meta(folder: Path) -> dict | None:

@@ -47,11 +47,15 @@ from minigpt.config import TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
 from minigpt.distributed import communicator
 from minigpt.errors import MinigptError
+from minigpt.health import SpikeDetector, layer_norms, plot_layers, update_ratios
 from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
 from minigpt.model import GPT, GPTConfig
 from minigpt.optim import FlatAdamW, cosine_lr
 from minigpt.parallel import DataParallel
+from minigpt.sampling import make_sampler
+from minigpt.shards import is_shard_source, open_shards
+from minigpt.tasks import load_items, parse_eval_tasks, score_task, summary_fields
 
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss.png"
@@ -105,7 +109,6 @@ class Trainer:
         self.last_eval_iter = None
         self.pending_eval = None  # the evaluation at the current iteration, logged with its training step
         self.elapsed_before = 0.0  # wall time of the earlier runs this one resumes
-        self.batch_rng = np.random.default_rng(cfg.seed)
         with self.comm.local_first():  # one rank per machine prepares data/ and downloads; the others reuse it
             if cfg.init_from == "scratch":
                 self._init_scratch()
@@ -117,18 +120,25 @@ class Trainer:
                 f"--block_size {cfg.block_size} exceeds the model's context of {self.model.config.block_size} tokens"
             )
         check_block_size(self.data, cfg.block_size)
+        # the training windows (--sampling), spike skipping, zero-shot tasks: see minigpt.sampling, .health, .tasks
+        self.sampler = make_sampler(cfg.sampling, self.data.train, cfg.batch_size, cfg.block_size, cfg.seed)
+        self.spikes = SpikeDetector(cfg.skip_spikes) if cfg.skip_spikes else None
+        self.tasks = [(task, load_items(task, path)) for task, path in parse_eval_tasks(cfg.eval_tasks)]
+        self.skipped, self.layer_stats = None, None  # the last step's spike ("loss"/"grad_norm") and layer stats
         # each step's global batch is split over the ranks and, on the CPU, over worker threads in each
         self.parallel = DataParallel(self.model, cfg.workers or None, self.comm)
         self.optimizer = FlatAdamW(  # the parameters become views into its flat buffer (minigpt.optim)
             self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
             comm=self.comm, zero=cfg.zero,
         )
+        if cfg.log_layers and self.optimizer.sharded:
+            raise MinigptError("--log_layers needs every rank's whole summed gradient: add --zero false")
         if cfg.init_from == "resume":
             self._restore_training_state(self.out_dir / "latest")
 
     def _init_scratch(self):
         cfg = self.cfg
-        self.data = prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
+        self.data = open_shards(cfg.data) if is_shard_source(cfg.data) else prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
         self.tokenizer = self.data.tokenizer
         model_config = GPTConfig(
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
@@ -143,6 +153,12 @@ class Trainer:
         cfg = self.cfg
         source = self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from
         self.model, self.tokenizer, _ = load_checkpoint(source, device=cfg.device, dtype=cfg.dtype)
+        if is_shard_source(cfg.data):
+            self.data = open_shards(cfg.data)
+            if self.data.meta["vocab_size"] > self.model.config.vocab_size:
+                raise MinigptError(f"--data {cfg.data} has a {self.data.meta['vocab_size']}-token vocabulary, more than "
+                                   f"the model's {self.model.config.vocab_size}: prepare it with the model's tokenizer")
+            return
         corpus = load_corpus(cfg.dataset, cfg.data)
         # GPT-2's own tokenizer is what --tokenizer gpt2 builds: both share data/<corpus>_gpt2
         self.data = prepare(corpus, "gpt2") if cfg.init_from in GPT2_NAMES else prepare(corpus, tokenizer=self.tokenizer)
@@ -157,8 +173,10 @@ class Trainer:
         if isinstance(last_eval, dict) and last_eval.get("iter") == self.start_iter:
             self.pending_eval = last_eval  # saved before its record was written: the resumed run logs it
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
-        if state.get("batch_rng"):
-            self.batch_rng.bit_generator.state = state["batch_rng"]
+        a_step = self.start_iter * self.cfg.gradient_accumulation_steps * self.cfg.batch_size  # (older checkpoints)
+        self.sampler.load_state_dict(state.get("sampler") or {"rng": state.get("batch_rng"), "windows_drawn": a_step})
+        if self.spikes is not None:
+            self.spikes.load_state_dict(state.get("spikes") or {})
 
     # -- one iteration -----------------------------------------------------------
 
@@ -180,14 +198,33 @@ class Trainer:
         self.model.train()
 
         def read(micro, rows):
-            return get_batch(self.data.train, cfg.batch_size, cfg.block_size, self.batch_rng, rows)
+            return self.sampler.batch(rows)
 
         loss, grads = self.parallel.forward_backward(  # the gradients go straight into the optimizer's flat buffer
             read, cfg.gradient_accumulation_steps, cfg.batch_size, dropout_key=(cfg.seed, it),
             into=self.optimizer.grad_views,
         )
+        self.skipped, self.layer_stats = None, None
+        health = cfg.log_layers and self.logs(it)
+        before = {name: p.copy() for name, p in self.model.params.items()} if health else None
+
+        def before_update(norm):  # the gradients are summed over the ranks, the weights not yet updated
+            if health:
+                self.layer_stats = {"layer_grad_norm": layer_norms(self.optimizer.grad_views)}
+            if self.spikes is not None:
+                self.skipped = self.spikes.check(scalar(loss), None if norm is None else scalar(norm))
+            return self.skipped is not None
+
         # one collective sums the ranks' gradients (all-reduce, or reduce-scatter under ZeRO-1), then clip + AdamW
-        return loss, self.optimizer.step(grads, lr=self.lr_at(it), grad_clip=cfg.grad_clip)
+        norm = self.optimizer.step(grads, lr=self.lr_at(it), grad_clip=cfg.grad_clip,
+                                   before_update=before_update if health or self.spikes else None)
+        if health:
+            self.layer_stats["layer_update_ratio"] = update_ratios(before, self.model.params)
+        return loss, norm
+
+    def logs(self, it: int) -> bool:
+        """Whether iteration `it` writes a record (every log_interval, at an evaluation, at a skipped update)."""
+        return it % self.cfg.log_interval == 0 or self.pending_eval is not None or self.skipped is not None
 
     # -- evaluation ----------------------------------------------------------------
 
@@ -229,7 +266,8 @@ class Trainer:
             "last_eval_iter": self.last_eval_iter,
             "last_eval": self.pending_eval,  # None once logged; else the record's evaluation fields
             "elapsed_s": elapsed,
-            "batch_rng": rng_state(self.batch_rng),
+            "sampler": self.sampler.state_dict(),  # random: the batch generator's state; shuffle: epoch and cursor
+            "spikes": self.spikes.state_dict() if self.spikes is not None else None,
             "data": str(self.data.dir),
             "options": self.cfg.to_dict(),
         }
@@ -328,7 +366,7 @@ class Trainer:
                 loss, grad_norm = self.train_step(it)
                 window_tokens += cfg.tokens_per_iter
                 bar.update(1)
-                if it % cfg.log_interval == 0 or self.pending_eval is not None:
+                if self.logs(it):
                     train_loss = self._check_finite(loss, it)
                     now = time.perf_counter()  # after the loss read, so the device has finished
                     tokens_per_sec = window_tokens / max(now - window_start, 1e-9)
@@ -337,6 +375,11 @@ class Trainer:
                     record = {"iter": it, "lr": lr, "train_loss": train_loss}
                     if grad_norm is not None:
                         record["grad_norm"] = scalar(grad_norm)
+                    record["epoch"] = self.sampler.epochs
+                    if self.skipped is not None:
+                        record["skipped"] = self.skipped
+                        bar.write(f"iter {it}: update skipped (a {self.skipped} spike, --skip_spikes {cfg.skip_spikes:g})")
+                    record.update(self.layer_stats or {})
                     timing = {"tokens_per_sec": tokens_per_sec, "elapsed_s": self.elapsed_before + now - run_start}
                     self.log_record(log, pyplot, record, timing)
                     bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
@@ -371,6 +414,13 @@ class Trainer:
         self.last_eval_iter = it
         self.pending_eval = {"iter": it, "val_loss": losses["val"], "train_loss_eval": losses["train"]}
         bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if self.tasks and self.is_main:  # zero-shot scores (rank 0 alone)
+            for task, items in self.tasks:
+                scores = summary_fields(task, score_task(task, self.model, self.tokenizer, items, self.cfg.batch_size,
+                                                         progress=False))
+                self.pending_eval.update(scores)
+                bar.write(f"iter {it}: {task} " + ", ".join(f"{k.split('_', 1)[1]} {v:.4f}" for k, v in scores.items()))
+            self.model.train()
         if self.cfg.sample_tokens and self.is_main:
             bar.write("sample: " + self.sample(it).replace("\n", "\n        ")[:2000])
         improved = self.best_val_loss is None or losses["val"] < self.best_val_loss
@@ -513,7 +563,11 @@ def plot_losses(plt, records: list, path: Path) -> None:
     """The training batches' loss and the evaluations' val loss against iteration, as a PNG."""
     train = [(r["iter"], r["train_loss"]) for r in records if "train_loss" in r]
     val = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    layers = any("layer_grad_norm" in r for r in records)  # --log_layers: two more panels (minigpt.health)
+    fig, axes = plt.subplots(3 if layers else 1, 1, figsize=(7, 10 if layers else 4), squeeze=False)
+    ax = axes[0, 0]
+    if layers:
+        plot_layers(axes[1, 0], axes[2, 0], records)
     for points, label in ((train, "train (batch)"), (val, "val")):
         if points:
             ax.plot(*zip(*points), label=label)
