@@ -6,8 +6,8 @@ Input. A text file, a folder (its files by the rules of `--data`:
 minigpt.data.text_files, sorted, hidden and binary files left out, `.gz` files
 kept), `.jsonl` files (one document per line, its `text` field), and any of
 these gzip-compressed (`.txt.gz`, `.jsonl.gz`). A text file is one document,
-read in pieces cut after a newline that a non-space character follows: GPT-2's
-pre-tokenizer always ends a piece there, so the cut never changes a token.
+read in pieces cut after a newline between two non-space characters: GPT-2's
+pre-tokenizer makes that newline a piece of its own, so the cut never changes a token.
 
 Documents are joined as llm.c's fineweb.py does: every document is preceded by
 the end-of-text token. A tokenizer without one (char) separates documents by a
@@ -49,7 +49,8 @@ from minigpt.shards import META_FILE, write_shard
 from minigpt.tokenizer import BPETokenizer, CharTokenizer, has_tokenizer, load_tokenizer
 
 PREPARATION_VERSION = 1  # bumped whenever the same input and options would give different shards
-TASK_CHARS = 1 << 20  # text per task: large enough to amortise the pickling, small enough to bound memory
+# text per task: large enough to amortise the pickling, small enough to bound memory (the tests make it small)
+TASK_CHARS = int(os.environ.get("MINIGPT_PREPARE_TASK_CHARS", 1 << 20))
 BPE_TRAIN_CHARS = 1 << 21  # bpe:N learns its merges from the first 2 MB of text
 DEFAULT_VAL_TOKENS = 10_000_000  # and at most a tenth of the corpus (estimated from the first task)
 PROGRESS_FILE = "progress.json"
@@ -129,7 +130,7 @@ def _jsonl_text(path, number, line) -> str:
 
 
 def _file_pieces(text):
-    """A text file's pieces of about TASK_CHARS, each cut after a newline followed by a non-space character."""
+    """A text file's pieces of about TASK_CHARS, each cut after a lone newline (`_safe_cut`)."""
     first, pending = True, ""
     while True:
         chunk = text.read(TASK_CHARS)
@@ -143,13 +144,17 @@ def _file_pieces(text):
 
 
 def _safe_cut(text: str) -> int:
-    """The end of the last "\\n" followed by a non-space character in `text`, or 0 when there is none."""
+    """The end of the last lone "\\n" (non-space characters on both sides) in `text`, or 0 when there is none.
+
+    GPT-2's pattern makes such a newline a piece of its own, whether the text
+    goes on or ends after it; next to other whitespace it would not (`\\s+(?!\\S)`).
+    """
     i = len(text) - 1
     while True:
         i = text.rfind("\n", 0, i)
-        if i < 0:
+        if i <= 0:
             return 0
-        if not text[i + 1].isspace():
+        if not text[i + 1].isspace() and not text[i - 1].isspace():
             return i + 1
 
 
