@@ -34,8 +34,8 @@ WINDOW = 128  # llm.c's OUTLIER_DETECTOR_WINDOW_SIZE
 class OutlierDetector:
     """llm.c's outlier_detector.h: z-score of each new value against the last WINDOW values (itself included)."""
 
-    def __init__(self, window: int = WINDOW):
-        self.window = window
+    def __init__(self, window: int | None = None):
+        self.window = window or WINDOW
         self.values = []  # oldest first; at most `window`
 
     def update(self, value: float) -> float | None:
@@ -54,7 +54,7 @@ class OutlierDetector:
 class SpikeDetector:
     """Decides, before each update, whether the step's loss or gradient norm is a spike to skip."""
 
-    def __init__(self, z: float, window: int = WINDOW):
+    def __init__(self, z: float, window: int | None = None):
         self.z = z
         self.detectors = {"loss": OutlierDetector(window), "grad_norm": OutlierDetector(window)}
 

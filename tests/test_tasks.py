@@ -90,3 +90,25 @@ def test_evaluate_script_scores_a_task_with_limit(tmp_path):
                           "--task", "lambada", "--data", str(ZEROSHOT / "hellaswag.jsonl")],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "lacks text" in bad.stderr
+
+
+def test_train_scores_eval_tasks_at_every_evaluation(tmp_path):
+    from minigpt.loading import load_checkpoint
+    from minigpt.tasks import score_task
+    from minigpt.trainer import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((REFERENCE["chars"] + "\n") * 50 + "the cat sat on the mat. " * 40)
+    tasks = f"hellaswag={ZEROSHOT / 'hellaswag.jsonl'},lambada={ZEROSHOT / 'lambada.jsonl'}"
+    argv = ["--data", corpus, "--n_layer", 1, "--n_head", 2, "--n_embd", 16, "--block_size", 16, "--batch_size", 4,
+            "--max_iters", 6, "--eval_interval", 3, "--eval_iters", 1, "--sample_tokens", 0, "--workers", 1,
+            "--eval_tasks", tasks, "--out_dir", tmp_path / "run"]
+    assert main([str(a) for a in argv]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    evaluated = [r for r in records if "val_loss" in r]
+    assert [r["iter"] for r in evaluated] == [0, 3, 6]
+    for r in evaluated:
+        assert {"hellaswag_acc", "hellaswag_acc_norm", "lambada_acc", "lambada_ppl"} <= r.keys()
+    model, tokenizer, _ = load_checkpoint(tmp_path / "run" / "latest")
+    scores = score_task("lambada", model, tokenizer, load_items("lambada", ZEROSHOT / "lambada.jsonl"), progress=False)
+    assert evaluated[-1]["lambada_ppl"] == pytest.approx(scores["ppl"], rel=1e-5)
