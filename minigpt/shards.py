@@ -57,7 +57,7 @@ def write_shard(path, tokens, vocab_size: int) -> None:
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(header.tobytes())
-            f.write(tokens.astype(dtype, copy=False).tobytes())
+            np.ascontiguousarray(tokens, dtype=dtype).tofile(f)  # no copy of a shard's buffer (200 MB at 100M tokens)
 
     write_file(path, write)
 
