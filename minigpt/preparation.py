@@ -45,6 +45,7 @@ from minigpt.atomic import write_text
 from minigpt.data import (Corpus, data_dir, is_binary, parse_tokenizer_spec, read_tokens, token_dtype,
                           tokenizer_label)
 from minigpt.errors import MinigptError
+from minigpt.loading import checkpoint_tokenizer, resolve_checkpoint
 from minigpt.shards import META_FILE, write_shard
 from minigpt.tokenizer import BPETokenizer, CharTokenizer, has_tokenizer, load_tokenizer
 
@@ -270,11 +271,11 @@ def build_tokenizer(spec: str, files: list[Path], num_proc: int, progress: bool)
     """The tokenizer `--tokenizer` names: char (a first pass over the corpus), gpt2, bpe:N, or a directory."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        if has_tokenizer(path):
+        if has_tokenizer(path):  # tokenizer files, or a checkpoint with its tokenizer beside the weights
             return load_tokenizer(path)
-        if (path / "config.json").is_file():  # a Hugging Face GPT-2 directory without tokenizer files
-            return BPETokenizer.from_pretrained("gpt2")
-        raise MinigptError(f"--tokenizer {path} holds no tokenizer (vocab.json + merges.txt, or char_tokenizer.json)")
+        directory = resolve_checkpoint(path)  # a training out_dir (its best/ or latest/), a Hugging Face GPT-2 dir
+        config = read_json(directory / "config.json") or {}
+        return checkpoint_tokenizer(directory, int(config.get("vocab_size", 0)))
     kind, size = parse_tokenizer_spec(spec)
     if kind == "gpt2":
         return BPETokenizer.from_pretrained("gpt2")

@@ -108,8 +108,7 @@ def continuation_losses(model, pairs, batch_size: int = 16):
         inputs = np.zeros((len(chunk), length), dtype=np.int64)
         for r, (tokens, _) in enumerate(chunk):
             inputs[r, :len(tokens) - 1] = tokens[:-1]
-        logits, _ = model.forward(xp.asarray(inputs))
-        logits = logits.astype(xp.float64) if logits.dtype != xp.float64 else logits
+        logits, _ = model.forward(xp.asarray(inputs))  # in the model's dtype: a float64 copy of GPT-2's would be 4x
         # log p(target) = logit[target] - logsumexp(logits), on the device; only (B, T) values come back
         top = logits.max(axis=-1, keepdims=True)
         logsumexp = to_host(xp.log(xp.exp(logits - top).sum(axis=-1)) + top[..., 0])

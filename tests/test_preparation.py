@@ -149,3 +149,19 @@ def test_a_killed_preparation_resumes_from_its_last_shard(tmp_path):
     for name in whole:
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "killed" / name).read_bytes(), name
     assert not list((tmp_path / "killed").glob(".*"))  # no temporary files left
+
+
+def test_the_tokenizer_of_a_training_out_dir(tmp_path):
+    text = "".join(DOCS[:3])
+    (tmp_path / "c.txt").write_text(text)
+    latest = tmp_path / "run" / "latest"
+    latest.mkdir(parents=True)
+    chars = sorted(set(text)) + ["Z"]  # not the vocabulary the text alone would give
+    CharTokenizer(chars).save(latest)
+    (latest / "config.json").write_text(json.dumps({"vocab_size": len(chars)}))
+    out, meta = prepare_shards(tmp_path / "c.txt", str(tmp_path / "run"), out=tmp_path / "o", num_proc=1,
+                               val_tokens=10, progress=False)
+    assert load_tokenizer(out / "tokenizer").chars == chars and meta["vocab_size"] == len(chars)
+    assert all_tokens(out, meta).tolist() == CharTokenizer(chars).encode(text)
+    with pytest.raises(MinigptError, match="holds no checkpoint"):
+        prepare_shards(tmp_path / "c.txt", str(tmp_path), out=tmp_path / "o2", progress=False)
