@@ -46,7 +46,7 @@ from minigpt.data import (Corpus, data_dir, is_binary, parse_tokenizer_spec, rea
                           tokenizer_label)
 from minigpt.errors import MinigptError
 from minigpt.loading import checkpoint_tokenizer, resolve_checkpoint
-from minigpt.shards import META_FILE, write_shard
+from minigpt.shards import META_FILE, PROGRESS_FILE, write_shard
 from minigpt.tokenizer import BPETokenizer, CharTokenizer, has_tokenizer, load_tokenizer
 
 PREPARATION_VERSION = 1  # bumped whenever the same input and options would give different shards
@@ -54,7 +54,6 @@ PREPARATION_VERSION = 1  # bumped whenever the same input and options would give
 TASK_CHARS = int(os.environ.get("MINIGPT_PREPARE_TASK_CHARS", 1 << 20))
 BPE_TRAIN_CHARS = 1 << 21  # bpe:N learns its merges from the first 2 MB of text
 DEFAULT_VAL_TOKENS = 10_000_000  # and at most a tenth of the corpus (estimated from the first task)
-PROGRESS_FILE = "progress.json"
 CARRY_FILE = "carry.bin"
 DOC_SEPARATOR = "\n\n"  # between documents, for tokenizers without an end-of-text token
 

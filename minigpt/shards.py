@@ -34,6 +34,7 @@ from minigpt.errors import MinigptError
 from minigpt.tokenizer import BPETokenizer, load_tokenizer
 
 META_FILE = "meta.json"
+PROGRESS_FILE = "progress.json"  # in a folder whose preparation has not finished (minigpt.preparation)
 MAX_SHARD_TOKENS = 2**31 - 1  # header[2] is an int32
 
 
@@ -123,7 +124,7 @@ def is_shard_source(data) -> bool:
         return False
     path = Path(data).expanduser()
     if path.is_dir():
-        return _read_meta(path) is not None
+        return _read_meta(path) is not None or (path / PROGRESS_FILE).is_file()
     return glob.has_magic(str(data)) or path.suffix == ".bin"
 
 
@@ -140,9 +141,7 @@ def open_shards(data) -> PreparedData:
     path = Path(data).expanduser()
     if path.is_dir():
         meta = _read_meta(path)
-        if meta is None:
-            raise MinigptError(f"--data {path} has no shard meta.json; prepare it with scripts/prepare_data.py")
-        if not meta.get("complete"):
+        if meta is None or not meta.get("complete"):
             raise MinigptError(f"--data {path} is only partly prepared; run scripts/prepare_data.py again to finish it")
         splits = {split: [path / name for name in meta["shards"].get(split, [])] for split in ("train", "val")}
         tokenizer = load_tokenizer(path / "tokenizer")

@@ -138,7 +138,10 @@ class Trainer:
 
     def _init_scratch(self):
         cfg = self.cfg
-        self.data = open_shards(cfg.data) if is_shard_source(cfg.data) else prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
+        if is_shard_source(cfg.data):  # a folder of shards from scripts/prepare_data.py, or a glob of llm.c shards
+            self.data = open_shards(cfg.data)
+        else:
+            self.data = prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
         self.tokenizer = self.data.tokenizer
         model_config = GPTConfig(
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,

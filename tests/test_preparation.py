@@ -142,6 +142,8 @@ def test_a_killed_preparation_resumes_from_its_last_shard(tmp_path):
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     assert not (tmp_path / "killed" / "meta.json").exists(), "the run finished before it was killed"
+    with pytest.raises(MinigptError, match="only partly prepared"):
+        open_shards(tmp_path / "killed")
     resumed = subprocess.run(command(tmp_path / "killed"), env=env, check=True, capture_output=True, text=True)
     assert "resuming" in resumed.stdout
     whole = sorted(p.name for p in (tmp_path / "whole").glob("*.bin"))
