@@ -21,7 +21,7 @@ are in flight, and the writer holds one shard's buffer (2 bytes a token).
 
 Resume. After each complete shard, `progress.json` records the shards written,
 how many tasks they used up and the tokens of the last task that go to the next
-shard (`carry.bin`). A killed run skips those tasks (reading, not tokenizing
+shard (`carry_<tasks>.bin`, written before progress.json names it). A killed run skips those tasks (reading, not tokenizing
 them) and continues; a finished folder's meta.json carries a fingerprint of the
 input (each file's path, size and modification time) and the options, so
 running again on the same input does nothing.
@@ -54,7 +54,7 @@ PREPARATION_VERSION = 1  # bumped whenever the same input and options would give
 TASK_CHARS = int(os.environ.get("MINIGPT_PREPARE_TASK_CHARS", 1 << 20))
 BPE_TRAIN_CHARS = 1 << 21  # bpe:N learns its merges from the first 2 MB of text
 DEFAULT_VAL_TOKENS = 10_000_000  # and at most a tenth of the corpus (estimated from the first task)
-CARRY_FILE = "carry.bin"
+CARRY_FILES = "carry_*.bin"  # carry_<tasks done>.bin: a new name each time, so progress.json never names a newer one
 DOC_SEPARATOR = "\n\n"  # between documents, for tokenizers without an end-of-text token
 
 
@@ -432,12 +432,12 @@ def prepare_shards(data, tokenizer_spec: str = "char", out=None, num_proc: int |
               f"{state['tasks_done']:,} task(s) of input done")
     else:
         state = {"fingerprint": key, "tasks_done": 0, "shards": {"val": [], "train": []}, "val_tokens": val_tokens}
-        for old in [*out.glob("val_*.bin"), *out.glob("train_*.bin"), out / CARRY_FILE, out / PROGRESS_FILE]:
+        for old in [*out.glob("val_*.bin"), *out.glob("train_*.bin"), *out.glob(CARRY_FILES), out / PROGRESS_FILE]:
             old.unlink(missing_ok=True)
         tokenizer = build_tokenizer(tokenizer_spec, files, num_proc, progress)
         (out / "tokenizer").mkdir(exist_ok=True)
         tokenizer.save(out / "tokenizer")
-    carry = read_tokens(out / CARRY_FILE) if state["tasks_done"] and (out / CARRY_FILE).is_file() else None
+    carry = read_tokens(out / state["carry"]) if state.get("carry") else None
     writer = ShardWriter(out, tokenizer.vocab_size, shard_tokens, state["val_tokens"], state["shards"],
                          None if carry is None else np.array(carry))
     total = sum(f.stat().st_size for f in files)
@@ -454,9 +454,12 @@ def prepare_shards(data, tokenizer_spec: str = "char", out=None, num_proc: int |
                 writer.val_tokens = state["val_tokens"] = max(1, min(DEFAULT_VAL_TOKENS, int(0.1 * estimate)))
             tokens += ids.size
             if writer.push(ids):  # a shard is complete: remember how far the input is done
-                state["tasks_done"], state["shards"] = i + 1, writer.shards
-                write_shard(out / CARRY_FILE, writer.pending(), tokenizer.vocab_size)
-                write_text(out / PROGRESS_FILE, json.dumps(state))
+                state.update(tasks_done=i + 1, shards=writer.shards, carry=f"carry_{i + 1:09d}.bin")
+                write_shard(out / state["carry"], writer.pending(), tokenizer.vocab_size)
+                write_text(out / PROGRESS_FILE, json.dumps(state))  # the moment the new state counts
+                for old in out.glob(CARRY_FILES):
+                    if old.name != state["carry"]:
+                        old.unlink()
             rate = (tokens - tokens_at_start) / max(time.perf_counter() - started, 1e-9)
             bar.update(task.position - bar.n)
             bar.set_postfix_str(f"{tokens:,} tokens, {rate:,.0f} tok/s", refresh=False)
@@ -473,7 +476,7 @@ def prepare_shards(data, tokenizer_spec: str = "char", out=None, num_proc: int |
         "train_tokens": writer.counts["train"], "shards": writer.shards,
     }
     write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
-    for done in (out / PROGRESS_FILE, out / CARRY_FILE):
+    for done in (out / PROGRESS_FILE, *out.glob(CARRY_FILES)):
         done.unlink(missing_ok=True)
     elapsed = time.perf_counter() - started
     print(f"{out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens in "
