@@ -80,8 +80,10 @@ class ShuffleSampler:
 
     def order(self, epoch: int) -> np.ndarray:
         """Epoch `epoch`'s permutation of the window numbers 0..n_windows-1."""
-        if self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n_windows))
+        if self._order[0] != epoch:  # int32 when it fits: 4 bytes a window (40 MB for 10B tokens at T = 1024)
+            order = np.arange(self.n_windows, dtype=np.int32 if self.n_windows < 2**31 else np.int64)
+            np.random.default_rng([self.seed, epoch]).shuffle(order)
+            self._order = (epoch, order)
         return self._order[1]
 
     def next_indices(self, count: int) -> np.ndarray:
