@@ -425,18 +425,7 @@ def prepare_shards(data, tokenizer_spec: str = "char", out=None, num_proc: int |
     for stale in out.glob(".*.tmp"):  # half-written files of a killed run
         stale.unlink()
 
-    state = read_json(out / PROGRESS_FILE)
-    if state is not None and state.get("fingerprint") == key and (out / "tokenizer").is_dir():
-        tokenizer = load_tokenizer(out / "tokenizer")
-        print(f"resuming {out}: {sum(len(v) for v in state['shards'].values())} complete shard(s), "
-              f"{state['tasks_done']:,} task(s) of input done")
-    else:
-        state = {"fingerprint": key, "tasks_done": 0, "shards": {"val": [], "train": []}, "val_tokens": val_tokens}
-        for old in [*out.glob("val_*.bin"), *out.glob("train_*.bin"), *out.glob(CARRY_FILES), out / PROGRESS_FILE]:
-            old.unlink(missing_ok=True)
-        tokenizer = build_tokenizer(tokenizer_spec, files, num_proc, progress)
-        (out / "tokenizer").mkdir(exist_ok=True)
-        tokenizer.save(out / "tokenizer")
+    state, tokenizer = _resume_or_start(out, key, tokenizer_spec, files, num_proc, val_tokens, progress)
     carry = read_tokens(out / state["carry"]) if state.get("carry") else None
     writer = ShardWriter(out, tokenizer.vocab_size, shard_tokens, state["val_tokens"], state["shards"],
                          None if carry is None else np.array(carry))
@@ -464,6 +453,31 @@ def prepare_shards(data, tokenizer_spec: str = "char", out=None, num_proc: int |
             bar.update(task.position - bar.n)
             bar.set_postfix_str(f"{tokens:,} tokens, {rate:,.0f} tok/s", refresh=False)
     writer.flush()
+    meta = _finish(out, path, key, options, tokenizer, writer)
+    elapsed = time.perf_counter() - started
+    print(f"{out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens in "
+          f"{len(writer.shards['train']) + len(writer.shards['val'])} shard(s), "
+          f"{(tokens - tokens_at_start) / max(elapsed, 1e-9):,.0f} tokens/s")
+    return out, meta
+
+
+def _resume_or_start(out: Path, key: str, tokenizer_spec, files, num_proc, val_tokens, progress):
+    """(progress state, tokenizer): a killed run's, when progress.json has this fingerprint, else a fresh start."""
+    state = read_json(out / PROGRESS_FILE)
+    if state is not None and state.get("fingerprint") == key and (out / "tokenizer").is_dir():
+        print(f"resuming {out}: {sum(len(v) for v in state['shards'].values())} complete shard(s), "
+              f"{state['tasks_done']:,} task(s) of input done")
+        return state, load_tokenizer(out / "tokenizer")
+    for old in [*out.glob("val_*.bin"), *out.glob("train_*.bin"), *out.glob(CARRY_FILES), out / PROGRESS_FILE]:
+        old.unlink(missing_ok=True)
+    tokenizer = build_tokenizer(tokenizer_spec, files, num_proc, progress)
+    (out / "tokenizer").mkdir(exist_ok=True)
+    tokenizer.save(out / "tokenizer")
+    return {"fingerprint": key, "tasks_done": 0, "shards": {"val": [], "train": []}, "val_tokens": val_tokens}, tokenizer
+
+
+def _finish(out: Path, path: Path, key: str, options: dict, tokenizer, writer: ShardWriter) -> dict:
+    """Write meta.json (the folder is then complete) and remove the resume files; returns the meta."""
     if not writer.shards["train"]:
         raise MinigptError(f"{path} gives only {writer.counts['val']:,} tokens, all of them validation "
                            f"(--val_tokens {writer.val_tokens:,}); give more text or a smaller --val_tokens")
@@ -478,9 +492,5 @@ def prepare_shards(data, tokenizer_spec: str = "char", out=None, num_proc: int |
     write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
     for done in (out / PROGRESS_FILE, *out.glob(CARRY_FILES)):
         done.unlink(missing_ok=True)
-    elapsed = time.perf_counter() - started
-    print(f"{out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens in "
-          f"{len(writer.shards['train']) + len(writer.shards['val'])} shard(s), "
-          f"{(tokens - tokens_at_start) / max(elapsed, 1e-9):,.0f} tokens/s")
-    return out, meta
+    return meta
 
