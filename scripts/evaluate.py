@@ -27,7 +27,7 @@ from minigpt.tasks import TASKS, load_items, score_task  # noqa: E402
 
 
 def build_parser():
-    parser = ArgumentParser(description="Loss and perplexity of a GPT model on a text file.")
+    parser = ArgumentParser(description="Loss and perplexity of a GPT model on a text file, or a zero-shot task score.")
     parser.add_option("--checkpoint", required=True,
                       help="checkpoint dir, training out_dir, Hugging Face GPT-2 dir, or gpt2/gpt2-medium/gpt2-large/gpt2-xl")
     parser.add_option("--data", required=True, help="a UTF-8 text file, or the task's .jsonl file with --task")
@@ -35,7 +35,7 @@ def build_parser():
                       help="text: loss and perplexity of --data; hellaswag or lambada: a zero-shot score")
     parser.add_option("--limit", type=int, default=None, help="with --task: score only the first N items")
     parser.add_option("--stride", type=int, default=None, help="tokens between window starts (default: the block size)")
-    parser.add_option("--batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_option("--batch-size", type=int, default=4, help="windows (with --task: candidates) per forward pass")
     parser.add_option("--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
     return parser
 
