@@ -1,6 +1,7 @@
 """--sampling random (today's batches) and shuffle (without replacement), through shards, with exact resume."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from minigpt.preparation import prepare_shards
 from minigpt.sampling import RandomSampler, ShuffleSampler
 from minigpt.shards import TokenShards
 from minigpt.trainer import main
+from tests.test_distributed import mpiexec, needs_mpi
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16", "--batch_size", "4",
@@ -113,3 +115,32 @@ def test_shuffle_through_shards_resumes_exactly_and_counts_epochs(tmp_path, shar
     late_2 = [(r["iter"], r["train_loss"]) for r in read_log(tmp_path / "part") if r["iter"] >= 24 and "train_loss" in r]
     assert [i for i, _ in late] == [i for i, _ in late_2]
     np.testing.assert_allclose([v for _, v in late], [v for _, v in late_2], rtol=1e-5)
+
+
+def test_bad_sampling_options_are_one_line_errors(tmp_path):
+    from minigpt.config import parse_args
+
+    with pytest.raises(MinigptError, match="--sampling must be one of random, shuffle"):
+        parse_args(["--sampling", "sequential"])
+    with pytest.raises(MinigptError, match="TASK=PATH"):
+        parse_args(["--eval_tasks", "mmlu=x.jsonl"])
+    with pytest.raises(MinigptError, match="--skip_spikes"):
+        parse_args(["--skip_spikes", "-1"])
+
+
+@needs_mpi
+def test_shuffle_over_two_ranks_reads_what_one_process_reads_and_resumes_on_one(tmp_path, shards):
+    common = [*TINY, "--data", shards, "--sampling", "shuffle", "--eval_interval", 3, "--batch_size", 8,
+              "--lr_decay_iters", 20]
+    two = mpiexec(Path(__file__).resolve().parents[1] / "scripts" / "train.py", *common, "--max_iters", 6,
+                  "--out_dir", tmp_path / "two")
+    assert two.returncode == 0, two.stderr
+    shutil.copytree(tmp_path / "two", tmp_path / "on_one")
+    train("--init_from", "resume", "--max_iters", 10, "--out_dir", tmp_path / "on_one", "--workers", 1)
+    train(*common, "--max_iters", 10, "--out_dir", tmp_path / "straight", "--workers", 2)  # the same two slices a step
+    losses = {name: {r["iter"]: r["train_loss"] for r in read_log(tmp_path / name) if "train_loss" in r}
+              for name in ("two", "on_one", "straight")}
+    assert list(losses["two"]) == list(range(6)) and list(losses["on_one"]) == list(range(10))
+    np.testing.assert_allclose([losses["two"][i] for i in range(6)], [losses["straight"][i] for i in range(6)],
+                               rtol=1e-12)
+    np.testing.assert_allclose(list(losses["on_one"].values()), list(losses["straight"].values()), rtol=1e-6)
