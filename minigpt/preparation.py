@@ -42,11 +42,11 @@ import numpy as np
 from tqdm import tqdm
 
 from minigpt.atomic import write_text
-from minigpt.data import (Corpus, data_dir, is_binary, parse_tokenizer_spec, read_tokens, token_dtype,
+from minigpt.data import (Corpus, data_dir, is_binary, load_corpus, parse_tokenizer_spec, read_tokens, token_dtype,
                           tokenizer_label)
 from minigpt.errors import MinigptError
 from minigpt.loading import checkpoint_tokenizer, resolve_checkpoint
-from minigpt.shards import META_FILE, PROGRESS_FILE, write_shard
+from minigpt.shards import META_FILE, PROGRESS_FILE, open_shards, write_shard
 from minigpt.tokenizer import BPETokenizer, CharTokenizer, has_tokenizer, load_tokenizer
 
 PREPARATION_VERSION = 1  # bumped whenever the same input and options would give different shards
@@ -361,6 +361,40 @@ class ShardWriter:
 # The whole preparation
 
 
+def corpus_path(corpus: Corpus) -> Path:
+    """Where a built-in corpus's text is written for preparation: data/corpora/<name>.txt."""
+    return data_dir() / "corpora" / f"{corpus.name}.txt"
+
+
+def prepared_shards(dataset: str, data, tokenizer_spec: str):
+    """The shards prepare_data.py made ahead of time from this corpus with this tokenizer, or None.
+
+    train.py --dataset/--data then trains on them instead of preparing the text
+    again: the default folder must hold a complete preparation whose
+    fingerprint matches the input as it is now.
+    """
+    if data is not None:
+        path = Path(data).expanduser()
+    else:
+        corpus = load_corpus(dataset)
+        path = corpus_path(corpus)
+        try:
+            if path.read_text(encoding="utf-8") != corpus.text:
+                return None
+        except OSError:
+            return None
+    if not path.exists():
+        return None
+    folder = default_out(path, tokenizer_spec)
+    meta = read_json(folder / META_FILE)
+    if not (meta and meta.get("complete") and isinstance(meta.get("options"), dict)):
+        return None
+    if meta["fingerprint"] != fingerprint(corpus_files(path), meta["options"]) or meta["options"]["tokenizer"] != tokenizer_spec:
+        return None
+    print(f"training on the shards in {folder} (prepared by scripts/prepare_data.py)")
+    return open_shards(folder)
+
+
 def default_out(path: Path, spec: str) -> Path:
     """data/<name>_<tokenizer>/ as `--data` names its folders (a directory tokenizer: its label)."""
     stem = path.resolve().name if path.is_dir() else path.name.removesuffix(".gz").rsplit(".", 1)[0]
@@ -402,7 +436,7 @@ def prepare_shards(data, tokenizer_spec: str = "char", out=None, num_proc: int |
     if not Path(tokenizer_spec).expanduser().is_dir():
         parse_tokenizer_spec(tokenizer_spec)  # a bad spec fails before any reading
     if corpus is not None:  # a built-in corpus (pydoc, shakespeare): its text, written once beside the shards
-        path = data_dir() / "corpora" / f"{corpus.name}.txt"
+        path = corpus_path(corpus)
         if not path.is_file() or path.read_text(encoding="utf-8") != corpus.text:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_text(path, corpus.text)
@@ -483,7 +517,7 @@ def _finish(out: Path, path: Path, key: str, options: dict, tokenizer, writer: S
                            f"(--val_tokens {writer.val_tokens:,}); give more text or a smaller --val_tokens")
     meta = {
         "version": PREPARATION_VERSION, "complete": True, "format": "llm.c", "name": out.name,
-        "source": str(path.resolve()), "fingerprint": key, **options,
+        "source": str(path.resolve()), "fingerprint": key, "options": options, **options,
         "tokenizer_kind": type(tokenizer).__name__, "tokenizer_label": tokenizer_label(tokenizer),
         "vocab_size": tokenizer.vocab_size, "eot_token": tokenizer.eot_token,
         "dtype": token_dtype(tokenizer.vocab_size).name, "val_tokens": writer.counts["val"],

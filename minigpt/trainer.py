@@ -53,6 +53,7 @@ from minigpt.loading import load_checkpoint
 from minigpt.model import GPT, GPTConfig
 from minigpt.optim import FlatAdamW, cosine_lr
 from minigpt.parallel import DataParallel
+from minigpt.preparation import prepared_shards
 from minigpt.sampling import make_sampler
 from minigpt.shards import is_shard_source, open_shards
 from minigpt.tasks import load_items, parse_eval_tasks, score_task, summary_fields
@@ -140,8 +141,9 @@ class Trainer:
         cfg = self.cfg
         if is_shard_source(cfg.data):  # a folder of shards from scripts/prepare_data.py, or a glob of llm.c shards
             self.data = open_shards(cfg.data)
-        else:
-            self.data = prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
+        else:  # the shards prepare_data.py made of this text ahead of time, else today's train.bin
+            self.data = prepared_shards(cfg.dataset, cfg.data, cfg.tokenizer) or prepare(
+                load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
         self.tokenizer = self.data.tokenizer
         model_config = GPTConfig(
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
@@ -164,7 +166,10 @@ class Trainer:
             return
         corpus = load_corpus(cfg.dataset, cfg.data)
         # GPT-2's own tokenizer is what --tokenizer gpt2 builds: both share data/<corpus>_gpt2
-        self.data = prepare(corpus, "gpt2") if cfg.init_from in GPT2_NAMES else prepare(corpus, tokenizer=self.tokenizer)
+        if cfg.init_from in GPT2_NAMES:
+            self.data = prepared_shards(cfg.dataset, cfg.data, "gpt2") or prepare(corpus, "gpt2")
+        else:
+            self.data = prepare(corpus, tokenizer=self.tokenizer)
 
     def _restore_training_state(self, path: Path):
         state = load_trainer_state(path)

@@ -167,3 +167,18 @@ def test_the_tokenizer_of_a_training_out_dir(tmp_path):
     assert all_tokens(out, meta).tolist() == CharTokenizer(chars).encode(text)
     with pytest.raises(MinigptError, match="holds no checkpoint"):
         prepare_shards(tmp_path / "c.txt", str(tmp_path), out=tmp_path / "o2", progress=False)
+
+
+def test_train_uses_the_shards_prepared_ahead_of_time(tmp_path, data_dir, capsys):
+    from minigpt.trainer import main
+
+    (tmp_path / "c.txt").write_text("".join(DOCS))
+    out, _ = prepare_shards(tmp_path / "c.txt", "char", num_proc=1, val_tokens=500, progress=False)
+    argv = ["--data", str(tmp_path / "c.txt"), "--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size",
+            "16", "--batch_size", "2", "--max_iters", "2", "--eval_iters", "1", "--sample_tokens", "0",
+            "--out_dir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    assert f"training on the shards in {out}" in capsys.readouterr().out
+    (tmp_path / "c.txt").write_text("".join(DOCS[:5]))  # the text changed: the shards are not its tokens any more
+    with pytest.raises(MinigptError, match="holds shards prepared by scripts/prepare_data.py"):
+        main([*argv, "--overwrite"])
