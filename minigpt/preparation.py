@@ -235,21 +235,24 @@ def task_chars(pieces, first_document: bool) -> set:
     return chars
 
 
-def map_tasks(function, tasks, num_proc: int, tokenizer_dir=None, start: int = 0):
+def map_tasks(function, tasks, num_proc: int, tokenizer=None, tokenizer_dir=None, start: int = 0):
     """(task, function(task.pieces, is_first_task)) in order, over a Pool of num_proc with 2 num_proc in flight.
 
     `start` numbers the first of `tasks` (a resumed run's are not the corpus's first).
     The bounded queue is the point: Pool.imap would read the whole input ahead
-    of the workers and hold it in memory.
+    of the workers and hold it in memory. Forked workers inherit `tokenizer`
+    (loading GPT-2's takes a quarter of a second); spawned ones load it from
+    `tokenizer_dir`.
     """
+    if tokenizer is not None:
+        _WORKER["encoder"] = Encoder(tokenizer)
     if num_proc == 1:
-        if tokenizer_dir is not None:
-            init_worker(tokenizer_dir)
         for i, task in enumerate(tasks, start):
             yield task, function(task.pieces, i == 0)
         return
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    init = (init_worker, (tokenizer_dir,)) if tokenizer_dir is not None else (None, ())
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    init = (init_worker, (tokenizer_dir,)) if tokenizer_dir is not None and not fork else (None, ())
     with context.Pool(num_proc, *init) as pool:
         pending = deque()
         for i, task in enumerate(tasks, start):
@@ -470,7 +473,7 @@ def prepare_shards(data, tokenizer_spec: str = "char", out=None, num_proc: int |
     tasks = read_tasks(files)
     skipped = sum(1 for _ in zip(range(state["tasks_done"]), tasks))  # resume: read past the done tasks
     with tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
-        encoded = map_tasks(encode_task, tasks, num_proc, str(out / "tokenizer"), start=skipped)
+        encoded = map_tasks(encode_task, tasks, num_proc, tokenizer, str(out / "tokenizer"), start=skipped)
         for i, (task, ids) in enumerate(encoded, start=skipped):
             if writer.val_tokens is None:  # default split: a tenth of the estimated total, at most 10M tokens
                 estimate = ids.size * total / max(task.position, 1)
