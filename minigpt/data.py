@@ -87,6 +87,7 @@ def read_tokens(path) -> np.memmap:
         raise MinigptError(f"token file {path} is too short to hold a header; {rebuild}")
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     magic, version, count, itemsize = (int(v) for v in header[:4])
+    itemsize = itemsize or 2  # llm.c leaves header[3] zero: uint16 tokens
     if magic != MAGIC or version != VERSION or itemsize not in (2, 4):
         raise MinigptError(f"{path} is not a minigpt token file (bad magic, version or dtype); {rebuild}")
     if size != HEADER_BYTES + count * itemsize:
@@ -320,6 +321,7 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None) -> Pre
         out = _folder_for_tokenizer(corpus, label, fingerprint)
 
     recover_dir(out)
+    _refuse_shard_folder(out)
     meta = _read_meta(out)
     if _reusable(meta, corpus, tokenizer_spec, fingerprint):
         return _open(out, meta, load_tokenizer(out / "tokenizer"))
@@ -372,6 +374,17 @@ def _reusable(meta: dict | None, corpus: Corpus, tokenizer_spec: str, fingerprin
     return meta.get("tokenizer") == tokenizer_spec  # a spec builds the same tokenizer from the same text
 
 
+def _refuse_shard_folder(folder: Path) -> None:
+    """A folder of shards (scripts/prepare_data.py) is trained on as it is, never rebuilt as train.bin."""
+    try:
+        shards = "shards" in json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return
+    if shards:
+        raise MinigptError(f"{folder} holds shards prepared by scripts/prepare_data.py; train on them with "
+                           f"--data {folder}, or delete the folder to prepare it as one train.bin again")
+
+
 def _read_meta(folder: Path) -> dict | None:
     """The folder's meta.json, or None when it is missing or unreadable (the folder is then rebuilt)."""
     try:
@@ -401,7 +414,7 @@ def _open(folder: Path, meta: dict, tokenizer) -> PreparedData:
 def check_block_size(data: PreparedData, block_size: int) -> None:
     """Both splits must hold at least one window of block_size + 1 tokens."""
     for split, tokens in (("training", data.train), ("validation", data.val)):
-        if tokens.size < block_size + 1:
+        if (tokens.span(block_size) if hasattr(tokens, "span") else tokens.size - block_size) < 1:  # shards: within one
             raise MinigptError(
                 f"{data.dir} has {tokens.size} {split} tokens, fewer than block_size + 1 = {block_size + 1}; "
                 "use a larger text or a smaller --block_size"
@@ -435,9 +448,15 @@ def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.rand
     positions of all B are drawn, so the generator advances alike whichever rows
     a caller reads (each rank of a multi-process run reads its own).
     Host-side int64 arrays; the trainer moves them to the model's device.
+    `tokens` may also be a split of many shards (minigpt.shards.TokenShards),
+    whose windows never cross a shard's end; one array draws as it always has.
     """
-    starts = rng.integers(0, tokens.size - block_size, size=batch_size)
+    sharded = hasattr(tokens, "gather")
+    starts = rng.integers(0, tokens.span(block_size) if sharded else tokens.size - block_size, size=batch_size)
     if rows is not None:
         starts = starts[rows]
-    windows = np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int64)
+    if sharded:
+        windows = tokens.gather(starts, block_size)
+    else:
+        windows = np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int64)
     return windows[:, :-1], windows[:, 1:]

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from minigpt.atomic import write_file, write_text
+from minigpt.health import plot_layers
 
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss.png"
@@ -51,8 +52,9 @@ class RunLog:
 
     # -- the rule: an evaluation waits for its step's record --------------------------
 
-    def evaluated(self, it: int, val_loss: float, train_loss_eval: float) -> None:
-        self.pending = {"iter": it, "val_loss": val_loss, "train_loss_eval": train_loss_eval}
+    def evaluated(self, it: int, val_loss: float, train_loss_eval: float, **scores) -> None:
+        """The evaluation made at iteration `it`; `scores`: the zero-shot tasks' fields (--eval_tasks)."""
+        self.pending = {"iter": it, "val_loss": val_loss, "train_loss_eval": train_loss_eval, **scores}
 
     def resume(self, last_eval, it: int) -> None:
         """Take back a checkpoint's `last_eval`: saved at iteration `it` before its record was written."""
@@ -131,7 +133,11 @@ def plot_losses(plt, records: list, path: Path) -> None:
     """The training batches' loss and the evaluations' val loss against iteration, as a PNG."""
     train = [(r["iter"], r["train_loss"]) for r in records if "train_loss" in r]
     val = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    layers = any("layer_grad_norm" in r for r in records)  # --log_layers: two more panels (minigpt.health)
+    fig, axes = plt.subplots(3 if layers else 1, 1, figsize=(7, 10 if layers else 4), squeeze=False)
+    ax = axes[0, 0]
+    if layers:
+        plot_layers(axes[1, 0], axes[2, 0], records)
     for points, label in ((train, "train (batch)"), (val, "val")):
         if points:
             ax.plot(*zip(*points), label=label)

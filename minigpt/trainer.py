@@ -40,19 +40,24 @@ import numpy as np
 from tqdm import tqdm
 
 from minigpt.backend import get_xp, scalar, to_host
+from minigpt.batch_sampling import make_sampler
 from minigpt.checkpoint import (is_checkpoint, load_optimizer_state, load_trainer_state, recover_checkpoint,
                                 save_checkpoint)
 from minigpt.config import TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
 from minigpt.distributed import communicator
 from minigpt.errors import MinigptError
+from minigpt.health import SpikeDetector, layer_norms, update_ratios
 from minigpt.host_memory import tune_host_allocator
 from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
 from minigpt.model import GPT
 from minigpt.optim import FlatAdamW, cosine_lr
 from minigpt.parallel import DataParallel
+from minigpt.preparation import prepared_shards
 from minigpt.runlog import LOG_FILE, PLOT_FILE, RunClock, RunLog, import_pyplot, plot_losses
+from minigpt.shards import is_shard_source, open_shards
+from minigpt.tasks import load_items, parse_eval_tasks, score_task, summary_fields
 
 
 class TrainingDiverged(MinigptError):
@@ -104,7 +109,6 @@ class Trainer:
         self.log = RunLog(self.out_dir / LOG_FILE if self.is_main else None)  # opened by run()
         self.pyplot = None  # matplotlib, which run() imports on rank 0 to draw loss.png
         self.elapsed_before = 0.0  # wall time of the earlier runs this one resumes
-        self.batch_rng = np.random.default_rng(cfg.seed)
         with self.comm.local_first():  # one rank per machine prepares data/ and downloads; the others reuse it
             if cfg.init_from == "scratch":
                 self._init_scratch()
@@ -116,18 +120,29 @@ class Trainer:
                 f"--block_size {cfg.block_size} exceeds the model's context of {self.model.config.block_size} tokens"
             )
         check_block_size(self.data, cfg.block_size)
+        # the training windows (--sampling), spike skipping, zero-shot tasks: see minigpt.batch_sampling, .health, .tasks
+        self.sampler = make_sampler(cfg.sampling, self.data.train, cfg.batch_size, cfg.block_size, cfg.seed)
+        self.spikes = SpikeDetector(cfg.skip_spikes) if cfg.skip_spikes else None
+        self.tasks = [(task, load_items(task, path)) for task, path in parse_eval_tasks(cfg.eval_tasks)]
+        self.skipped, self.layer_stats = None, None  # the last step's spike ("loss"/"grad_norm") and layer stats
         # each step's global batch is split over the ranks and, on the CPU, over worker threads in each
         self.parallel = DataParallel(self.model, cfg.workers or None, self.comm)
         self.optimizer = FlatAdamW(  # the parameters become views into its flat buffer (minigpt.optim)
             self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
             comm=self.comm, zero=cfg.zero,
         )
+        if cfg.log_layers and self.optimizer.sharded:
+            raise MinigptError("--log_layers needs every rank's whole summed gradient: add --zero false")
         if cfg.init_from == "resume":
             self._restore_training_state(self.out_dir / "latest")
 
     def _init_scratch(self):
         cfg = self.cfg
-        self.data = prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
+        if is_shard_source(cfg.data):  # a folder of shards from scripts/prepare_data.py, or a glob of llm.c shards
+            self.data = open_shards(cfg.data)
+        else:  # the shards prepare_data.py made of this text ahead of time, else today's train.bin
+            self.data = prepared_shards(cfg.dataset, cfg.data, cfg.tokenizer) or prepare(
+                load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
         self.tokenizer = self.data.tokenizer
         self.model = GPT(cfg.model_config(self.data.meta["vocab_size"]), dtype=cfg.dtype, device=cfg.device,
                          seed=cfg.seed)
@@ -137,9 +152,18 @@ class Trainer:
         cfg = self.cfg
         source = self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from
         self.model, self.tokenizer, _ = load_checkpoint(source, device=cfg.device, dtype=cfg.dtype)
+        if is_shard_source(cfg.data):
+            self.data = open_shards(cfg.data)
+            if self.data.meta["vocab_size"] > self.model.config.vocab_size:
+                raise MinigptError(f"--data {cfg.data} has a {self.data.meta['vocab_size']}-token vocabulary, more than "
+                                   f"the model's {self.model.config.vocab_size}: prepare it with the model's tokenizer")
+            return
         corpus = load_corpus(cfg.dataset, cfg.data)
         # GPT-2's own tokenizer is what --tokenizer gpt2 builds: both share data/<corpus>_gpt2
-        self.data = prepare(corpus, "gpt2") if cfg.init_from in GPT2_NAMES else prepare(corpus, tokenizer=self.tokenizer)
+        if cfg.init_from in GPT2_NAMES:
+            self.data = prepared_shards(cfg.dataset, cfg.data, "gpt2") or prepare(corpus, "gpt2")
+        else:
+            self.data = prepare(corpus, tokenizer=self.tokenizer)
 
     def _restore_training_state(self, path: Path):
         state = load_trainer_state(path)
@@ -149,8 +173,10 @@ class Trainer:
         self.last_eval_iter = state.get("last_eval_iter")
         self.log.resume(state.get("last_eval"), self.start_iter)  # an evaluation saved before its record was written
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
-        if state.get("batch_rng"):
-            self.batch_rng.bit_generator.state = state["batch_rng"]
+        a_step = self.start_iter * self.cfg.gradient_accumulation_steps * self.cfg.batch_size  # (older checkpoints)
+        self.sampler.load_state_dict(state.get("sampler") or {"rng": state.get("batch_rng"), "windows_drawn": a_step})
+        if self.spikes is not None:
+            self.spikes.load_state_dict(state.get("spikes") or {})
 
     # -- one iteration -----------------------------------------------------------
 
@@ -159,6 +185,15 @@ class Trainer:
         if not cfg.decay_lr:
             return cfg.learning_rate
         return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
+
+    def draw_step(self, n: int):
+        """The step's n micro-batches from the training sampler: inputs X and targets Y, (n, B, T) host arrays.
+
+        Every rank draws the whole step alike (the sampler's state moves the
+        same way everywhere); DataParallel then computes only this rank's slices.
+        """
+        X, Y = zip(*(self.sampler.batch() for _ in range(n)))
+        return np.stack(X), np.stack(Y)
 
     def draw_batches(self, tokens, n: int, rng):
         """n batches of B windows of the split `tokens`: inputs X and targets Y, (n, B, T) host arrays."""
@@ -176,11 +211,30 @@ class Trainer:
         """
         cfg = self.cfg
         self.model.train()
-        X, Y = self.draw_batches(self.data.train, cfg.gradient_accumulation_steps, self.batch_rng)  # (A, B, T)
+        X, Y = self.draw_step(cfg.gradient_accumulation_steps)  # (A, B, T), from the sampler (--sampling)
         # the gradients are summed layer by layer straight into the optimizer's flat buffer: no second copy
         loss, grads = self.parallel.forward_backward(X, Y, dropout_key=(cfg.seed, it), into=self.optimizer.grad_views)
+        self.skipped, self.layer_stats = None, None
+        health = cfg.log_layers and self.log.due(it, cfg.log_interval)
+        before = {name: p.copy() for name, p in self.model.params.items()} if health else None
+
+        def before_update(norm):  # the gradients are summed over the ranks, the weights not yet updated
+            if health:
+                self.layer_stats = {"layer_grad_norm": layer_norms(self.optimizer.grad_views)}
+            if self.spikes is not None:
+                self.skipped = self.spikes.check(scalar(loss), None if norm is None else scalar(norm))
+            return self.skipped is not None
+
         # one collective sums the ranks' gradients (all-reduce, or reduce-scatter under ZeRO-1), then clip + AdamW
-        return loss, self.optimizer.step(grads, lr=self.lr_at(it), grad_clip=cfg.grad_clip)
+        norm = self.optimizer.step(grads, lr=self.lr_at(it), grad_clip=cfg.grad_clip,
+                                   before_update=before_update if health or self.spikes else None)
+        if health:
+            self.layer_stats["layer_update_ratio"] = update_ratios(before, self.model.params)
+        return loss, norm
+
+    def logs(self, it: int) -> bool:
+        """Whether iteration `it` writes a record: the run log's rule, and at a skipped update."""
+        return self.log.due(it, self.cfg.log_interval) or self.skipped is not None
 
     # -- evaluation ----------------------------------------------------------------
 
@@ -218,7 +272,8 @@ class Trainer:
             "last_eval_iter": self.last_eval_iter,
             "last_eval": self.log.pending,  # None once logged; else the record's evaluation fields
             "elapsed_s": elapsed,
-            "batch_rng": rng_state(self.batch_rng),
+            "sampler": self.sampler.state_dict(),  # random: the batch generator's state; shuffle: epoch and cursor
+            "spikes": self.spikes.state_dict() if self.spikes is not None else None,
             "data": str(self.data.dir),
             "options": self.cfg.to_dict(),
         }
@@ -289,7 +344,7 @@ class Trainer:
                 loss, grad_norm = self.train_step(it)
                 clock.count(cfg.tokens_per_iter)
                 bar.update(1)
-                if self.log.due(it, cfg.log_interval):
+                if self.logs(it):
                     self.log_step(it, loss, grad_norm, clock, bar)
                 it += 1
         print(f"done: {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f} in {self.out_dir / 'best'}, "
@@ -329,6 +384,11 @@ class Trainer:
         record = {"iter": it, "lr": lr, "train_loss": train_loss}
         if grad_norm is not None:
             record["grad_norm"] = scalar(grad_norm)
+        record["epoch"] = self.sampler.epochs
+        if self.skipped is not None:
+            record["skipped"] = self.skipped
+            bar.write(f"iter {it}: update skipped (a {self.skipped} spike, --skip_spikes {self.cfg.skip_spikes:g})")
+        record.update(self.layer_stats or {})
         self.write_record(record, {"tokens_per_sec": tokens_per_sec, "elapsed_s": elapsed})
         bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
 
@@ -360,8 +420,16 @@ class Trainer:
         if not all(math.isfinite(v) for v in losses.values()):
             raise TrainingDiverged(self._diverged_message(f"the evaluation loss is {losses['val']}", it))
         self.last_eval_iter = it
-        self.log.evaluated(it, val_loss=losses["val"], train_loss_eval=losses["train"])
         bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        scores = {}
+        if self.tasks and self.is_main:  # zero-shot scores (rank 0 alone)
+            for task, items in self.tasks:
+                task_scores = summary_fields(task, score_task(task, self.model, self.tokenizer, items,
+                                                              self.cfg.batch_size, progress=False))
+                scores.update(task_scores)
+                bar.write(f"iter {it}: {task} " + ", ".join(f"{k.split('_', 1)[1]} {v:.4f}" for k, v in task_scores.items()))
+            self.model.train()
+        self.log.evaluated(it, val_loss=losses["val"], train_loss_eval=losses["train"], **scores)
         if self.cfg.sample_tokens and self.is_main:
             bar.write("sample: " + self.sample(it).replace("\n", "\n        ")[:2000])
         improved = self.best_val_loss is None or losses["val"] < self.best_val_loss

@@ -545,7 +545,7 @@ def test_the_trainer_hands_the_steps_tokens_down_as_arrays(tmp_path, corpus, mon
     seen, real = [], trainer.parallel.forward_backward
     monkeypatch.setattr(trainer.parallel, "forward_backward", lambda X, Y, **kw: seen.append((X, Y, kw)) or real(X, Y, **kw))
     rng = np.random.default_rng()
-    rng.bit_generator.state = trainer.batch_rng.bit_generator.state
+    rng.bit_generator.state = trainer.sampler.rng.bit_generator.state  # --sampling random: get_batch from one generator
     trainer.train_step(0)
     (X, Y, kw), = seen
     want = [get_batch(trainer.data.train, 2, 16, rng) for _ in range(3)]
