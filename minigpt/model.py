@@ -31,7 +31,7 @@ from minigpt.backend import check_dtype, get_xp, make_rng
 from minigpt.errors import MinigptError
 from minigpt.generation import generate
 from minigpt.hub import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE
-from minigpt.nn import block, cross_entropy, dropout, embedding, lm_head, rotary
+from minigpt.nn import attention, block, cross_entropy, dropout, embedding, lm_head, rotary
 
 # the values of each switch, GPT-2's first
 SWITCHES = {
@@ -182,6 +182,7 @@ class KVCache:
         self.model = model
         self.keys = self.values = None  # lists of (B, n_kv_head, block_size, D), made on first use
         self.length = 0  # positions filled so far
+        self.pad = None  # (B,) host ints: row b's first pad[b] slots are left padding (None: no padding)
 
     def ensure(self, batch_size):
         if self.keys is None:
@@ -193,9 +194,19 @@ class KVCache:
         elif self.keys[0].shape[0] != batch_size:
             raise ValueError(f"this KV cache holds {self.keys[0].shape[0]} sequences, got {batch_size}")
 
-    def reset(self):
-        """Forget every position; the buffers stay, to be refilled from position 0 without a new allocation."""
+    def reset(self, pad=None):
+        """Forget every position; the buffers stay, to be refilled from position 0 without a new allocation.
+
+        pad: (B,) left-padding of the rows about to be fed (None or all 0: none).
+        """
         self.length = 0
+        self.pad = None if pad is None or not np.any(pad) else np.asarray(pad, dtype=np.int64)
+
+    def truncate(self, length):
+        """Forget the positions from `length` on (speculative decoding's rejected drafts): they get overwritten."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a KV cache of {self.length} positions to {length}")
+        self.length = length
 
 
 class GPT:
@@ -393,8 +404,12 @@ class GPT:
         c, p = self.config, self.params
         idx = self._check_idx(idx, offset=cache.length)
         cache.ensure(idx.shape[0])
-        x, _ = embedding.forward(idx, p["transformer.wte.weight"], p.get("transformer.wpe.weight"), offset=cache.length)
-        options = self._block_options(cache.length, idx.shape[1])
+        if cache.pad is None:
+            x, _ = embedding.forward(idx, p["transformer.wte.weight"], p.get("transformer.wpe.weight"),
+                                     offset=cache.length)
+            options = self._block_options(cache.length, idx.shape[1])
+        else:
+            x, options = self._embed_padded(idx, cache)
         for i in range(c.n_layer):
             x = block.forward_cached(x, self.block_params(i), c.n_head, cache.keys[i], cache.values[i], cache.length,
                                      **options)
@@ -403,6 +418,24 @@ class GPT:
             x = x[:, -1:]
         logits, _ = self._final_norm_and_head(x)
         return logits
+
+    def _embed_padded(self, idx, cache):
+        """Embedding and block options for left-padded rows: row b's token at cache slot j is at position j - pad[b].
+
+        Padding slots sit at position 0 and are hidden from every real query by
+        attention.padding_mask, so each row computes what it would alone.
+        """
+        c, p, xp = self.config, self.params, self.xp
+        T = idx.shape[1]
+        positions = xp.asarray(np.maximum(np.arange(cache.length, cache.length + T) - cache.pad[:, None], 0))  # (B, T)
+        x, _ = embedding.forward(idx, p["transformer.wte.weight"], None)
+        options = self._block_options(0, 0)
+        if c.position == "rotary":
+            options["rope"] = rotary.tables_at(xp, self.dtype, positions[:, None], c.n_embd // c.n_head, c.rope_base)
+        else:
+            x += p["transformer.wpe.weight"][positions]
+        options["mask"] = attention.padding_mask(xp, cache.pad, cache.length, T, self.dtype)
+        return x, options
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
                  window_shift=None):
