@@ -196,15 +196,16 @@ class StopStrings:
             self.stopped[b] = any(s in tail for s in self.stops)
         return self.stopped
 
-    def find(self, text, start=0):
-        """Index of the first stop string in text[start:] (as an index into text), or None."""
-        hits = [i for i in (text.find(s, start) for s in self.stops) if i >= 0]
-        return min(hits) if hits else None
-
     def cut(self, text):
         """The text before the first stop string (all of it when there is none)."""
-        i = self.find(text)
+        i = find_stop(text, self.stops)
         return text if i is None else text[:i]
+
+
+def find_stop(text, stops, start=0):
+    """Index of the first of the `stops` strings in text[start:] (as an index into text), or None."""
+    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(hits) if hits else None
 
 
 def check_stop(stop):

@@ -111,10 +111,11 @@ class LogitsProcessors:
         self.penalty = None if repetition_penalty in (None, 1.0) else float(repetition_penalty)
         self.frequency, self.presence = float(frequency_penalty), float(presence_penalty)
         self.ngram = None if no_repeat_ngram_size is None else int(no_repeat_ngram_size)
+        self.generated = None
         self.histories = [list(map(int, h)) for h in histories]
         self.prompt_lengths = [len(h) for h in self.histories]
         B = len(self.histories)
-        self.rows = xp.arange(B)
+        self.rows = xp.arange(B) if self.penalty is not None or self.frequency or self.presence else None
         # (B, V) counts on the logits' device: all tokens (for the repetition penalty) and generated ones
         self.seen = xp.zeros((B, vocab_size), dtype=xp.int32) if self.penalty is not None else None
         self.generated = xp.zeros((B, vocab_size), dtype=xp.float64) if self.frequency or self.presence else None
