@@ -438,10 +438,16 @@ class GPT:
         return x, options
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
-                 window_shift=None):
-        """Sample max_new_tokens after idx (B, T); see minigpt.generation.generate."""
+                 window_shift=None, *, min_p=None, repetition_penalty=None, frequency_penalty=0.0,
+                 presence_penalty=0.0, no_repeat_ngram_size=None, stop=None, tokenizer=None, prompt_lookup=None,
+                 draft_model=None):
+        """Sample max_new_tokens after idx (B, T, or a list of prompts of different lengths), steered by Hugging
+        Face's controls, optionally with speculative decoding; see minigpt.generation.generate_stream."""
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        seed=seed, stop_token=stop_token, window_shift=window_shift)
+                        seed=seed, stop_token=stop_token, window_shift=window_shift, min_p=min_p,
+                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                        presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size, stop=stop,
+                        tokenizer=tokenizer, prompt_lookup=prompt_lookup, draft_model=draft_model)
 
     # -- files -------------------------------------------------------------------
 

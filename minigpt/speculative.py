@@ -91,11 +91,11 @@ def accept_drafts(p, q, drafts, rng):
         q_d = q[rows, d]
         residual = xp.maximum(p[:k] - q, 0.0)
     accepted = r * q_d < p_d  # r < p(d) / q(d), no division by a zero q
-    n = xp.cumprod(accepted).sum()  # leading accepted drafts
+    n = xp.argmax(~xp.concatenate([accepted, xp.zeros(1, dtype=bool)]))  # leading accepted drafts: the first False
     candidates = xp.concatenate([residual, p[k:]], axis=0)  # (k + 1, V): where the next token is drawn
-    dist = xp.take(candidates, n, axis=0)[None]  # (1, V)
+    dist = candidates[n[None]]  # (1, V), chosen on the device
     mass = dist.sum(axis=-1, keepdims=True)
-    dist = xp.where(mass > 0, dist, xp.take(p, n, axis=0)[None])  # an empty residual only from rounding: use p
+    dist = xp.where(mass > 0, dist, p[n[None]])  # an empty residual only from rounding: use p
     token = draw_on_device(dist, u)[0]
     n, token = to_host(xp.stack([n, token]).astype(xp.int64))  # the one copy of the round
     return int(n), int(token)
