@@ -41,6 +41,7 @@ from minigpt.errors import MinigptError
 from minigpt.sampling import draw_on_device, probs_on_device
 
 PROMPT_LOOKUP_NGRAM = 2  # Hugging Face's max_matching_ngram_size default
+DRAFT_TOKENS = 4  # a draft model's tokens per round
 
 
 def check_speculative_args(prompt_lookup=None, draft_model=None, model=None, option=str):
@@ -184,20 +185,27 @@ class DraftModel:
         return np.array(drafts, dtype=np.int64), (xp.stack(probs) if probs else None)
 
 
-def speculative_steps(model, prompt, processors, sampling, rng, window_shift, prompt_lookup=None, draft_model=None):
-    """Speculative decoding of one sequence, as a generator of (1,) id arrays, one per token."""
+def speculative_steps(model, prompt, processors, sampling, rng, window_shift, prompt_lookup=None, draft_model=None,
+                      draft_tokens=DRAFT_TOKENS, max_matching_ngram_size=PROMPT_LOOKUP_NGRAM, stats=None):
+    """Speculative decoding of one sequence, as a generator of (1,) id arrays, one per token.
+
+    draft_tokens: a draft model's tokens per round; max_matching_ngram_size: the longest n-gram prompt lookup
+    matches (Hugging Face's name and default, 2).
+    stats: a dict that, when given, counts the target's `rounds` (verifying forwards), the `drafted` and the
+    `accepted` drafts (acceptance rate = accepted / drafted; tokens per forward = tokens / rounds).
+    """
     check_speculative_args(prompt_lookup, draft_model, model)
     xp = model.xp
     target = _Target(model, np.asarray(prompt, dtype=np.int64), window_shift)
     drafter = None if draft_model is None else DraftModel(draft_model)
-    k_max = prompt_lookup if prompt_lookup is not None else 4  # a draft model's default round
+    k_max = prompt_lookup if prompt_lookup is not None else draft_tokens
     context = list(map(int, prompt))
     generated = 0
     while True:
         k = min(k_max, target.room())
         q = None
         if drafter is None:
-            drafts = prompt_lookup_candidates(context, k)
+            drafts = prompt_lookup_candidates(context, k, max_matching_ngram_size)
         else:
             drafts, q = drafter.propose(np.array(context, dtype=np.int64), k, sampling, rng)
         logits = target.verify(drafts)  # (k + 1, V)
@@ -208,6 +216,9 @@ def speculative_steps(model, prompt, processors, sampling, rng, window_shift, pr
             token = int(best[n])
         else:
             n, token = accept_drafts(probs_on_device(scores, **sampling), q, drafts, rng)
+        if stats is not None:
+            for key, value in (("rounds", 1), ("drafted", len(drafts)), ("accepted", n)):
+                stats[key] = stats.get(key, 0) + value
         processors.truncate(generated + n)
         processors.append([token])
         target.accept(drafts, n, token)
