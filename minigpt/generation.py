@@ -90,7 +90,7 @@ def _check_prompt(idx) -> np.ndarray:
 def _check_prompts(idx) -> list:
     """The prompts as a list of B 1-D int64 arrays: from a (B, T) array, or a list of id sequences of any lengths."""
     if isinstance(idx, (list, tuple)) and len(idx) and not np.isscalar(idx[0]):
-        rows = [np.asarray(to_host(np.asarray(row)) if not hasattr(row, "get") else to_host(row)) for row in idx]
+        rows = [to_host(row) for row in idx]  # lists, NumPy or CuPy arrays
         for i, row in enumerate(rows):
             if row.ndim != 1 or len(row) == 0 or not np.issubdtype(row.dtype, np.integer):
                 raise MinigptError(f"prompt {i} must be a non-empty sequence of integer token ids, got shape "
@@ -252,7 +252,7 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     processors = LogitsProcessors(prompts, model.config.vocab_size, model.xp, repetition_penalty, frequency_penalty,
                                   presence_penalty, no_repeat_ngram_size)
     stops = None if stop is None else StopStrings(stop, tokenizer, B)
-    pad_id = stop_token if stop_token is not None else getattr(tokenizer, "eot_token", None) or 0
+    pad_id = _pad_id(stop_token, tokenizer)
     finished = np.zeros(B, dtype=bool)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     if prompt_lookup is not None or draft_model is not None:
@@ -281,6 +281,14 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
         steps.close()
         if was_training:
             model.train()
+
+
+def _pad_id(stop_token, tokenizer):
+    """What fills a finished row, and a short prompt's left: stop_token, else the end-of-text token, else 0."""
+    if stop_token is not None:
+        return stop_token
+    eot = getattr(tokenizer, "eot_token", None)
+    return 0 if eot is None else eot
 
 
 def _plain_steps(model, prompts, processors, sampling, rng, window_shift):
@@ -314,9 +322,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     prompts = _check_prompts(idx)
     steps = list(generate_stream(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_token,
                                  window_shift, **controls))
-    tokenizer = controls.get("tokenizer")
-    pad_id = stop_token if stop_token is not None else getattr(tokenizer, "eot_token", None) or 0
-    prompt, _ = left_pad(prompts, pad_id)
+    prompt, _ = left_pad(prompts, _pad_id(stop_token, controls.get("tokenizer")))
     out = np.concatenate([prompt] + [ids[:, None] for ids in steps], axis=1)
     return model.xp.asarray(out)
 

@@ -157,7 +157,7 @@ class LogitsProcessors:
             self._count(ids, 1)
 
     def truncate(self, n_generated):
-        """Forget every token after the first `n_generated` generated ones (all rows)."""
+        """Forget every token after the first `n_generated` generated ones (all rows: they grow together)."""
         while len(self.histories[0]) > self.prompt_lengths[0] + n_generated:
             ids = [h.pop() for h in self.histories]
             if self.active:

@@ -429,7 +429,7 @@ class GPT:
         T = idx.shape[1]
         positions = xp.asarray(np.maximum(np.arange(cache.length, cache.length + T) - cache.pad[:, None], 0))  # (B, T)
         x, _ = embedding.forward(idx, p["transformer.wte.weight"], None)
-        options = self._block_options(0, 0)
+        options = self._block_options(0, 0)  # the switches; the rotary tables are per row, below
         if c.position == "rotary":
             options["rope"] = rotary.tables_at(xp, self.dtype, positions[:, None], c.n_embd // c.n_head, c.rope_base)
         else:

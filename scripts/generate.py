@@ -73,9 +73,11 @@ def build_parser():
                       help="divide a positive logit (multiply a negative one) of every token already in the text by "
                            "this; 1.3 is a common choice (default: off)")
     parser.add_option("--frequency-penalty", type=float, default=0.0,
-                      help="subtract this times the number of times a token was generated (OpenAI's, -2 .. 2; default: 0, off)")
+                      help="subtract this times the number of times a token was generated "
+                           "(OpenAI's, -2 .. 2; default: 0, off)")
     parser.add_option("--presence-penalty", type=float, default=0.0,
-                      help="subtract this from every token generated at least once (OpenAI's, -2 .. 2; default: 0, off)")
+                      help="subtract this from every token generated at least once "
+                           "(OpenAI's, -2 .. 2; default: 0, off)")
     parser.add_option("--no-repeat-ngram-size", type=int, default=None,
                       help="never repeat an n-gram of this many tokens (default: off)")
     parser.add_option("--stop", action="append", default=None,

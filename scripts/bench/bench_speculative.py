@@ -143,9 +143,10 @@ def main():
             rounds = sum(s.get("rounds", 0) for s in stats)
             plain = best[name.split()[0] + " plain"]
             same = sum(ids == ref for (ids, _), ref in zip(results[name], reference))
-            print(f"| {task} | {name} | {tokens / best[name]:.0f} | {plain / best[name]:.2f}x | "
-                  f"{f'{accepted / drafted:.0%}' if drafted else '-'} | {f'{tokens / rounds:.2f}' if rounds else '-'} | "
-                  f"{same}/{len(prompts)} |")
+            acceptance = f"{accepted / drafted:.0%}" if drafted else "-"
+            per_forward = f"{tokens / rounds:.2f}" if rounds else "-"
+            print(f"| {task} | {name} | {tokens / best[name]:.0f} | {plain / best[name]:.2f}x | {acceptance} | "
+                  f"{per_forward} | {same}/{len(prompts)} |")
 
 
 if __name__ == "__main__":
