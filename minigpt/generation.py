@@ -137,7 +137,7 @@ class SlidingWindow:
         self.model, self.block_size = model, block_size
         self.shift = max(1, block_size // 2) if window_shift is None else int(window_shift)
         self.cache = model.new_kv_cache()
-        self.rows = [np.asarray(row)[-block_size:] for row in prompt]
+        self.rows = [[int(i) for i in row[-block_size:]] for row in prompt]  # lists: an append is O(1)
         self.logits = self._refill()  # prefill
 
     @property
@@ -146,14 +146,16 @@ class SlidingWindow:
 
     def push(self, next_ids):
         """Append (B,) ids to every sequence; returns the (B, V) logits of the position after them."""
-        full = [len(row) == self.block_size for row in self.rows]  # these rows cannot take one more token
-        keep = self.block_size - self.shift + 1
-        self.rows = [np.append(row, i)[-keep:] if row_full else np.append(row, i)
-                     for row, i, row_full in zip(self.rows, next_ids, full)]
-        if any(full):  # move those rows' windows and recompute what every row keeps, in one left-padded pass
-            self.logits = self._refill()
-        else:
+        # the cache holds max_b len(row b) positions: it is full exactly when some row fills block_size
+        full = [len(row) == self.block_size for row in self.rows] if self.cache.length == self.block_size else None
+        for row, i in zip(self.rows, next_ids):
+            row.append(int(i))
+        if full is None:
             self.logits = self._feed(np.asarray(next_ids, dtype=np.int64)[:, None])
+        else:  # move the full rows' windows and recompute what every row keeps, in one left-padded pass
+            keep = self.block_size - self.shift + 1
+            self.rows = [row[-keep:] if row_full else row for row, row_full in zip(self.rows, full)]
+            self.logits = self._refill()
         return self.logits
 
     def _refill(self):

@@ -57,7 +57,7 @@ def test_ragged_logits_agree_with_one_at_a_time_at_every_step(position):
         batch.push(ids)
         for b, w in enumerate(alone):
             w.push(ids[b:b + 1])
-            assert batch.rows[b].tolist() == w.rows[0].tolist()
+            assert batch.rows[b] == w.rows[0]
 
 
 def test_ragged_sampling_path_with_top_k_1_is_each_rows_greedy():
