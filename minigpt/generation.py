@@ -210,11 +210,11 @@ def find_stop(text, stops, start=0):
     return min(hits) if hits else None
 
 
-def check_stop(stop):
+def check_stop(stop, option=str):
     """The stop strings as a list: `stop` is one string or a list of them, none empty."""
     stops = [stop] if isinstance(stop, str) else list(stop)
     if not stops or any(not isinstance(s, str) or not s for s in stops):
-        raise MinigptError(f"stop must be one non-empty string or a list of them, got {stop!r}")
+        raise MinigptError(f"{option('stop')} must be one non-empty string or a list of them, got {stop!r}")
     return stops
 
 

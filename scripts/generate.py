@@ -112,14 +112,13 @@ def parse_options(argv):
         raise MinigptError(f"--top-k must be a whole number >= 1, or 0 to turn it off, got {args.top_k}")
     if args.top_k == 0:
         args.top_k = None
-    check_sampling_args(args.temperature, args.top_k, args.top_p, option=hyphenated)
+    check_sampling_args(args.temperature, args.top_k, args.top_p, option=hyphenated, min_p=args.min_p)
     check_window_shift(args.window_shift, option=hyphenated)  # its upper bound, block_size, once the model is loaded
-    check_sampling_args(args.temperature, option=hyphenated, min_p=args.min_p)
     check_processor_args(args.repetition_penalty, args.frequency_penalty, args.presence_penalty,
                          args.no_repeat_ngram_size, option=hyphenated)
     check_speculative_args(args.prompt_lookup, args.draft, option=hyphenated)
     if args.stop is not None:
-        args.stop = check_stop([unescape(s) for s in args.stop])
+        args.stop = check_stop([unescape(s) for s in args.stop], option=hyphenated)
     if args.max_new_tokens < 0:
         raise MinigptError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
