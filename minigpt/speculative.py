@@ -124,15 +124,15 @@ class _Target:
         if len(ids):
             self.model.forward_cached(self.model.xp.asarray(self.cached[None]), self.cache, last_only=True)
 
-    def room(self):
-        """How many drafts the next round may verify: plain decoding's steps before its window moves."""
+    def make_room(self):
+        """Move the window if plain decoding would now; then how many drafts the next round may verify."""
         if self.cache.length == self.block_size:  # plain decoding would move the window to feed `pending`
             kept = np.append(self.cached, self.pending)[-(self.block_size - self.shift + 1):]
             self._refill(kept[:-1])
         return self.block_size - self.cache.length - 1
 
     def verify(self, drafts):
-        """Logits (k + 1, V) on the device: after pending, after d_1, .., after d_k (call room() first)."""
+        """Logits (k + 1, V) on the device: after pending, after d_1, .., after d_k (call make_room() first)."""
         ids = np.concatenate([[self.pending], drafts]).astype(np.int64)
         return self.model.forward_cached(self.model.xp.asarray(ids[None]), self.cache)[0]
 
@@ -202,7 +202,7 @@ def speculative_steps(model, prompt, processors, sampling, rng, window_shift, pr
     context = list(map(int, prompt))
     generated = 0
     while True:
-        k = min(k_max, target.room())
+        k = min(k_max, target.make_room())
         q = None
         if drafter is None:
             drafts = prompt_lookup_candidates(context, k, max_matching_ngram_size)
