@@ -85,10 +85,11 @@ def build_parser():
                            "give it several times for several strings (default: none)")
     parser.add_option("--prompt-lookup", type=int, default=None,
                       help="speculative decoding: draft up to this many tokens by finding the last 2 tokens earlier "
-                           "in the text; same output, faster when the output repeats the input (default: off)")
+                           "in the text; the same text (greedy) or distribution (sampling), faster when the output "
+                           "repeats the input (default: off)")
     parser.add_option("--draft", default=None,
-                      help="speculative decoding with this smaller checkpoint drafting (same tokenizer); same "
-                           "output, faster when the two agree often (default: off)")
+                      help="speculative decoding with this smaller checkpoint drafting (same tokenizer); the same "
+                           "text (greedy) or distribution (sampling), faster when the two agree often (default: off)")
     parser.add_option("--window-shift", type=int, default=None,
                       help="past the model's context (block_size tokens), the window moves this many tokens at a time "
                            "and its kept tokens are re-run once: 1 re-runs the whole window at every token (exact, "
