@@ -24,9 +24,12 @@ minigpt.weights, finding them in minigpt.loading; KV-cache decoding is
 import copy
 import math
 
+import numpy as np
+
 from minigpt.backend import check_dtype, get_xp, make_rng
 from minigpt.fast import LAYERS as FAST_LAYERS
 from minigpt.fast import block as cached_block
+from minigpt.fast.attention import padding_mask
 from minigpt.generation import generate
 from minigpt.model_config import (  # noqa: F401 (SWITCHES, check_*, mlp_hidden: re-exported)
     SWITCHES, GPTConfig, check_shape, check_switches, mlp_hidden, param_shapes)
@@ -41,6 +44,7 @@ class KVCache:
         self.model = model
         self.keys = self.values = None  # lists of (B, n_kv_head, block_size, D), made on first use
         self.length = 0  # positions filled so far
+        self.pad = None  # (B,) host ints: row b's first pad[b] slots are left padding (None: no padding)
 
     def ensure(self, batch_size):
         if self.keys is None:
@@ -52,9 +56,19 @@ class KVCache:
         elif self.keys[0].shape[0] != batch_size:
             raise ValueError(f"this KV cache holds {self.keys[0].shape[0]} sequences, got {batch_size}")
 
-    def reset(self):
-        """Forget every position; the buffers stay, to be refilled from position 0 without a new allocation."""
+    def reset(self, pad=None):
+        """Forget every position; the buffers stay, to be refilled from position 0 without a new allocation.
+
+        pad: (B,) left-padding of the rows about to be fed (None or all 0: none).
+        """
         self.length = 0
+        self.pad = None if pad is None or not np.any(pad) else np.asarray(pad, dtype=np.int64)
+
+    def truncate(self, length):
+        """Forget the positions from `length` on (speculative decoding's rejected drafts): they get overwritten."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a KV cache of {self.length} positions to {length}")
+        self.length = length
 
 
 class GPT:
@@ -256,9 +270,12 @@ class GPT:
         c, params = self.config, self.params
         idx = self._check_idx(idx, offset=cache.length)
         cache.ensure(idx.shape[0])
-        x, _ = embedding.forward(idx, params["transformer.wte.weight"], params.get("transformer.wpe.weight"),
-                                 offset=cache.length)
-        options = self._block_options(cache.length, idx.shape[1])
+        if cache.pad is None:
+            x, _ = embedding.forward(idx, params["transformer.wte.weight"], params.get("transformer.wpe.weight"),
+                                     offset=cache.length)
+            options = self._block_options(cache.length, idx.shape[1])
+        else:
+            x, options = self._embed_padded(idx, cache)
         for i in range(c.n_layer):
             x = cached_block.forward_cached(x, self.block_params(i), c.n_head, cache.keys[i], cache.values[i],
                                             cache.length, **options)
@@ -268,11 +285,35 @@ class GPT:
         logits, _ = self._final_norm_and_head(x)
         return logits
 
+    def _embed_padded(self, idx, cache):
+        """Embedding and block options for left-padded rows: row b's token at cache slot j is at position j - pad[b].
+
+        Padding slots sit at position 0 and are hidden from every real query by
+        padding_mask (minigpt.fast.attention), so each row computes what it would alone.
+        """
+        c, params, xp = self.config, self.params, self.xp
+        T = idx.shape[1]
+        positions = xp.asarray(np.maximum(np.arange(cache.length, cache.length + T) - cache.pad[:, None], 0))  # (B, T)
+        x, _ = embedding.forward(idx, params["transformer.wte.weight"], None)
+        options = self._block_options(0, 0)  # the switches; the rotary tables are per row, below
+        if c.position == "rotary":
+            options["rope"] = rotary.tables_at(xp, self.dtype, positions[:, None], c.n_embd // c.n_head, c.rope_base)
+        else:
+            x += params["transformer.wpe.weight"][positions]
+        options["mask"] = padding_mask(xp, cache.pad, cache.length, T, self.dtype)
+        return x, options
+
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
-                 window_shift=None):
-        """Sample max_new_tokens after idx (B, T); see minigpt.generation.generate."""
+                 window_shift=None, *, min_p=None, repetition_penalty=None, frequency_penalty=0.0,
+                 presence_penalty=0.0, no_repeat_ngram_size=None, stop=None, tokenizer=None, prompt_lookup=None,
+                 draft_model=None):
+        """Sample max_new_tokens after idx (B, T, or a list of prompts of different lengths), steered by Hugging
+        Face's controls, optionally with speculative decoding; see minigpt.generation.generate_stream."""
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        seed=seed, stop_token=stop_token, window_shift=window_shift)
+                        seed=seed, stop_token=stop_token, window_shift=window_shift, min_p=min_p,
+                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                        presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size, stop=stop,
+                        tokenizer=tokenizer, prompt_lookup=prompt_lookup, draft_model=draft_model)
 
     # -- files -------------------------------------------------------------------
 

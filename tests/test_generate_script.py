@@ -416,7 +416,8 @@ def interactive_session(ckpts, lines, out):
     script = load_script("generate")
     model, tokenizer, _ = load_checkpoint(ckpts / "char")
     args = types.SimpleNamespace(max_new_tokens=10, temperature=0, top_k=None, top_p=None, num_samples=1,
-                                 window_shift=None)
+                                 window_shift=None, min_p=None, repetition_penalty=None, frequency_penalty=0.0,
+                                 presence_penalty=0.0, no_repeat_ngram_size=None, stop=None, prompt_lookup=None)
     prompts = iter(lines)
 
     def read_line(_):

@@ -85,7 +85,7 @@ FLOORS = [
     ("the model's fields", ("minigpt.model_config",)),
     ("what works on a model it is handed (the loaders take the class)",
      ("minigpt.generation", "minigpt.optim", "minigpt.parallel", "minigpt.perplexity", "minigpt.weights",
-      "minigpt.locate", "minigpt.tasks")),
+      "minigpt.locate", "minigpt.tasks", "minigpt.logits_processors", "minigpt.sampling", "minigpt.speculative")),
     ("the model", ("minigpt.model",)),
     ("built on the model", ("minigpt.loading", "minigpt.checkpoint", "minigpt.config", "minigpt.gradcheck",
                             "minigpt.preparation")),
