@@ -4,7 +4,7 @@
 `GPT.from_pretrained` do:
 
     a checkpoint directory   config.json + model.safetensors (ours, or Hugging Face's GPT-2)
-    a training out_dir       its best/, else its latest/
+    a training out_dir       its best/, else (missing or damaged) its latest/
     a GPT-2 name             gpt2, gpt2-medium, gpt2-large, gpt2-xl: checkpoints/<name>/, downloaded once
 
 The tokenizer is the one saved beside the weights. A directory without
@@ -13,8 +13,10 @@ Face's GPT-2 directories) and gets GPT-2's tokenizer; any other is an error
 that names the missing files.
 """
 
+import sys
 from pathlib import Path
 
+from minigpt.checksums import ChecksumMismatch, verify
 from minigpt.errors import MinigptError
 from minigpt.download import download_all
 from minigpt.hub import GPT2_NAMES, GPT2_VOCAB_SIZE, MODEL_FILES, hub_files
@@ -26,21 +28,34 @@ from minigpt.tokenizer.char import CHAR_FILE_NAME
 from minigpt.weights import load_pretrained
 
 RUN_SUBDIRS = ("best", "latest")  # a training out_dir's checkpoints, in the order they are preferred
+WEIGHT_FILES = ("model.safetensors",)
 
 
 def resolve_checkpoint(source, with_tokenizer=False) -> Path:
-    """The checkpoint directory that `source` names (see the module's docstring).
+    """The checkpoint directory that `source` names (see the module's docstring), its weights verified.
 
     A GPT-2 name is downloaded into checkpoints/<name>/ if missing, with
-    GPT-2's tokenizer files too when `with_tokenizer`.
+    GPT-2's tokenizer files too when `with_tokenizer`. The weights of a
+    checkpoint that recorded their checksum (minigpt.checksums) must match it;
+    in a training out_dir, a damaged best/ falls back to latest/, with a note.
     """
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
-        for candidate in (path, *(path / sub for sub in RUN_SUBDIRS)):
-            if (candidate / "config.json").is_file():
+        if (path / "config.json").is_file():
+            verify(path, WEIGHT_FILES)
+            return path
+        found = [path / sub for sub in RUN_SUBDIRS if (path / sub / "config.json").is_file()]
+        if not found:
+            raise MinigptError(f"{path} holds no checkpoint: expected config.json + model.safetensors in it, "
+                               f"or a training out_dir with {' or '.join(f'{sub}/' for sub in RUN_SUBDIRS)}")
+        for candidate, fallback in zip(found, found[1:] + [None]):
+            try:
+                verify(candidate, WEIGHT_FILES)
                 return candidate
-        raise MinigptError(f"{path} holds no checkpoint: expected config.json + model.safetensors in it, "
-                           f"or a training out_dir with {' or '.join(f'{sub}/' for sub in RUN_SUBDIRS)}")
+            except ChecksumMismatch as err:
+                if fallback is None:
+                    raise
+                print(f"note: {err}; using {fallback} instead", file=sys.stderr, flush=True)
     name = str(source)
     if name in GPT2_NAMES:
         directory = checkpoints_dir() / name

@@ -24,7 +24,10 @@ minigpt.weights, finding them in minigpt.loading; KV-cache decoding is
 import copy
 import math
 
-from minigpt.backend import check_dtype, get_xp, make_rng
+import numpy as np
+
+from minigpt.backend import check_dtype, get_xp, make_rng, to_host
+from minigpt.errors import TokenIdError
 from minigpt.generation import generate
 from minigpt.model_config import SWITCHES, GPTConfig, check_shape, check_switches  # noqa: F401 (re-exported)
 from minigpt.nn import block, cross_entropy, dropout, embedding, lm_head, rotary
@@ -71,6 +74,19 @@ def param_shapes(config):
     return shapes
 
 
+def check_token_range(idx, vocab_size: int) -> None:
+    """Refuse token ids below 0 (NumPy would wrap -1 round to the last token) or at vocab_size and above.
+
+    Host arrays only (a min and a max over the ids): a device array would cost a sync.
+    """
+    idx = np.asarray(idx)
+    if idx.size and idx.dtype.kind in "iu":
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= vocab_size:
+            raise TokenIdError(f"token id {low if low < 0 else high} is outside the model's vocabulary of "
+                               f"{vocab_size} tokens (ids 0..{vocab_size - 1})")
+
+
 def _has_param(config, name):
     if not name.endswith(".bias"):
         return True
@@ -101,7 +117,23 @@ class KVCache:
 
 
 class GPT:
+    """GPT-2 (Radford et al., 2019) on NumPy or CuPy, every layer's forward and backward written by hand.
+
+        model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65))
+        logits, loss = model.forward(idx, targets)     # idx, targets: (B, T) token ids
+        grads = model.backward()                        # keyed and shaped like model.params
+        out = model.generate(idx, max_new_tokens=50, temperature=0.8, top_k=200)
+        model = GPT.from_pretrained("gpt2")             # OpenAI's weights, or a checkpoint directory
+        model.save_pretrained("out/my_model")           # config.json + model.safetensors, as Hugging Face's
+
+    `params` maps Hugging Face's GPT-2 names (`transformer.h.0.attn.c_attn.weight`, ...)
+    to arrays; `train()` / `eval()` switch dropout on and off.
+    """
+
     def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None):
+        """A model of `config`'s shape with GPT-2's initialisation (weights ~ N(0, 0.02), residual projections
+        scaled by 1/sqrt(2 n_layer)), its parameters of `dtype` ("float32" or "float64") on `device` ("cpu" or
+        "gpu"); `seed` seeds the initial weights and the dropout masks (None: a fresh seed)."""
         self.config = config
         self.dtype = check_dtype(dtype)
         self.device = device
@@ -194,6 +226,8 @@ class GPT:
 
     def _check_idx(self, idx, offset=0):
         xp = self.xp
+        if isinstance(idx, np.ndarray):
+            check_token_range(idx, self.config.vocab_size)
         idx = xp.asarray(idx)
         if idx.ndim != 2:
             raise ValueError(f"idx must be a (B, T) integer array, got shape {idx.shape}")
@@ -309,6 +343,7 @@ class GPT:
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
                  window_shift=None):
         """Sample max_new_tokens after idx (B, T); see minigpt.generation.generate."""
+        check_token_range(to_host(idx), self.config.vocab_size)
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         seed=seed, stop_token=stop_token, window_shift=window_shift)
 
