@@ -182,10 +182,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.data is None and cfg.dataset not in DATASETS:
         raise MinigptError(f"unknown --dataset {cfg.dataset!r}: use one of {', '.join(DATASETS)}, or --data PATH")
     parse_tokenizer_spec(cfg.tokenizer)
-    if cfg.init_from not in ("scratch", "resume", *PRETRAINED) and not Path(cfg.init_from).is_dir():
-        raise MinigptError(
-            f"--init_from {cfg.init_from!r} is neither scratch, resume, one of {', '.join(PRETRAINED)} nor a checkpoint directory"
-        )
+    if cfg.init_from not in ("scratch", "resume", *PRETRAINED):
+        path = Path(cfg.init_from).expanduser()
+        if not path.is_dir():
+            what = "does not exist" if not path.exists() else "is not a directory"
+            raise MinigptError(
+                f"--init_from {cfg.init_from}: {path} {what}; give scratch, resume, one of {', '.join(PRETRAINED)} "
+                f"or a checkpoint directory"
+            )
     return cfg
 
 

@@ -8,9 +8,9 @@ taken, reads the holder from the file and stops in one line.
 
 The lock belongs to the open file, not to the file on disk: when the holder
 exits in any way, kill -9 included, the OS releases it, so a stale `.lock` file
-never blocks the next run (its text is then only history). The file is left in
-place on exit: deleting it would let a third run lock a fresh file while a
-second still holds the old one.
+never blocks the next run (its text is then only history). A run that ends
+normally empties the file but leaves it in place: deleting it would let a third
+run lock a fresh file while a second still holds the old one.
 
 Rank 0 holds the lock for all the ranks of a multi-process run. flock works
 between processes of one machine (and on most network filesystems, as
@@ -59,6 +59,7 @@ class OutDirLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # no holder now (a killed run leaves its line: history, no lock)
             os.close(self._fd)  # closing the file releases the flock
             self._fd = None
 

@@ -80,7 +80,7 @@ def test_options_accept_both_spellings_and_a_toml_file(tmp_path):
         (["--dropout", "1.5"], "--dropout must be in"),
         (["--decay_lr", "maybe"], "--decay_lr expects true or false"),
         (["--tokenizer", "bpe:x"], "bpe:1024"),
-        (["--init_from", "/no/such/dir"], "neither scratch"),
+        (["--init_from", "/no/such/dir"], "does not exist"),
         (["--device", "tpu"], "--device must be one of"),
         (["--workers", "-2"], "--workers must be 0 or more"),
     ],
