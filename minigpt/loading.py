@@ -41,10 +41,10 @@ def resolve_checkpoint(source, with_tokenizer=False) -> Path:
     """
     path = Path(source).expanduser()
     if path.is_dir():
-        if (path / "config.json").is_file():
+        if (path / "config.json").exists():  # (not is_file: a config.json that is no file is reported by the loader)
             verify(path, WEIGHT_FILES)
             return path
-        found = [path / sub for sub in RUN_SUBDIRS if (path / sub / "config.json").is_file()]
+        found = [path / sub for sub in RUN_SUBDIRS if (path / sub / "config.json").exists()]
         if not found:
             raise MinigptError(f"{path} holds no checkpoint: expected config.json + model.safetensors in it, "
                                f"or a training out_dir with {' or '.join(f'{sub}/' for sub in RUN_SUBDIRS)}")
