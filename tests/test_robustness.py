@@ -21,6 +21,7 @@ import pytest
 
 import minigpt.atomic
 import minigpt.checkpoint
+import minigpt.memory
 import minigpt.trainer
 from minigpt import schema
 from minigpt.checkpoint import load_trainer_state
@@ -316,7 +317,9 @@ def test_data_that_is_a_fifo_is_refused_not_read_forever(tmp_path):
     ("--batch_size", 10**10, "--batch_size "),
     ("--block_size", 10**12, "--block_size "),
 ])
-def test_a_step_that_cannot_fit_stops_before_anything_is_allocated(tmp_path, corpus, option, value, fits):
+def test_a_step_that_cannot_fit_stops_before_anything_is_allocated(tmp_path, corpus, option, value, fits,
+                                                                    monkeypatch):
+    monkeypatch.setattr(minigpt.memory, "available_bytes", lambda device: 64 << 30)  # any machine: 64 GiB free
     out = tmp_path / "out"
     argv = [*TINY, "--data", corpus, "--out_dir", out, option, value]
     with pytest.raises(MinigptError, match="a training step at .* needs about .* but only .* of memory is available; ") as err:
@@ -325,7 +328,9 @@ def test_a_step_that_cannot_fit_stops_before_anything_is_allocated(tmp_path, cor
     assert not (out / "log.jsonl").exists()
 
 
-def test_a_block_size_the_corpus_holds_but_memory_does_not(tmp_path):
+def test_a_block_size_the_corpus_holds_but_memory_does_not(tmp_path, monkeypatch):
+    # 2 GiB free, whatever this machine has: the test must never start the 25 GB step it refuses
+    monkeypatch.setattr(minigpt.memory, "available_bytes", lambda device: 2 << 30)
     text = tmp_path / "long.txt"
     text.write_text("".join(f"line {i} of a long text\n" for i in range(30_000)), encoding="utf-8")  # 600k tokens
     out = tmp_path / "out"
