@@ -18,9 +18,10 @@ B rows). The attention term is quadratic in T: it is what makes a long
 --block_size impossible long before the corpus runs out.
 
 Against the peak RSS of two float32 training steps on one worker (2026-12-05, AMD
-EPYC, n_layer x n_embd, 4 heads, 65 tokens): B=8 T=512 4x256: 484 MiB estimated,
-500 measured; B=16 T=1024 2x128: 821 / 839; B=32 T=256 6x384: 1,706 / 1,757. The
-estimate runs 2-4% under the peak: a run right at the limit can still fail.
+EPYC, n_layer x n_embd, 4 heads, a character vocabulary), estimated / measured MiB: B=8 T=512
+4x256: 588 / 499; B=16 T=1024 2x128: 1,221 / 839; B=32 T=256 6x384: 1,954 / 1,757;
+B=1 T=4096 1x16: 523 / 283. It errs high (1.1x to 1.9x, most for one layer with a
+long context), so that a run it lets through does not then run out of memory.
 
 `check_step_memory` compares this with the memory available now (Linux's
 MemAvailable; the GPU's free memory) and stops in one line that says what
