@@ -100,7 +100,7 @@ def check_step_memory(config, batch_size: int, block_size: int, dtype="float32",
     where = "GPU memory is free" if device == "gpu" else "memory is available"
     raise MinigptError(
         f"a training step at --batch_size {batch_size} --block_size {block_size} needs about {gib(need.total)} "
-        f"({gib(need.weights)} for the weights, gradients and AdamW moments, {gib(need.activations)} of activations) "
+        f"({gib(need.weights)} for the weights, gradients and AdamW moments, {gib(need.activations)} of activations)"
         f"{f' on each of {ranks} ranks' if ranks > 1 else ''} but only {gib(available)} of {where}; "
         f"{what_fits(config, rows, block_size, dtype, available, ranks)}"
     )

@@ -550,3 +550,21 @@ def test_a_block_size_past_the_models_context_is_found_before_the_corpus_is_toke
 def test_help_on_gpt_says_what_it_is():
     assert "GPT-2" in GPT.__doc__ and "forward" in GPT.__doc__
     assert "dtype" in GPT.__init__.__doc__ and "seed" in GPT.__init__.__doc__
+
+
+@pytest.mark.skipif(not os.environ.get("MINIGPT_GPT2_TOKENIZER_DIR"),
+                    reason="MINIGPT_GPT2_TOKENIZER_DIR (GPT-2's encoder.json, vocab.bpe) not set")
+def test_the_docs_small_local_gpt2_fine_tunes_offline(tmp_path, corpus, monkeypatch):
+    """docs/robustness.md's recipe: a small GPT-2-shaped directory with GPT-2's tokenizer, then --init_from it."""
+    from minigpt.tokenizer import BPETokenizer
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # offline: nothing may be downloaded
+    tokenizer = BPETokenizer.from_pretrained(os.environ["MINIGPT_GPT2_TOKENIZER_DIR"])
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=tokenizer.vocab_size), seed=0)
+    model.save_pretrained(tmp_path / "tiny-gpt2")
+    tokenizer.save(tmp_path / "tiny-gpt2")
+    out = tmp_path / "out-tiny"
+    assert run_main("--init_from", tmp_path / "tiny-gpt2", "--data", corpus, "--block_size", 32, "--batch_size", 2,
+                    "--max_iters", 2, "--eval_interval", 2, "--eval_iters", 1, "--sample_tokens", 0,
+                    "--out_dir", out) == 0
+    assert load_trainer_state(out / "latest")["iter"] == 2
