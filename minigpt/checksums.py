@@ -13,9 +13,10 @@ The JSON files beside them are checked by their schemas instead (minigpt.schema)
 Hugging Face ignores the extra file. A directory without it (a Hugging Face
 download, a checkpoint of an older minigpt) loads unverified, as before.
 
-Cost: sha256 (hashlib, SHA-NI) reads about 1 GB/s on an AMD EPYC under load (0.94 s/GB
-measured 2026-12-05), so GPT-2 small's 1.5 GB checkpoint (weights + AdamW moments)
-takes about 1.4 s more to write and to resume; generate and evaluate hash only the 0.5 GB of weights.
+Cost: sha256 (hashlib, SHA-NI) takes 0.67 s per GB on an AMD EPYC at load 3.5 and 0.94 s at load 8
+(scripts/bench/bench_checks.py, 2026-12-05, file in the page cache), so GPT-2 small's 1.5 GB checkpoint
+(weights + AdamW moments) takes about 1-1.4 s more to write and to resume; generate and evaluate hash
+only the 0.5 GB of weights.
 """
 
 import hashlib
