@@ -11,7 +11,7 @@ must be and what it holds:
 
 A schema is an `Obj` of fields, each a `Spec`: `Int`, `Num`, `Bool`, `Str`,
 `IntText` (an integer written as a string, as safetensors metadata holds them),
-`Obj`, `Any`, and `Optional(spec)` for a field that may be null. Fields a
+`Obj`, and `Optional(spec)` for a field that may be null. Fields a
 schema does not name are left alone (Hugging Face's config.json has dozens).
 """
 
@@ -37,10 +37,6 @@ class Spec:
         if not self.test(value):
             raise SchemaError(f"{_field(where)} must be {self.describe}, got {_shown(value)}")
         return value
-
-
-class Any(Spec):
-    pass
 
 
 def _range_words(lo, hi, hi_open) -> str:
@@ -132,6 +128,13 @@ class Obj(Spec):
     def __init__(self, fields: dict | None = None, required=()):
         self.fields, self.required = fields or {}, tuple(required)
         self.describe = "an object ({...})"
+
+    def test(self, value) -> bool:
+        try:
+            self.check(value, "")
+        except SchemaError:
+            return False
+        return True
 
     def check(self, value, where: str):
         if not isinstance(value, dict):
