@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from minigpt import schema
 from minigpt.backend import DEVICES, DTYPES
 from minigpt.batch_sampling import SAMPLINGS
 from minigpt.cli import ArgumentParser, add_option
@@ -169,7 +170,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise MinigptError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "workers"):
+    for name in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "workers", "seed"):
         value = getattr(cfg, name)
         if value is not None and value < 0:
             raise MinigptError(f"--{name} must be 0 or more, got {value}")
@@ -192,10 +193,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     parse_eval_tasks(cfg.eval_tasks)
     if not (math.isfinite(cfg.skip_spikes) and cfg.skip_spikes >= 0):
         raise MinigptError(f"--skip_spikes must be 0 (off) or a positive number of standard deviations, got {cfg.skip_spikes}")
-    if cfg.init_from not in ("scratch", "resume", *PRETRAINED) and not Path(cfg.init_from).is_dir():
-        raise MinigptError(
-            f"--init_from {cfg.init_from!r} is neither scratch, resume, one of {', '.join(PRETRAINED)} nor a checkpoint directory"
-        )
+    if cfg.init_from not in ("scratch", "resume", *PRETRAINED):
+        path = Path(cfg.init_from).expanduser()
+        if not path.is_dir():
+            what = "does not exist" if not path.exists() else "is not a directory"
+            raise MinigptError(
+                f"--init_from {cfg.init_from}: {path} {what}; give scratch, resume, one of {', '.join(PRETRAINED)} "
+                f"or a checkpoint directory"
+            )
     return cfg
 
 
@@ -291,7 +296,15 @@ def parse_args(argv=None) -> tuple[TrainConfig, dict]:
     return cfg, explicit
 
 
-def merge_resumed(saved_options: dict, explicit: dict) -> TrainConfig:
+# the options a checkpoint saves (trainer_state.json's "options"), each of its field's JSON type
+_JSON_SPECS = {bool: schema.Bool(), int: schema.Int(), float: schema.Num(), str: schema.Str()}
+OPTIONS_SCHEMA = schema.Obj({
+    name: schema.Optional(_JSON_SPECS[kind]) if name in _OPTIONAL else _JSON_SPECS[kind]
+    for name, kind in _FIELD_KINDS.items()
+})
+
+
+def merge_resumed(saved_options: dict, explicit: dict, source="the checkpoint's options") -> TrainConfig:
     """The resumed run's options, with the explicitly given ones on top (init_from stays resume).
 
     Changing the model's shape on resume makes no sense: an explicit value that
@@ -301,6 +314,8 @@ def merge_resumed(saved_options: dict, explicit: dict) -> TrainConfig:
     holds min_lr, instead of restarting a longer cosine (give --lr_decay_iters to
     change it).
     """
+    schema.check(saved_options, OPTIONS_SCHEMA, f"{source} (options)",
+                 "the checkpoint is damaged; use another, or start a new run")
     base = {k: v for k, v in saved_options.items() if k in _FIELDS}
     if base.get("lr_decay_iters") is None and "max_iters" in base:
         base["lr_decay_iters"] = base["max_iters"]

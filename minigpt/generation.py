@@ -52,6 +52,7 @@ from minigpt import speculative
 from minigpt.backend import to_host
 from minigpt.errors import MinigptError
 from minigpt.logits_processors import LogitsProcessors, check_processor_args
+from minigpt.model_config import check_token_range
 from minigpt.sampling import (  # noqa: F401 (the samplers' old home: callers import them from here too)
     check_logits,
     check_sampling_args,
@@ -87,16 +88,21 @@ def _check_prompt(idx) -> np.ndarray:
     return idx.astype(np.int64)
 
 
-def _check_prompts(idx) -> list:
-    """The prompts as a list of B 1-D int64 arrays: from a (B, T) array, or a list of id sequences of any lengths."""
+def _check_prompts(idx, vocab_size: int) -> list:
+    """The prompts as a list of B 1-D int64 arrays: from a (B, T) array, or a list of id sequences of any lengths.
+
+    Every id must lie in [0, vocab_size): NumPy would wrap -1 round to the last token, CuPy read past the table."""
     if isinstance(idx, (list, tuple)) and len(idx) and not np.isscalar(idx[0]):
         rows = [to_host(row) for row in idx]  # lists, NumPy or CuPy arrays
         for i, row in enumerate(rows):
             if row.ndim != 1 or len(row) == 0 or not np.issubdtype(row.dtype, np.integer):
                 raise MinigptError(f"prompt {i} must be a non-empty sequence of integer token ids, got shape "
                                    f"{row.shape} of {row.dtype}")
+            check_token_range(row, vocab_size)
         return [row.astype(np.int64) for row in rows]
-    return list(_check_prompt(idx))
+    prompt = _check_prompt(idx)
+    check_token_range(prompt, vocab_size)
+    return list(prompt)
 
 
 def left_pad(rows, pad_id=0):
@@ -248,7 +254,7 @@ def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     check_window_shift(window_shift, model.config.block_size)
     if max_new_tokens < 0:
         raise MinigptError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    prompts = _check_prompts(idx)
+    prompts = _check_prompts(idx, model.config.vocab_size)
     B = len(prompts)
     rng = _as_rng(seed)
     processors = LogitsProcessors(prompts, model.config.vocab_size, model.xp, repetition_penalty, frequency_penalty,
@@ -321,7 +327,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     frequency_penalty, presence_penalty, no_repeat_ngram_size, stop, tokenizer,
     prompt_lookup, draft_model): see `generate_stream`.
     """
-    prompts = _check_prompts(idx)
+    prompts = _check_prompts(idx, model.config.vocab_size)
     steps = list(generate_stream(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_token,
                                  window_shift, **controls))
     prompt, _ = left_pad(prompts, _pad_id(stop_token, controls.get("tokenizer")))

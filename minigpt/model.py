@@ -32,7 +32,7 @@ from minigpt.fast import block as cached_block
 from minigpt.fast.attention import padding_mask
 from minigpt.generation import generate
 from minigpt.model_config import (  # noqa: F401 (SWITCHES, check_*, mlp_hidden: re-exported)
-    SWITCHES, GPTConfig, check_shape, check_switches, mlp_hidden, param_shapes)
+    SWITCHES, GPTConfig, check_shape, check_switches, check_token_range, mlp_hidden, param_shapes)
 from minigpt.nn import block, dropout, embedding, lm_head, rotary
 from minigpt.nn.layers import LAYERS as PLAIN_LAYERS
 
@@ -72,8 +72,25 @@ class KVCache:
 
 
 class GPT:
+    """GPT-2 (Radford et al., 2019) on NumPy or CuPy, every layer's forward and backward written by hand.
+
+        model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65))
+        logits, loss = model.forward(idx, targets)     # idx, targets: (B, T) token ids
+        grads = model.backward()                        # keyed and shaped like model.params
+        out = model.generate(idx, max_new_tokens=50, temperature=0.8, top_k=200)
+        model = GPT.from_pretrained("gpt2")             # OpenAI's weights, or a checkpoint directory
+        model.save_pretrained("out/my_model")           # config.json + model.safetensors, as Hugging Face's
+
+    `params` maps Hugging Face's GPT-2 names (`transformer.h.0.attn.c_attn.weight`, ...)
+    to arrays; `train()` / `eval()` switch dropout on and off.
+    """
+
     def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None, fast=True):
-        """fast=False runs the plain layers of minigpt.nn (the formulas) instead of minigpt.fast's: slower,
+        """A model of `config`'s shape with GPT-2's initialisation (weights ~ N(0, 0.02), residual projections
+        scaled by 1/sqrt(2 n_layer)), its parameters of `dtype` ("float32" or "float64") on `device` ("cpu" or
+        "gpu"); `seed` seeds the initial weights and the dropout masks (None: a fresh seed).
+
+        fast=False runs the plain layers of minigpt.nn (the formulas) instead of minigpt.fast's: slower,
         the same results to rounding; the gradient checks run both. KV-cache decoding has only the fast step."""
         self.config = config
         self.layers = FAST_LAYERS if fast else PLAIN_LAYERS  # the module behind each layer name, see minigpt.fast
@@ -168,6 +185,8 @@ class GPT:
 
     def _check_idx(self, idx, offset=0):
         xp = self.xp
+        if isinstance(idx, np.ndarray):
+            check_token_range(idx, self.config.vocab_size)
         idx = xp.asarray(idx)
         if idx.ndim != 2:
             raise ValueError(f"idx must be a (B, T) integer array, got shape {idx.shape}")

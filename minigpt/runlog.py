@@ -14,11 +14,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from minigpt import schema
 from minigpt.atomic import write_file, write_text
 from minigpt.health import plot_layers
 
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss.png"
+BAD_SUFFIX = ".bad"  # log.jsonl.bad: the lines a resumed run found unreadable, kept for a human to look at
 
 
 class RunLog:
@@ -41,14 +43,28 @@ class RunLog:
         if self.path is None:
             return
         if keep_before and self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if isinstance(record, dict) and record.get("iter", keep_before) < keep_before:
+            bad = []
+            for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+                try:  # a line cut short by a crash, or edited by hand, is not a record
+                    record = schema.check(json.loads(line), schema.LOG_RECORD, f"line {number}")
+                except (ValueError, schema.SchemaError) as err:
+                    bad.append((number, line, str(err).splitlines()[0]))
+                    continue
+                if record["iter"] < keep_before:
                     self.records.append(record)
+            self._keep_aside(bad)
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def _keep_aside(self, bad: list) -> None:
+        """Append the lines that are not valid records to log.jsonl.bad, and say so once."""
+        if not bad:
+            return
+        aside = self.path.with_name(self.path.name + BAD_SUFFIX)
+        with open(aside, "a") as f:
+            f.write("".join(line + "\n" for _, line, _ in bad))
+        number, _, why = bad[0]
+        print(f"note: {self.path}: {len(bad)} line(s) are not valid records (first: line {number}, {why}); "
+              f"kept aside in {aside}")
 
     # -- the rule: an evaluation waits for its step's record --------------------------
 

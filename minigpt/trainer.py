@@ -28,11 +28,13 @@ minigpt.parallel); the gradients are the same up to float rounding. Rank 0
 prints, logs and saves.
 """
 
+import errno
 import math
 import os
 import signal
 import sys
 import tempfile
+import warnings
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -41,16 +43,18 @@ from tqdm import tqdm
 
 from minigpt.backend import get_xp, scalar, to_host
 from minigpt.batch_sampling import make_sampler
-from minigpt.checkpoint import (is_checkpoint, load_optimizer_state, load_trainer_state, recover_checkpoint,
+from minigpt.checkpoint import (STATE_FILE, is_checkpoint, load_optimizer_state, load_trainer_state, recover_checkpoint,
                                 save_checkpoint)
 from minigpt.config import TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
-from minigpt.distributed import communicator
+from minigpt.distributed import communicator, launched_rank
 from minigpt.errors import MinigptError
 from minigpt.health import SpikeDetector, layer_norms, update_ratios
 from minigpt.host_memory import tune_host_allocator
 from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
+from minigpt.lock import OutDirLock
+from minigpt.memory import check_step_memory
 from minigpt.model import GPT
 from minigpt.optim import FlatAdamW, cosine_lr
 from minigpt.parallel import DataParallel
@@ -70,7 +74,11 @@ class TrainingDiverged(MinigptError):
 
 def resolve_config(argv=None) -> TrainConfig:
     """The run's options; with --init_from resume, the checkpoint's options under the given ones."""
-    cfg, explicit = parse_args(argv)
+    return resumed_config(*parse_args(argv))
+
+
+def resumed_config(cfg: TrainConfig, explicit: dict) -> TrainConfig:
+    """`cfg` itself, or with --init_from resume the checkpoint's options under the `explicit` ones."""
     if cfg.init_from != "resume":
         return cfg
     latest = Path(cfg.out_dir) / "latest"
@@ -80,7 +88,7 @@ def resolve_config(argv=None) -> TrainConfig:
             f"--init_from resume found no checkpoint in {latest}; train without --init_from resume first, "
             "or point --out_dir at the run to continue"
         )
-    return merge_resumed(load_trainer_state(latest).get("options", {}), explicit)
+    return merge_resumed(load_trainer_state(latest).get("options", {}), explicit, source=latest / STATE_FILE)
 
 
 def rng_state(rng):
@@ -115,10 +123,6 @@ class Trainer:
             else:
                 self._init_from_checkpoint()
         self.model.config.dropout = cfg.dropout  # a fine-tuning run picks its own dropout
-        if cfg.block_size > self.model.config.block_size:
-            raise MinigptError(
-                f"--block_size {cfg.block_size} exceeds the model's context of {self.model.config.block_size} tokens"
-            )
         check_block_size(self.data, cfg.block_size)
         # the training windows (--sampling), spike skipping, zero-shot tasks: see minigpt.batch_sampling, .health, .tasks
         self.sampler = make_sampler(cfg.sampling, self.data.train, cfg.batch_size, cfg.block_size, cfg.seed)
@@ -144,14 +148,17 @@ class Trainer:
             self.data = prepared_shards(cfg.dataset, cfg.data, cfg.tokenizer) or prepare(
                 load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
         self.tokenizer = self.data.tokenizer
-        self.model = GPT(cfg.model_config(self.data.meta["vocab_size"]), dtype=cfg.dtype, device=cfg.device,
-                         seed=cfg.seed)
+        model_config = cfg.model_config(self.data.meta["vocab_size"])
+        self.check_memory(model_config)
+        self.model = GPT(model_config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
 
     def _init_from_checkpoint(self):
         """Weights and tokenizer from out_dir/latest (resume), or what --init_from names (see minigpt.loading)."""
         cfg = self.cfg
         source = self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from
         self.model, self.tokenizer, _ = load_checkpoint(source, device=cfg.device, dtype=cfg.dtype)
+        check_context(cfg, self.model.config)  # before the corpus is tokenized, which can take minutes
+        self.check_memory(self.model.config)
         if is_shard_source(cfg.data):
             self.data = open_shards(cfg.data)
             if self.data.meta["vocab_size"] > self.model.config.vocab_size:
@@ -164,6 +171,11 @@ class Trainer:
             self.data = prepared_shards(cfg.dataset, cfg.data, "gpt2") or prepare(corpus, "gpt2")
         else:
             self.data = prepare(corpus, tokenizer=self.tokenizer)
+
+    def check_memory(self, model_config) -> None:
+        """Stop in one line, before the model or a batch is allocated, when a step cannot fit (minigpt.memory)."""
+        cfg = self.cfg
+        check_step_memory(model_config, cfg.batch_size, cfg.block_size, cfg.dtype, cfg.device, self.comm.world_size)
 
     def _restore_training_state(self, path: Path):
         state = load_trainer_state(path)
@@ -213,7 +225,9 @@ class Trainer:
         self.model.train()
         X, Y = self.draw_step(cfg.gradient_accumulation_steps)  # (A, B, T), from the sampler (--sampling)
         # the gradients are summed layer by layer straight into the optimizer's flat buffer: no second copy
-        loss, grads = self.parallel.forward_backward(X, Y, dropout_key=(cfg.seed, it), into=self.optimizer.grad_views)
+        with quiet_float_warnings():  # a NaN is reported once, as divergence, at the next loss read
+            loss, grads = self.parallel.forward_backward(X, Y, dropout_key=(cfg.seed, it),
+                                                         into=self.optimizer.grad_views)
         self.skipped, self.layer_stats = None, None
         health = cfg.log_layers and self.log.due(it, cfg.log_interval)
         before = {name: p.copy() for name, p in self.model.params.items()} if health else None
@@ -226,8 +240,9 @@ class Trainer:
             return self.skipped is not None
 
         # one collective sums the ranks' gradients (all-reduce, or reduce-scatter under ZeRO-1), then clip + AdamW
-        norm = self.optimizer.step(grads, lr=self.lr_at(it), grad_clip=cfg.grad_clip,
-                                   before_update=before_update if health or self.spikes else None)
+        with quiet_float_warnings():
+            norm = self.optimizer.step(grads, lr=self.lr_at(it), grad_clip=cfg.grad_clip,
+                                       before_update=before_update if health or self.spikes else None)
         if health:
             self.layer_stats["layer_update_ratio"] = update_ratios(before, self.model.params)
         return loss, norm
@@ -249,7 +264,8 @@ class Trainer:
         model.eval()
         losses = {}
         for split, tokens in (("train", self.data.train), ("val", self.data.val)):
-            losses[split] = scalar(self.parallel.loss(*self.draw_batches(tokens, cfg.eval_iters, rng)))
+            with quiet_float_warnings():
+                losses[split] = scalar(self.parallel.loss(*self.draw_batches(tokens, cfg.eval_iters, rng)))
         model.train()
         return losses
 
@@ -283,6 +299,10 @@ class Trainer:
         if not self.is_main:
             self.optimizer.state_dict()
             return self.out_dir / name
+        with np.errstate(all="ignore"):  # a sum that overflows is not finite either: refused the same
+            total = scalar(self.optimizer.flat_params.sum(dtype="float64"))
+        if not math.isfinite(total):  # a checkpoint is only ever written with finite weights
+            raise TrainingDiverged(self._diverged_message("the weights hold NaN or infinity", it))
         with self.writing(self.out_dir / name):
             return save_checkpoint(
                 self.out_dir / name, self.model, self.tokenizer, self.optimizer, self.trainer_state(it, elapsed)
@@ -296,9 +316,10 @@ class Trainer:
         except OSError as err:
             kept = [str(p) for p in (self.out_dir / "latest", self.out_dir / "best") if is_checkpoint(p)]
             keep = f"{' and '.join(kept)} keep their last complete version" if kept else "no checkpoint was written"
-            after = f"continue with --init_from resume --out_dir {self.cfg.out_dir}" if kept else "run again"
+            # with no checkpoint the out_dir holds no run (refuse_to_overwrite lets the same command start again)
+            after = f"continue with --init_from resume --out_dir {self.cfg.out_dir}" if kept else "run the same command again"
             raise MinigptError(
-                f"could not write {what} ({err.strerror or err}); {keep}; free some space or fix {self.out_dir}, then {after}"
+                f"could not write {what} ({err.strerror or err}); {keep}; {write_advice(err, self.out_dir)}, then {after}"
             ) from None
 
     def schedule_summary(self) -> str:
@@ -451,13 +472,39 @@ class Trainer:
 
     def _diverged_message(self, what: str, it: int) -> str:
         kept = self.out_dir / "latest"
+        # every checkpoint was written after a finite evaluation of the same weights (evaluate_and_checkpoint)
+        # or checked finite before writing (save): it is a good one
         keep = f"the last good checkpoint is {kept}" if is_checkpoint(kept) else "no checkpoint was written"
-        return f"training diverged at iteration {it}: {what}; {keep}; try a lower --learning_rate or --grad_clip 1.0"
+        clip = self.cfg.grad_clip
+        tries = "a lower --learning_rate" + (
+            f" or --grad_clip 1.0 (now {'off' if clip == 0 else clip})" if clip == 0 or clip > 1.0 else "")
+        return f"training diverged at iteration {it}: {what}; {keep}; try {tries}"
 
 
 
 # ---------------------------------------------------------------------------
 # Helpers: out_dir, Ctrl-C
+
+
+@contextmanager
+def quiet_float_warnings():
+    """No NumPy RuntimeWarning (overflow, invalid value) printed over the progress bar while a step runs.
+
+    A diverging step overflows in several layers; the trainer says once what
+    diverged (TrainingDiverged). np.errstate covers this thread; the warnings
+    filter, which is process-wide, covers the worker threads (minigpt.parallel),
+    whose errstate is their own.
+    """
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def check_context(cfg: TrainConfig, model_config) -> None:
+    """A starting model's context (its block_size) bounds --block_size."""
+    if cfg.block_size > model_config.block_size:
+        raise MinigptError(f"--block_size {cfg.block_size} exceeds the model's context of {model_config.block_size} "
+                           f"tokens; use --block_size {model_config.block_size} or less")
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -477,9 +524,26 @@ def check_out_dir(out_dir: Path) -> None:
         ) from None
 
 
+def write_advice(err: OSError, out_dir: Path) -> str:
+    """What to do about a failed write, by its cause: only a full disk is helped by freeing space."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"make {out_dir} writable"
+    if err.errno == errno.ENOENT:
+        return (f"something removed files in {out_dir} while the run went (another program or run writing "
+                f"there?); keep {out_dir} to this run")
+    return f"fix {out_dir}"
+
+
 def refuse_to_overwrite(out_dir: Path) -> None:
-    """A new run never replaces an earlier one's checkpoints and log unasked (as Hugging Face's Trainer)."""
-    found = [name for name in ("latest", "best", LOG_FILE) if (out_dir / name).exists()]
+    """A new run never replaces an earlier one's checkpoints unasked (as Hugging Face's Trainer).
+
+    A log.jsonl without any checkpoint is what a run that failed before its first
+    checkpoint leaves: nothing to resume, so a new run takes the out_dir (and starts a new log).
+    """
+    checkpoints = [name for name in ("latest", "best") if (out_dir / name).exists()]
+    found = checkpoints + ([LOG_FILE] if checkpoints and (out_dir / LOG_FILE).exists() else [])
     if found:
         raise MinigptError(
             f"--out_dir {out_dir} already holds a run ({', '.join(found)}); continue it with --init_from resume, "
@@ -523,10 +587,28 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+@contextmanager
+def out_dir_lock(cfg: TrainConfig):
+    """Rank 0 holds out_dir's lock (minigpt.lock) for the whole run, for all ranks: one run per out_dir.
+
+    Taken before anything in out_dir is read, recovered or written. A resume
+    whose out_dir does not exist takes none (it then stops: no checkpoint).
+    """
+    out_dir = Path(cfg.out_dir)
+    if launched_rank() != 0 or (cfg.init_from == "resume" and not out_dir.is_dir()):
+        yield
+        return
+    check_out_dir(out_dir)
+    with OutDirLock(out_dir):
+        yield
+
+
 def main(argv=None) -> int:
-    """scripts/train.py: parse the options, set the run up, train. Returns the exit status."""
+    """scripts/train.py: parse the options, take out_dir's lock, set the run up, train. Returns the exit status."""
     try:
-        return Trainer(resolve_config(argv)).run()
+        cfg, explicit = parse_args(argv)
+        with out_dir_lock(cfg):
+            return Trainer(resumed_config(cfg, explicit)).run()
     except KeyboardInterrupt:  # before the loop, or a second Ctrl-C inside it: no new checkpoint
         print("\ninterrupted; no checkpoint was written by this interruption", file=sys.stderr)
         return 130

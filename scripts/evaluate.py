@@ -35,9 +35,19 @@ def build_parser():
                       help="text: loss and perplexity of --data; hellaswag or lambada: a zero-shot score")
     parser.add_option("--limit", type=int, default=None, help="with --task: score only the first N items")
     parser.add_option("--stride", type=int, default=None, help="tokens between window starts (default: the block size)")
-    parser.add_option("--batch-size", type=int, default=4, help="windows (with --task: candidates) per forward pass")
+    parser.add_option("--batch-size", type=int, default=None,
+                      help="windows (with --task: candidates) per forward pass "
+                           "(default: 64, fewer when 64 windows' logits would pass 1 GiB)")
     parser.add_option("--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
     return parser
+
+
+LOGITS_BUDGET = 1 << 30  # bytes of float32 logits one forward pass may hold (GPT-2 small: 5 windows of 1024)
+
+
+def default_batch_size(config) -> int:
+    """64 windows per forward pass (4 took 12.3 s where 64 took 4.4 s, issue 23), capped so their logits fit LOGITS_BUDGET."""
+    return max(1, min(64, LOGITS_BUDGET // (4 * config.block_size * config.vocab_size)))
 
 
 def main(argv=None):
@@ -49,7 +59,8 @@ def main(argv=None):
     ids = tokenizer.encode(text, allowed_special="all") if tokenizer.eot_token is not None else tokenizer.encode(text)
     block_size = model.config.block_size
     stride = block_size if args.stride is None else args.stride
-    loss, ppl, n_scored = perplexity(model, ids, stride=stride, batch_size=args.batch_size, option=hyphenated)
+    batch_size = default_batch_size(model.config) if args.batch_size is None else args.batch_size
+    loss, ppl, n_scored = perplexity(model, ids, stride=stride, batch_size=batch_size, option=hyphenated)
     print(f"{source}: {args.data}: {n_scored} tokens scored, block size {block_size}, stride {stride}")
     print(f"loss {loss:.4f}  perplexity {ppl:.4f}")
 
@@ -58,11 +69,12 @@ def evaluate_task(args):
     """Score --task on the items of --data (the first --limit of them)."""
     if args.limit is not None and args.limit < 1:
         raise MinigptError(f"--limit must be at least 1, got {args.limit}")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise MinigptError(f"--batch-size must be at least 1, got {args.batch_size}")
     items = load_items(args.task, args.data)[: args.limit]
     model, tokenizer, source = load_checkpoint(args.checkpoint, device=args.device)
-    scores = score_task(args.task, model, tokenizer, items, batch_size=args.batch_size)
+    batch_size = default_batch_size(model.config) if args.batch_size is None else args.batch_size
+    scores = score_task(args.task, model, tokenizer, items, batch_size=batch_size)
     print(f"{source}: {args.task} {args.data}: {scores['n']} items")
     if args.task == "hellaswag":
         print(f"acc {scores['acc']:.4f}  acc_norm {scores['acc_norm']:.4f}")

@@ -99,7 +99,7 @@ def build_parser():
     parser.add_option("--seed", type=int, default=None, help="makes sampling reproducible (default: a fresh seed, printed)")
     parser.add_option("--device", default="cpu", choices=("cpu", "gpu"), help="cpu (NumPy) or gpu (CuPy)")
     parser.add_option("--interactive", action="store_true",
-                      help="keep the model loaded and read prompts from stdin (default: off)")
+                      help="keep the model loaded and read prompts from stdin; a --prompt is answered first (default: off)")
     return parser
 
 
@@ -124,6 +124,8 @@ def parse_options(argv):
         raise MinigptError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise MinigptError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.seed is not None and args.seed < 0:
+        raise MinigptError(f"--seed must be 0 or more, got {args.seed}")
     if args.prompt_file is not None:
         args.prompts = [read_text_file(args.prompt_file, what="prompt file")]
     elif args.prompts is not None:
@@ -270,14 +272,16 @@ def same_tokenizer(a, b):
 def interactive_loop(model, tokenizer, args, rng, out, read_line=input, draft_model=None):
     """Read a prompt per line and answer it, until an empty line, Ctrl-D or a Ctrl-C at the prompt.
 
-    A bad prompt is reported and the loop goes on; Ctrl-C during a sample stops
-    that sample and returns to the prompt.
+    A --prompt (or --prompt-file) given too is the first prompt, answered before
+    the first line is read. A bad prompt is reported and the loop goes on; Ctrl-C
+    during a sample stops that sample and returns to the prompt.
     """
     note("interactive: type a prompt and press Enter; Ctrl-C stops a sample; "
          "an empty line, Ctrl-D or Ctrl-C at the prompt quits")
+    first = args.prompt or None
     while True:
         try:
-            prompt = read_line("> ")
+            prompt, first = (first, None) if first is not None else (read_line("> "), None)
         except (EOFError, KeyboardInterrupt):
             out.write("\n")
             return

@@ -75,7 +75,8 @@ ALL_EDGES = {name: set(top) | {target for target, _ in late} for name, (top, lat
 FLOORS = [
     ("the ground: errors, files, paths, names, logs", ("minigpt.errors", "minigpt.paths", "minigpt.hub",
                                                        "minigpt.atomic", "minigpt.cli", "minigpt.download",
-                                                       "minigpt.host_memory")),
+                                                       "minigpt.host_memory", "minigpt.lock", "minigpt.schema",
+                                                       "minigpt.checksums")),
     ("the CUDA sources", ("minigpt.kernels",)),
     ("arrays, communicators, text, its token files and shards, the run's log",
      ("minigpt.backend", "minigpt.distributed", "minigpt.tokenizer", "minigpt.data", "minigpt.shards",
@@ -85,7 +86,7 @@ FLOORS = [
     ("the model's fields", ("minigpt.model_config",)),
     ("what works on a model it is handed (the loaders take the class)",
      ("minigpt.generation", "minigpt.optim", "minigpt.parallel", "minigpt.perplexity", "minigpt.weights",
-      "minigpt.locate", "minigpt.tasks", "minigpt.logits_processors", "minigpt.sampling", "minigpt.speculative")),
+      "minigpt.locate", "minigpt.tasks", "minigpt.memory", "minigpt.logits_processors", "minigpt.sampling", "minigpt.speculative")),
     ("the model", ("minigpt.model",)),
     ("built on the model", ("minigpt.loading", "minigpt.checkpoint", "minigpt.config", "minigpt.gradcheck",
                             "minigpt.preparation")),

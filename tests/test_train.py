@@ -80,7 +80,7 @@ def test_options_accept_both_spellings_and_a_toml_file(tmp_path):
         (["--dropout", "1.5"], "--dropout must be in"),
         (["--decay_lr", "maybe"], "--decay_lr expects true or false"),
         (["--tokenizer", "bpe:x"], "bpe:1024"),
-        (["--init_from", "/no/such/dir"], "neither scratch"),
+        (["--init_from", "/no/such/dir"], "does not exist"),
         (["--device", "tpu"], "--device must be one of"),
         (["--workers", "-2"], "--workers must be 0 or more"),
     ],
@@ -516,7 +516,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_checkpoints(tmp_path, corpus, mon
     assert "continue with --init_from resume" in err
     for name in ("latest", "best"):
         assert is_checkpoint(out / name) and load_trainer_state(out / name)["iter"] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["best", "latest", "log.jsonl"]  # no temporary leftovers
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "best", "latest", "log.jsonl"]  # no temporary leftovers (.lock: minigpt.lock)
 
 
 # -- loss.png without matplotlib (issue 11.8) ---------------------------------------------
