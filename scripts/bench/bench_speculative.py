@@ -11,7 +11,7 @@ from other processes then slows all of them alike). Two tasks:
 Methods: plain decoding; --prompt-lookup K (n-gram drafting); --draft (a small
 model drafting for the target). Acceptance rate = accepted drafts / drafted
 tokens; tokens per forward = new tokens / target forwards. With --compare-hf
-(needs torch and transformers, e.g. /work/refvenv/bin/python), Hugging Face's
+(needs torch and transformers, as `pip install torch transformers` gives), Hugging Face's
 greedy generate, `prompt_lookup_num_tokens` and `assistant_model` run on the same
 checkpoints (they are Hugging Face GPT-2 files already), on the same threads.
 
@@ -39,7 +39,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="the model's checkpoint")
     parser.add_argument("--draft", required=True, help="a smaller checkpoint with the same tokenizer")
-    parser.add_argument("--data", default="/work/shared/data/tinyshakespeare.txt", help="where the passages come from")
+    parser.add_argument("--data", required=True, help="a text file the passages come from (e.g. tinyshakespeare.txt)")
     parser.add_argument("--passages", type=int, default=4)
     parser.add_argument("--passage-chars", type=int, default=110)
     parser.add_argument("--new-tokens", type=int, default=120)

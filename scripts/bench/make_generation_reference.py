@@ -1,6 +1,7 @@
 """Write tests/fixtures/generation_processors.json: Hugging Face's logits processors on made-up logits.
 
-    /work/refvenv/bin/python scripts/bench/make_generation_reference.py
+    pip install torch transformers   # never needed by the tests themselves
+    python scripts/bench/make_generation_reference.py
 
 Runs transformers' RepetitionPenaltyLogitsProcessor, NoRepeatNGramLogitsProcessor,
 TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper and MinPLogitsWarper

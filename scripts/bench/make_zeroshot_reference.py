@@ -1,6 +1,7 @@
 """Write tests/fixtures/zeroshot/: made-up HellaSwag and LAMBADA items and their scores from PyTorch (developers only).
 
-    /work/refvenv/bin/python scripts/bench/make_zeroshot_reference.py
+    pip install torch transformers   # never needed by the tests themselves
+    python scripts/bench/make_zeroshot_reference.py
 
 The model is the random tiny GPT-2 of tests/fixtures/gpt2_tiny_hub (37-token
 vocabulary, 16 positions), loaded with transformers in float64; a text is
