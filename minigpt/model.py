@@ -24,6 +24,7 @@ minigpt.weights, finding them in minigpt.loading; KV-cache decoding is
 import copy
 import math
 
+from minigpt import recompute as recompute_mod
 from minigpt.backend import check_dtype, get_xp, make_rng
 from minigpt.fast import LAYERS as FAST_LAYERS
 from minigpt.fast import block as cached_block
@@ -58,10 +59,13 @@ class KVCache:
 
 
 class GPT:
-    def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None, fast=True):
+    def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None, fast=True, recompute=False):
         """fast=False runs the plain layers of minigpt.nn (the formulas) instead of minigpt.fast's: slower,
-        the same results to rounding; the gradient checks run both. KV-cache decoding has only the fast step."""
+        the same results to rounding; the gradient checks run both. KV-cache decoding has only the fast step.
+        recompute=True keeps only each block's input in the forward and runs the block again in the
+        backward (minigpt.recompute): the same losses and gradients, bit for bit, in far less memory."""
         self.config = config
+        self.recompute = recompute
         self.layers = FAST_LAYERS if fast else PLAIN_LAYERS  # the module behind each layer name, see minigpt.fast
         self.dtype = check_dtype(dtype)
         self.device = device
@@ -183,11 +187,14 @@ class GPT:
         x, emb_cache = embedding.forward(idx, params["transformer.wte.weight"], params.get("transformer.wpe.weight"))
         x, emb_drop_cache = dropout.forward(x, c.dropout, self.rng, self.training)
         options = self._block_options(0, idx.shape[1])
+        recompute = keep and self.recompute
         block_caches = []
         for i in range(c.n_layer):
+            if recompute:  # the block's input and its dropout streams' place: enough to run it again
+                block_caches.append(recompute_mod.Checkpoint(x, recompute_mod.fork_rng(self.rng, self._draws())))
             x, cache = block.forward(x, self.block_params(i), c.n_head, c.dropout, self.rng, self.training,
                                      layers=self.layers, **options)
-            if keep:  # otherwise this block's activations are freed here, before the next block runs
+            if keep and not recompute:  # otherwise this block's activations are freed here, before the next block runs
                 block_caches.append(cache)
         logits, (ln_f_cache, head_cache) = self._final_norm_and_head(x)  # (B, T, V)
         if targets is None:
@@ -195,7 +202,7 @@ class GPT:
         loss_layer = self.layers["cross_entropy" if return_logits else "cross_entropy_in_place"]
         loss, ce_cache = loss_layer.forward(logits, self.xp.asarray(targets))
         if keep:
-            self._caches = (emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache)
+            self._caches = (emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache, options)
         return (logits if return_logits else None), loss
 
     def backward(self, dloss=1.0, sink=None):
@@ -216,7 +223,7 @@ class GPT:
                 "backward() needs the activations of a forward(idx, targets) in training mode "
                 "(or with keep_for_backward=True); the last forward kept none"
             )
-        emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache = self._caches
+        emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache, options = self._caches
         self._caches = None  # the locals are now the only references: each one is freed once used
         collected = {}
         emit = collected.update if sink is None else sink
@@ -230,7 +237,11 @@ class GPT:
         dx, grads = self.layers[self.config.norm].backward(dx, ln_f_cache)
         emit({f"transformer.ln_f.{name}": grad for name, grad in grads.items()})
         for i in reversed(range(self.config.n_layer)):
-            dx, grads = block.backward(dx, block_caches[i])
+            cache = block_caches[i]
+            if isinstance(cache, recompute_mod.Checkpoint):  # --recompute: this block's forward again, same masks
+                cache = self._block_again(i, cache, options)
+            dx, grads = block.backward(dx, cache)
+            del cache
             emit({f"transformer.h.{i}.{name}": grad for name, grad in grads.items()})
             block_caches[i] = None
         dx, _ = dropout.backward(dx, emb_drop_cache)
@@ -241,6 +252,17 @@ class GPT:
         if sink is None:
             return {name: collected[name] for name in self.params}  # the params' order
         return None
+
+    def _draws(self) -> bool:
+        """Whether a training forward draws dropout masks (then recompute must replay the same ones)."""
+        return self.training and self.config.dropout > 0
+
+    def _block_again(self, i, checkpoint, options):
+        """Block i's cache, from its input and a copy of the dropout streams as they stood when it first ran."""
+        c = self.config
+        _, cache = block.forward(checkpoint.x, self.block_params(i), c.n_head, c.dropout, checkpoint.rng,
+                                 self.training, layers=self.layers, **options)
+        return cache
 
     # -- inference with a KV cache --------------------------------------------
 

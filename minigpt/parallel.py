@@ -46,6 +46,7 @@ streams are counter-based (minigpt.kernels.random_cuda), not a generator each.
 """
 
 import collections
+import copy
 import functools
 import math
 import threading
@@ -101,6 +102,13 @@ class RowRNG:
         self.xp = get_xp(device)
         self.counter_rows = CounterRows(seeds, self.xp) if device in self.COUNTER_BASED else None
         self.streams = [] if self.counter_rows is not None else [make_rng(device, seed) for seed in seeds]
+
+    def fork(self) -> "RowRNG":
+        """A copy whose streams stand where these do now: it draws the same numbers (minigpt.recompute)."""
+        other = copy.copy(self)
+        other.counter_rows = copy.copy(self.counter_rows)  # the seeds are shared, the counter is its own
+        other.streams = [copy.deepcopy(stream) for stream in self.streams]
+        return other
 
     def random(self, shape, dtype):
         """Uniform [0, 1) of `shape`, whose first axis is the slice's rows."""

@@ -111,6 +111,7 @@ class Trainer:
             else:
                 self._init_from_checkpoint()
         self.model.config.dropout = cfg.dropout  # a fine-tuning run picks its own dropout
+        self.model.recompute = cfg.recompute  # changes memory and time, never a number: a resume may switch it
         if cfg.block_size > self.model.config.block_size:
             raise MinigptError(
                 f"--block_size {cfg.block_size} exceeds the model's context of {self.model.config.block_size} tokens"

@@ -84,7 +84,7 @@ FLOORS = [
     ("the model's fields", ("minigpt.model_config",)),
     ("what works on a model it is handed (the loaders take the class)",
      ("minigpt.generation", "minigpt.optim", "minigpt.parallel", "minigpt.perplexity", "minigpt.weights",
-      "minigpt.locate")),
+      "minigpt.locate", "minigpt.recompute")),
     ("the model", ("minigpt.model",)),
     ("built on the model", ("minigpt.loading", "minigpt.checkpoint", "minigpt.config", "minigpt.gradcheck")),
     ("training", ("minigpt.trainer",)),
