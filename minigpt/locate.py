@@ -1,6 +1,7 @@
 """Where the checkpoint a user names lives: a checkpoint directory, a training out_dir or a GPT-2 name.
 
-    a checkpoint directory   config.json + model.safetensors (ours, or Hugging Face's GPT-2)
+    a checkpoint directory   config.json + model.safetensors (ours, or Hugging Face's GPT-2), or a LoRA
+                             adapter: adapter_config.json + adapter_model.safetensors (minigpt.lora)
     a training out_dir       its best/, else its latest/
     a GPT-2 name             gpt2, gpt2-medium, gpt2-large, gpt2-xl: checkpoints/<name>/, downloaded once
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from minigpt.download import download_all
 from minigpt.errors import MinigptError
-from minigpt.hub import GPT2_NAMES, MODEL_FILES, hub_files
+from minigpt.hub import ADAPTER_FILES, GPT2_NAMES, MODEL_FILES, hub_files
 from minigpt.paths import checkpoints_dir
 from minigpt.tokenizer.bpe import gpt2_tokenizer_downloads
 
@@ -29,7 +30,7 @@ def resolve_checkpoint(source, with_tokenizer=False) -> Path:
     path = Path(source)
     if path.is_dir():
         for candidate in (path, *(path / sub for sub in RUN_SUBDIRS)):
-            if (candidate / "config.json").is_file():
+            if (candidate / "config.json").is_file() or (candidate / ADAPTER_FILES[0]).is_file():
                 return candidate
         raise MinigptError(f"{path} holds no checkpoint: expected config.json + model.safetensors in it, "
                            f"or a training out_dir with {' or '.join(f'{sub}/' for sub in RUN_SUBDIRS)}")

@@ -22,6 +22,7 @@ minigpt.weights, finding them in minigpt.loading; KV-cache decoding is
 """
 
 import copy
+import functools
 import math
 
 from minigpt import recompute as recompute_mod
@@ -31,8 +32,15 @@ from minigpt.fast import block as cached_block
 from minigpt.generation import generate
 from minigpt.model_config import (  # noqa: F401 (SWITCHES, check_*, mlp_hidden: re-exported)
     SWITCHES, GPTConfig, check_shape, check_switches, mlp_hidden, param_shapes)
-from minigpt.nn import block, dropout, embedding, lm_head, rotary
+from minigpt.nn import block, dropout, embedding, lm_head, lora, rotary
 from minigpt.nn.layers import LAYERS as PLAIN_LAYERS
+
+
+def _emit_trainable(emit, trainable, grads):
+    """Hand on only the gradients of trainable parameters (LoRA: the adapters; the frozen layers' are dropped)."""
+    kept = {name: grad for name, grad in grads.items() if name in trainable}
+    if kept:
+        emit(kept)
 
 
 class KVCache:
@@ -73,6 +81,9 @@ class GPT:
         self.rng = make_rng(device, seed)  # also draws the dropout masks
         self.training = True
         self.params = self._init_params()
+        self.lora = None  # a minigpt.nn.lora.LoraConfig once adapters are added (minigpt.lora.add_adapters)
+        self.lora_base = None  # the base the adapters adapt: its name and fingerprint (minigpt.lora)
+        self.adapters = {}  # their A and B, by PEFT's names (transformer.h.0.attn.c_attn.lora_A.weight, ...)
         self._block_names = [  # (name inside block i, full name), looked up once
             [(k[len(f"transformer.h.{i}."):], k) for k in self.params if k.startswith(f"transformer.h.{i}.")]
             for i in range(config.n_layer)
@@ -136,9 +147,21 @@ class GPT:
         other._caches = None
         return other
 
-    def block_params(self, i):
-        """Block i's parameters under their names inside the block (`ln_1.weight`, ...)."""
-        return {local: self.params[full] for local, full in self._block_names[i]}
+    @property
+    def trainable(self):
+        """The parameters that train: the LoRA adapters once added (the base frozen), else every parameter."""
+        return self.adapters if self.lora is not None else self.params
+
+    def block_params(self, i, rng=None):
+        """Block i's parameters under their names inside the block (`ln_1.weight`, ...).
+
+        With LoRA, each linear layer's weight comes wrapped (minigpt.nn.lora): frozen, with its adapter if
+        it is a target; `rng` draws the adapter's dropout masks.
+        """
+        params = {local: self.params[full] for local, full in self._block_names[i]}
+        if self.lora is not None:
+            params = lora.wrap_block(params, self.adapters, f"transformer.h.{i}.", self.lora, rng, self.training)
+        return params
 
     def _block_options(self, start, length):
         """block.forward's switch keywords, with the rotary tables of positions start .. start + length - 1."""
@@ -192,7 +215,7 @@ class GPT:
         for i in range(c.n_layer):
             if recompute:  # the block's input and its dropout streams' place: enough to run it again
                 block_caches.append(recompute_mod.Checkpoint(x, recompute_mod.fork_rng(self.rng, self._draws())))
-            x, cache = block.forward(x, self.block_params(i), c.n_head, c.dropout, self.rng, self.training,
+            x, cache = block.forward(x, self.block_params(i, self.rng), c.n_head, c.dropout, self.rng, self.training,
                                      layers=self.layers, **options)
             if keep and not recompute:  # otherwise this block's activations are freed here, before the next block runs
                 block_caches.append(cache)
@@ -227,12 +250,18 @@ class GPT:
         self._caches = None  # the locals are now the only references: each one is freed once used
         collected = {}
         emit = collected.update if sink is None else sink
+        frozen = self.lora is not None  # LoRA: only the adapters train
+        if frozen:
+            emit = functools.partial(_emit_trainable, emit, self.adapters)
         dlogits, _ = self.layers["cross_entropy_in_place"].backward(dloss, ce_cache)  # may overwrite the cache
         del ce_cache
-        dx, head_grads = lm_head.backward(dlogits, head_cache)
+        if frozen:  # no (V, C) product for the frozen head's gradient
+            dx, head_grads = lm_head.backward_input(dlogits, head_cache), {}
+        else:
+            dx, head_grads = lm_head.backward(dlogits, head_cache)
         del dlogits  # (N, V)
-        dwte_head = head_grads["weight"]
-        if not self.config.tie_embeddings:
+        dwte_head = head_grads.get("weight")
+        if not self.config.tie_embeddings and not frozen:
             emit({"lm_head.weight": dwte_head})
         dx, grads = self.layers[self.config.norm].backward(dx, ln_f_cache)
         emit({f"transformer.ln_f.{name}": grad for name, grad in grads.items()})
@@ -244,6 +273,8 @@ class GPT:
             del cache
             emit({f"transformer.h.{i}.{name}": grad for name, grad in grads.items()})
             block_caches[i] = None
+        if frozen:  # nothing below the first block trains
+            return None if sink is not None else {name: collected[name] for name in self.adapters}
         dx, _ = dropout.backward(dx, emb_drop_cache)
         _, grads = embedding.backward(dx, emb_cache)
         if self.config.tie_embeddings:
@@ -255,12 +286,12 @@ class GPT:
 
     def _draws(self) -> bool:
         """Whether a training forward draws dropout masks (then recompute must replay the same ones)."""
-        return self.training and self.config.dropout > 0
+        return self.training and (self.config.dropout > 0 or (self.lora is not None and self.lora.dropout > 0))
 
     def _block_again(self, i, checkpoint, options):
         """Block i's cache, from its input and a copy of the dropout streams as they stood when it first ran."""
         c = self.config
-        _, cache = block.forward(checkpoint.x, self.block_params(i), c.n_head, c.dropout, checkpoint.rng,
+        _, cache = block.forward(checkpoint.x, self.block_params(i, checkpoint.rng), c.n_head, c.dropout, checkpoint.rng,
                                  self.training, layers=self.layers, **options)
         return cache
 

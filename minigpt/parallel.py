@@ -210,7 +210,7 @@ class DataParallel:
     def forward_backward(self, X, Y, dropout_key=None, into=None):
         """(loss, grads) of one optimizer step on inputs X and targets Y ((A, B, T) or (B, T) host arrays):
         the global mean loss (the same on every rank) and this rank's share of its gradient (keyed like
-        model.params; their sum over the ranks is the whole gradient).
+        model.trainable: every parameter, or with LoRA the adapters; their sum over the ranks is the whole gradient).
 
         into: arrays (name -> array shaped like the parameter) to write the
         gradients into, e.g. FlatAdamW's grad_views, which then need no packing;
@@ -272,9 +272,9 @@ class DataParallel:
         grads = None
         if backward:
             if not turns:  # no slice on this rank: it still takes part in the sum over ranks, with zeros
-                for name, p in model.params.items():
+                for name, p in model.trainable.items():
                     total.grads.setdefault(name, model.xp.empty_like(p))[...] = 0
-            grads = {name: total.grads[name] for name in model.params}  # the params' order
+            grads = {name: total.grads[name] for name in model.trainable}  # the params' order (LoRA: the adapters')
         loss = self._sum_loss(total.loss) if self.comm.world_size > 1 else total.loss
         return loss, grads
 

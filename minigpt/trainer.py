@@ -28,6 +28,7 @@ minigpt.parallel); the gradients are the same up to float rounding. Rank 0
 prints, logs and saves.
 """
 
+import dataclasses
 import math
 import os
 import signal
@@ -46,10 +47,13 @@ from minigpt.config import TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
 from minigpt.distributed import communicator
 from minigpt.errors import MinigptError
+from minigpt.atomic import write_dir
 from minigpt.host_memory import tune_host_allocator
 from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
+from minigpt.lora import add_adapters, merged
 from minigpt.model import GPT
+from minigpt.nn.lora import LoraConfig, parse_targets
 from minigpt.optim import FlatAdamW, cosine_lr
 from minigpt.parallel import DataParallel
 from minigpt.runlog import LOG_FILE, PLOT_FILE, RunClock, RunLog, import_pyplot, plot_losses
@@ -112,6 +116,8 @@ class Trainer:
                 self._init_from_checkpoint()
         self.model.config.dropout = cfg.dropout  # a fine-tuning run picks its own dropout
         self.model.recompute = cfg.recompute  # changes memory and time, never a number: a resume may switch it
+        if cfg.lora_rank:
+            self._add_lora()
         if cfg.block_size > self.model.config.block_size:
             raise MinigptError(
                 f"--block_size {cfg.block_size} exceeds the model's context of {self.model.config.block_size} tokens"
@@ -120,7 +126,7 @@ class Trainer:
         # each step's global batch is split over the ranks and, on the CPU, over worker threads in each
         self.parallel = DataParallel(self.model, cfg.workers or None, self.comm)
         self.optimizer = FlatAdamW(  # the parameters become views into its flat buffer (minigpt.optim)
-            self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+            self.model.trainable, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
             comm=self.comm, zero=cfg.zero,
         )
         if cfg.init_from == "resume":
@@ -137,10 +143,30 @@ class Trainer:
         """Weights and tokenizer from out_dir/latest (resume), or what --init_from names (see minigpt.loading)."""
         cfg = self.cfg
         source = self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from
-        self.model, self.tokenizer, _ = load_checkpoint(source, device=cfg.device, dtype=cfg.dtype)
+        self.model, self.tokenizer, self.source_dir = load_checkpoint(source, device=cfg.device, dtype=cfg.dtype)
         corpus = load_corpus(cfg.dataset, cfg.data)
         # GPT-2's own tokenizer is what --tokenizer gpt2 builds: both share data/<corpus>_gpt2
         self.data = prepare(corpus, "gpt2") if cfg.init_from in GPT2_NAMES else prepare(corpus, tokenizer=self.tokenizer)
+
+    def _add_lora(self):
+        """LoRA: fresh adapters on the loaded model, whose weights freeze (a resumed run loaded its adapters)."""
+        cfg, model = self.cfg, self.model
+        config = LoraConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, parse_targets(cfg.lora_targets))
+        if model.lora is None:
+            # the base as the adapter checkpoint names it: a GPT-2 name, or the directory it was read from
+            base = cfg.init_from if cfg.init_from in GPT2_NAMES else str(Path(self.source_dir).resolve())
+            add_adapters(model, config, base=base, seed=cfg.seed)
+        else:  # resumed (or started from an adapter checkpoint): its adapters' shape, this run's dropout
+            model.lora = dataclasses.replace(model.lora, dropout=cfg.lora_dropout)
+
+    def write_merged(self) -> None:
+        """LoRA: out_dir/merged/, the adapters merged into a plain GPT-2 checkpoint (--merge_lora)."""
+        if self.model.lora is None or not self.cfg.merge_lora or not self.is_main:
+            return
+        path = self.out_dir / "merged"
+        with self.writing(path):
+            write_dir(path, lambda tmp: (merged(self.model).save_pretrained(tmp), self.tokenizer.save(tmp)))
+        print(f"merged the adapters into {path} (a plain GPT-2 checkpoint)")
 
     def _restore_training_state(self, path: Path):
         state = load_trainer_state(path)
@@ -269,6 +295,7 @@ class Trainer:
         """Train from start_iter to max_iters; returns the exit status (0, or 130 after Ctrl-C)."""
         cfg = self.cfg
         if not self.start():
+            self.write_merged()
             return 0
         stop, clock = StopFlag(self.comm), RunClock(self.elapsed_before)
         bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True,
@@ -295,6 +322,7 @@ class Trainer:
                 it += 1
         print(f"done: {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f} in {self.out_dir / 'best'}, "
               f"last checkpoint {self.out_dir / 'latest'}")
+        self.write_merged()
         return 0
 
     def start(self) -> bool:

@@ -86,6 +86,7 @@ FLOORS = [
      ("minigpt.generation", "minigpt.optim", "minigpt.parallel", "minigpt.perplexity", "minigpt.weights",
       "minigpt.locate", "minigpt.recompute")),
     ("the model", ("minigpt.model",)),
+    ("LoRA's adapters on a model, and their files", ("minigpt.lora",)),
     ("built on the model", ("minigpt.loading", "minigpt.checkpoint", "minigpt.config", "minigpt.gradcheck")),
     ("training", ("minigpt.trainer",)),
     ("the package's face (imports lazily)", ("minigpt",)),
