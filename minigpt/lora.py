@@ -111,8 +111,10 @@ def load_adapters(directory, dtype="float32", device="cpu"):
     directory = Path(directory)
     config = read_adapter_config(directory)
     base = config["base_model_name_or_path"]
+    beside = directory / base  # a relative base: first beside the adapter, then from the working directory
     try:
-        base_dir = resolve_checkpoint(base, with_tokenizer=True)
+        base_dir = resolve_checkpoint(beside if not Path(base).is_absolute() and beside.is_dir() else base,
+                                      with_tokenizer=True)
     except MinigptError as err:
         raise MinigptError(f"{directory} adapts the base model {base}, which cannot be loaded: {err}") from None
     model = load_pretrained(GPT, base_dir, dtype=dtype, device=device)

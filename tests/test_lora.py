@@ -239,3 +239,35 @@ def test_a_missing_base_is_one_line(tmp_path):
     (directory / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(MinigptError, match="adapts the base model .*gone, which cannot be loaded"):
         lora_files.load_adapters(directory)
+
+
+# -- PEFT's LoraLayer (tests/fixtures/lora_tiny, written by scripts/bench/make_lora_reference.py) -----------
+
+PEFT_FIXTURE = REPO / "tests" / "fixtures" / "lora_tiny"
+
+
+def test_peft_adapter_gives_peft_logits_loss_and_gradients():
+    """PEFT's own adapter files on their base: our forward and backward give torch's numbers (float64)."""
+    reference = read_safetensors(PEFT_FIXTURE / "reference.safetensors")
+    model, _ = lora_files.load_adapters(PEFT_FIXTURE / "adapter", dtype="float64")
+    assert model.lora == lora.LoraConfig(rank=4, alpha=8.0, dropout=0.0, targets=("c_attn", "attn.c_proj"))
+    logits, _ = model.forward(reference["input_ids"])
+    np.testing.assert_allclose(logits, reference["logits"], rtol=1e-10, atol=1e-10)
+    model.train()
+    _, loss = model.forward(reference["input_ids"], reference["targets"])
+    grads = model.backward()
+    assert loss == pytest.approx(float(reference["loss"][0]), rel=1e-12)
+    assert sorted(f"grad.{name}" for name in grads) == sorted(k for k in reference if k.startswith("grad."))
+    for name, grad in grads.items():
+        np.testing.assert_allclose(grad, reference[f"grad.{name}"], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_our_adapter_files_use_peft_names(tmp_path):
+    model, _ = lora_files.load_adapters(PEFT_FIXTURE / "adapter")
+    model.lora_base = {"base": "somewhere", "fingerprint": "0"}
+    lora_files.save_adapters(model, tmp_path)
+    assert set(read_safetensors(tmp_path / "adapter_model.safetensors")) == set(
+        read_safetensors(PEFT_FIXTURE / "adapter" / "adapter_model.safetensors"))
+    ours, peft = (json.loads((d / "adapter_config.json").read_text()) for d in (tmp_path, PEFT_FIXTURE / "adapter"))
+    for key in ("peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules", "fan_in_fan_out", "bias"):
+        assert ours[key] == peft[key], key
