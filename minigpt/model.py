@@ -67,11 +67,14 @@ class KVCache:
 
 
 class GPT:
-    def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None, fast=True, recompute=False):
+    def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None, fast=True, recompute=False,
+                 init=True):
         """fast=False runs the plain layers of minigpt.nn (the formulas) instead of minigpt.fast's: slower,
         the same results to rounding; the gradient checks run both. KV-cache decoding has only the fast step.
         recompute=True keeps only each block's input in the forward and runs the block again in the
-        backward (minigpt.recompute): the same losses and gradients, bit for bit, in far less memory."""
+        backward (minigpt.recompute): the same losses and gradients, bit for bit, in far less memory.
+        init=False leaves `params` empty for a loader to fill (minigpt.weights): no random weights drawn only
+        to be replaced, and no second copy of the model in memory while the file's is read."""
         self.config = config
         self.recompute = recompute
         self.layers = FAST_LAYERS if fast else PLAIN_LAYERS  # the module behind each layer name, see minigpt.fast
@@ -80,12 +83,12 @@ class GPT:
         self.xp = get_xp(device)
         self.rng = make_rng(device, seed)  # also draws the dropout masks
         self.training = True
-        self.params = self._init_params()
+        self.params = self._init_params() if init else {}
         self.lora = None  # a minigpt.nn.lora.LoraConfig once adapters are added (minigpt.lora.add_adapters)
         self.lora_base = None  # the base the adapters adapt: its name and fingerprint (minigpt.lora)
         self.adapters = {}  # their A and B, by PEFT's names (transformer.h.0.attn.c_attn.lora_A.weight, ...)
         self._block_names = [  # (name inside block i, full name), looked up once
-            [(k[len(f"transformer.h.{i}."):], k) for k in self.params if k.startswith(f"transformer.h.{i}.")]
+            [(k[len(f"transformer.h.{i}."):], k) for k in param_shapes(config) if k.startswith(f"transformer.h.{i}.")]
             for i in range(config.n_layer)
         ]
         self._caches = None

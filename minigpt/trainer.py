@@ -55,7 +55,8 @@ from minigpt.lora import add_adapters, merged
 from minigpt.model import GPT
 from minigpt.nn.lora import LoraConfig, parse_targets
 from minigpt.optim import FlatAdamW, cosine_lr
-from minigpt.parallel import DataParallel
+from minigpt.memory_plan import Step, check_fits, config_of
+from minigpt.parallel import DataParallel, default_workers
 from minigpt.runlog import LOG_FILE, PLOT_FILE, RunClock, RunLog, import_pyplot, plot_losses
 
 
@@ -109,6 +110,8 @@ class Trainer:
         self.pyplot = None  # matplotlib, which run() imports on rank 0 to draw loss.png
         self.elapsed_before = 0.0  # wall time of the earlier runs this one resumes
         self.batch_rng = np.random.default_rng(cfg.seed)
+        if cfg.init_from != "scratch":  # the memory plan, from config.json alone, before any weight is read
+            self._check_memory(config_of(self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from))
         with self.comm.local_first():  # one rank per machine prepares data/ and downloads; the others reuse it
             if cfg.init_from == "scratch":
                 self._init_scratch()
@@ -136,8 +139,9 @@ class Trainer:
         cfg = self.cfg
         self.data = prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
         self.tokenizer = self.data.tokenizer
-        self.model = GPT(cfg.model_config(self.data.meta["vocab_size"]), dtype=cfg.dtype, device=cfg.device,
-                         seed=cfg.seed)
+        config = cfg.model_config(self.data.meta["vocab_size"])
+        self._check_memory(config)
+        self.model = GPT(config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
 
     def _init_from_checkpoint(self):
         """Weights and tokenizer from out_dir/latest (resume), or what --init_from names (see minigpt.loading)."""
@@ -147,6 +151,15 @@ class Trainer:
         corpus = load_corpus(cfg.dataset, cfg.data)
         # GPT-2's own tokenizer is what --tokenizer gpt2 builds: both share data/<corpus>_gpt2
         self.data = prepare(corpus, "gpt2") if cfg.init_from in GPT2_NAMES else prepare(corpus, tokenizer=self.tokenizer)
+
+    def _check_memory(self, config):
+        """Stop in one line, before allocating, when the step's memory plan (minigpt.memory_plan) cannot fit."""
+        cfg = self.cfg
+        check_fits(config, Step(
+            batch_size=cfg.batch_size, block_size=cfg.block_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            dtype=cfg.dtype, recompute=cfg.recompute, lora_rank=cfg.lora_rank, lora_targets=parse_targets(cfg.lora_targets),
+            workers=1 if cfg.device != "cpu" else (cfg.workers or default_workers()), ranks=self.comm.world_size,
+            zero=cfg.zero, dropout=cfg.dropout, device=cfg.device))
 
     def _add_lora(self):
         """LoRA: fresh adapters on the loaded model, whose weights freeze (a resumed run loaded its adapters)."""

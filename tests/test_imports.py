@@ -87,6 +87,7 @@ FLOORS = [
       "minigpt.locate", "minigpt.recompute")),
     ("the model", ("minigpt.model",)),
     ("LoRA's adapters on a model, and their files", ("minigpt.lora",)),
+    ("the memory plan of a run, from shapes", ("minigpt.memory_plan",)),
     ("built on the model", ("minigpt.loading", "minigpt.checkpoint", "minigpt.config", "minigpt.gradcheck")),
     ("training", ("minigpt.trainer",)),
     ("the package's face (imports lazily)", ("minigpt",)),
