@@ -19,8 +19,8 @@ V the vocabulary:
     workspace        the backward's largest temporaries: the head's dW (s V C, not with LoRA), a block's
                      gradients (s 12 C^2), dqkv and one query block's dscores
     runtime          Python, NumPy, the BLAS threads' buffers, the data: RUNTIME_BYTES, measured
-    peak             the step: everything above; or, if larger, setting up: the parameters as loaded plus
-                     the optimizer's buffers and one more copy of P_t while they are packed (minigpt.optim)
+    peak             the step: everything above (loading holds the parameters once: minigpt.weights fills
+                     an empty model, and minigpt.optim packs them into its flat buffer one by one)
 
 The variants (RMSNorm, rotary, grouped-query attention, the MLP activations) use
 GPT-2's count with their own M; the exact ones are tests/test_memory_plan.py's.
@@ -190,7 +190,7 @@ def plan(config: GPTConfig, step: Step) -> Plan:
     }
     fixed = s * (P + adapters) + s * trainable + 2 * s * trainable // shard + RUNTIME_BYTES
     result.step_peak = fixed + result.blocks + result.outside + workspace
-    result.setup_peak = fixed + s * trainable  # the optimizer packs the parameters into its flat buffer
+    result.setup_peak = fixed
     return result
 
 
