@@ -271,3 +271,27 @@ def test_our_adapter_files_use_peft_names(tmp_path):
     ours, peft = (json.loads((d / "adapter_config.json").read_text()) for d in (tmp_path, PEFT_FIXTURE / "adapter"))
     for key in ("peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules", "fan_in_fan_out", "bias"):
         assert ours[key] == peft[key], key
+
+
+def test_two_ranks_with_zero1_train_the_adapters_as_one_process():
+    """LoRA under two in-process ranks and ZeRO-1 (the moments of the adapters sharded): the adapters after
+    two steps are those of one process, to float rounding (the ranks' sums add in another order)."""
+    from tests.fake_world import FakeWorld
+
+    rng = np.random.default_rng(6)
+    X, Y = rng.integers(0, 37, (2, 2, 16)), rng.integers(0, 37, (2, 2, 16))
+
+    def train(comm=None):
+        model = adapted(tiny(dropout=0.1), targets=ALL, lora_dropout=0.1)
+        parallel = DataParallel(model, workers=1, comm=comm)
+        optimizer = FlatAdamW(model.trainable, 1e-2, comm=comm, zero=True)
+        for it in range(2):
+            _, grads = parallel.forward_backward(X, Y, dropout_key=(7, it), into=optimizer.grad_views)
+            optimizer.step(grads, lr=1e-2, grad_clip=1.0)
+        parallel.close()
+        return {k: v.copy() for k, v in model.adapters.items()}
+
+    alone = train()
+    for ranked in FakeWorld(2).run(train):
+        for name, value in alone.items():
+            np.testing.assert_allclose(ranked[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
