@@ -12,7 +12,9 @@ V the vocabulary:
     activations      per block (minigpt.fast's GPT-2 layers, measured from their caches):
                        s (8 b T C + 2 b T M + 2 b T) + A (s + [s + 1])      A = b H sum_blocks (e - s0) e,
                        the attention probabilities of the causal query blocks (minigpt.fast.attention);
-                       [..] with dropout: the dropped copy and its 1-byte mask, and 2 b T C mask bytes
+                       [..] with dropout: the dropped copy and its 1-byte mask, and 2 b T C mask bytes;
+                       LoRA: minus s b T (input width) per frozen linear layer (no dW needs its input),
+                       plus s b T r per adapter (x A^T), and b T (input width) mask bytes with --lora_dropout
                      --recompute: s b T C per block (its input), and one block's cache as workspace
                      outside the blocks: s (2 b T C + b T V) + 25 b T (the logits, ln_f, the head's input)
                      times the slices in flight: every worker thread holds one slice's
@@ -80,6 +82,7 @@ class Step:
     ranks: int = 1
     zero: bool = True
     dropout: float = 0.0
+    lora_dropout: float = 0.0
     device: str = "cpu"
 
 
@@ -132,15 +135,25 @@ def _query_block_area(T: int) -> int:
 
 
 def block_activation_bytes(config: GPTConfig, rows: int, T: int, itemsize: int, dropout: float,
-                           lora_rank: int = 0, n_targets: int = 0) -> int:
-    """The bytes one block's cache holds for `rows` sequences of T tokens (minigpt.fast's layers)."""
+                           lora_rank: int = 0, targets=(), lora_dropout: float = 0.0) -> int:
+    """The bytes one block's cache holds for `rows` sequences of T tokens (minigpt.fast's layers).
+
+    With LoRA (lora_rank > 0) a frozen linear layer keeps no copy of its input (it needs only dx = dout W^T),
+    and an adapted one keeps x A^T (rows T r), and with dropout its mask (the dropped input in place of the input)."""
     C, M, H = config.n_embd, mlp_hidden(config), config.n_head
     mlp_factor = {"gelu_tanh": 2, "gelu": 3, "relu2": 2, "swiglu": 5}[config.activation]
     probs = rows * H * _query_block_area(T)
     n = itemsize * (8 * rows * T * C + mlp_factor * rows * T * M + 2 * rows * T) + probs * itemsize
     if dropout:
         n += probs * (itemsize + 1) + 2 * rows * T * C
-    n += itemsize * rows * T * lora_rank * n_targets  # each adapter keeps x A^T (N, r)
+    if lora_rank:
+        inputs = {"attn.c_attn": C, "attn.c_proj": C, "mlp.c_fc": C, "mlp.c_proj": M}  # each layer's input width
+        for module, width in inputs.items():
+            if module not in targets:
+                n -= itemsize * rows * T * width  # frozen: its input is no longer kept for a dW
+            else:
+                # x A^T; with dropout the dropped input replaces the input, plus its 1-byte mask
+                n += itemsize * rows * T * lora_rank + (rows * T * width if lora_dropout else 0)
     return n
 
 
@@ -166,7 +179,7 @@ def plan(config: GPTConfig, step: Step) -> Plan:
     biggest = max(slice_rows)
 
     def blocks_for(r):
-        one = block_activation_bytes(config, r, T, s, step.dropout, step.lora_rank, len(targets))
+        one = block_activation_bytes(config, r, T, s, step.dropout, step.lora_rank, targets, step.lora_dropout)
         return (s * r * T * C if step.recompute else one), one
 
     kept, full_block = blocks_for(rows)

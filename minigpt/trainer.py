@@ -159,7 +159,7 @@ class Trainer:
             batch_size=cfg.batch_size, block_size=cfg.block_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             dtype=cfg.dtype, recompute=cfg.recompute, lora_rank=cfg.lora_rank, lora_targets=parse_targets(cfg.lora_targets),
             workers=1 if cfg.device != "cpu" else (cfg.workers or default_workers()), ranks=self.comm.world_size,
-            zero=cfg.zero, dropout=cfg.dropout, device=cfg.device))
+            zero=cfg.zero, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout, device=cfg.device))
 
     def _add_lora(self):
         """LoRA: fresh adapters on the loaded model, whose weights freeze (a resumed run loaded its adapters)."""

@@ -41,6 +41,7 @@ def build_parser():
                       help="keep only each block's input (train.py --recompute)")
     parser.add_option("--lora_rank", type=int, default=0, help="LoRA adapters of this rank, the base frozen (0: off)")
     parser.add_option("--lora_targets", default="c_attn,attn.c_proj", help="the layers LoRA adapts")
+    parser.add_option("--lora_dropout", type=float, default=0.0, help="dropout on the adapters' input")
     parser.add_option("--dropout", type=float, default=0.0, help="dropout (its masks take memory)")
     parser.add_option("--workers", type=int, default=0, help="CPU worker threads (0: one per core)")
     parser.add_option("--ranks", type=int, default=1, help="processes (mpiexec -n N)")
@@ -66,7 +67,8 @@ def main(argv=None):
     step = Step(batch_size=args.batch_size, block_size=block_size,
                 gradient_accumulation_steps=args.gradient_accumulation_steps, dtype=args.dtype,
                 recompute=args.recompute, lora_rank=args.lora_rank, lora_targets=parse_targets(args.lora_targets),
-                workers=workers, ranks=args.ranks, zero=args.zero, dropout=args.dropout, device=args.device)
+                workers=workers, ranks=args.ranks, zero=args.zero, dropout=args.dropout,
+                lora_dropout=args.lora_dropout, device=args.device)
     memory = parse_bytes(args.memory) if args.memory else machine_memory(args.device)
     print(plan(config, step).report(memory))
     if memory is None:

@@ -44,6 +44,23 @@ def test_the_per_block_count_is_what_a_block_keeps(B, T, C, H, dropout):
     assert block_activation_bytes(config, B, T, 4, dropout) == held
 
 
+@pytest.mark.parametrize("targets, lora_dropout", [(("c_attn", "attn.c_proj"), 0.0), (("c_fc", "mlp.c_proj"), 0.1),
+                                                   (("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"), 0.2)])
+def test_the_per_block_count_with_lora_is_what_a_block_keeps(targets, lora_dropout):
+    """LoRA: frozen layers keep no input; adapters keep x A^T (and their dropout's copy and mask)."""
+    from minigpt.lora import add_adapters
+    from minigpt.nn.lora import LoraConfig, TARGETS
+
+    config = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=256, vocab_size=50, dropout=0.1)
+    model = GPT(config, seed=0)
+    add_adapters(model, LoraConfig(rank=4, dropout=lora_dropout, targets=targets), base="t")
+    idx = np.zeros((2, 256), dtype=np.int64)
+    model.forward(idx, idx, return_logits=False)
+    held = held_bytes(model._caches[2][1], {id(p) for p in (*model.params.values(), *model.adapters.values())})
+    modules = [TARGETS[t] for t in targets]
+    assert block_activation_bytes(config, 2, 256, 4, 0.1, 4, modules, lora_dropout) == held
+
+
 def test_recompute_keeps_the_block_inputs_and_lora_drops_the_optimizer():
     config = GPTConfig.preset("gpt2-large")
     full, recompute = plan(config, Step()), plan(config, Step(recompute=True))
