@@ -18,6 +18,7 @@ from minigpt.optim import FlatAdamW
 from minigpt.parallel import DataParallel
 from minigpt.tokenizer import BPETokenizer
 from minigpt.weights import read_safetensors
+from tests.test_strict_device import cupy  # noqa: F401 (the fixture)
 from tests.test_train import TEXT, read_log, run_main, train_losses
 
 REPO = Path(__file__).resolve().parent.parent
@@ -295,3 +296,34 @@ def test_two_ranks_with_zero1_train_the_adapters_as_one_process():
     for ranked in FakeWorld(2).run(train):
         for name, value in alone.items():
             np.testing.assert_allclose(ranked[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_lora_under_the_strict_device_stand_in(cupy, monkeypatch):
+    """The adapters on (fake, strict) CuPy: no implicit host trip in a step, the CPU's loss and gradients."""
+    from minigpt.backend import to_device, to_host
+    from minigpt.parallel import RowRNG
+    from tests.device_standin import EVENTS
+
+    monkeypatch.setattr(RowRNG, "COUNTER_BASED", ("cpu", "gpu"))  # the GPU's dropout streams, by their NumPy twin
+    rng = np.random.default_rng(8)
+    X, Y = rng.integers(0, 37, (2, 2, 16)), rng.integers(0, 37, (2, 2, 16))
+    results = []
+    for device in ("cpu", "gpu"):
+        model = GPT(tiny(dropout=0.1), seed=0, device=device)
+        cpu = GPT(tiny(dropout=0.1), seed=0)
+        for name, value in cpu.params.items():
+            model.params[name][...] = to_device(value, device)
+        add_adapters(model, lora.LoraConfig(rank=4, dropout=0.1, targets=ALL), base="t", seed=1)
+        for name, a in model.adapters.items():
+            a[...] = to_device(np.full(a.shape, 0.01, dtype=np.float32), device)
+        model.recompute = True
+        parallel = DataParallel(model, workers=1)
+        EVENTS.clear()
+        loss, grads = parallel.forward_backward(X, Y, dropout_key=(2, 0))
+        if device == "gpu":
+            assert not [e for e in EVENTS if e[0] in ("sync", "d2h")]
+        results.append((float(to_host(loss)), {k: to_host(v) for k, v in grads.items()}))
+    (loss, grads), (gpu_loss, gpu_grads) = results
+    assert gpu_loss == pytest.approx(loss, rel=1e-5)
+    for name in grads:
+        np.testing.assert_allclose(gpu_grads[name], grads[name], rtol=1e-4, atol=1e-6, err_msg=name)
