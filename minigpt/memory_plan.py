@@ -117,7 +117,7 @@ class Plan:
             lines.append(f"  {name:<34}{gib(n):>12}")
         lines.append(f"    {f'per block ({self.rows_in_flight} row(s) in flight)':<32}{gib(self.per_block):>12}"
                      f"   x {c.n_layer} blocks = {gib(self.blocks)}")
-        lines.append(f"    {'outside the blocks (logits, ln_f)':<32}{gib(self.outside):>12}")
+        lines.append(f"    {'outside blocks (logits, ln_f)':<32}{gib(self.outside):>12}")
         lines.append(f"  {'peak while setting up':<34}{gib(self.setup_peak):>12}")
         lines.append(f"  {'peak in a step':<34}{gib(self.step_peak):>12}")
         lines.append(f"  {'peak':<34}{gib(self.peak):>12}")

@@ -48,7 +48,7 @@ from minigpt.data import check_block_size, get_batch, load_corpus, prepare
 from minigpt.distributed import communicator
 from minigpt.errors import MinigptError
 from minigpt.atomic import write_dir
-from minigpt.host_memory import tune_host_allocator
+from minigpt.host_memory import release_free_memory, tune_host_allocator
 from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
 from minigpt.lora import add_adapters, merged
@@ -132,6 +132,7 @@ class Trainer:
             self.model.trainable, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
             comm=self.comm, zero=cfg.zero,
         )
+        release_free_memory()  # the weights as loaded, now packed into the optimizer's buffer: not kept resident
         if cfg.init_from == "resume":
             self._restore_training_state(self.out_dir / "latest")
 
