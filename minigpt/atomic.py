@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from minigpt.errors import MinigptError
+
 
 def write_file(dest, write) -> None:
     """Call write(tmp_path) on a temporary file beside `dest`, then rename it over `dest`."""
@@ -85,6 +87,12 @@ def recover_dir(dest: Path) -> None:
         return
     asides = sorted(dest.parent.glob(f".{dest.name}.old-*"), key=lambda p: p.stat().st_mtime)
     if not dest.exists() and asides:
-        os.replace(asides.pop(), dest)
+        previous = asides.pop()
+        try:
+            os.replace(previous, dest)
+        except OSError as err:  # a read-only folder, say: the old version is still there, aside
+            raise MinigptError(f"cannot finish the interrupted replacement of {dest} ({err.strerror or err}): "
+                               f"its complete previous version is {previous}; make {dest.parent} writable "
+                               f"and run again, or rename {previous.name} to {dest.name} yourself") from None
     for leftover in asides + list(dest.parent.glob(f".{dest.name}.tmp-*")):
         shutil.rmtree(leftover, ignore_errors=True)

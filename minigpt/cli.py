@@ -1,15 +1,21 @@
 """Command-line parsing shared by every script (train, generate, evaluate, prepare_data).
 
 Options are accepted with hyphens or underscores (`--max-new-tokens` and
-`--max_new_tokens`, `--max_iters` and `--max-iters`); a mistake on the command
-line is a one-line MinigptError like any other bad input, and a misspelled
-option is answered with the closest real one.
+`--max_new_tokens`, `--max_iters` and `--max-iters`), never abbreviated; a
+mistake on the command line is a one-line MinigptError like any other bad
+input, and a misspelled or abbreviated option is answered with the real one.
+A negative number is a value in every spelling (`--learning_rate -1e-3` as `-0.001`).
 """
 
 import argparse
 import difflib
+import re
 
 from minigpt.errors import MinigptError
+
+
+# a negative number in any spelling float() takes: -1, -0.5, -.5, -1e-3, -1E+3, -inf
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -28,7 +34,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)  # --temp is not --temperature: a misspelling gets "did you mean"
         super().__init__(*args, **kwargs)
+        # argparse takes "-1e-3" for an option (its test knows only -1 and -0.001): every number is a value
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def add_option(self, *names, **kwargs):
         """Add `--some-name`, also accepted as `--some_name` (or the other way round); returns the action."""
@@ -45,7 +54,9 @@ class ArgumentParser(argparse.ArgumentParser):
         known = [s for action in self._actions for s in action.option_strings if s.startswith("--")]
         for word in message[len(prefix):].split():
             if word.startswith("--"):
-                close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1)
+                word = word.split("=", 1)[0]
+                # an abbreviation (--temp) means the option it starts; else the closest spelling (--max_iter)
+                close = [k for k in known if k.startswith(word)][:1] or difflib.get_close_matches(word, known, n=1)
                 if close:
                     return f"; did you mean {close[0]}?"
         return ""

@@ -17,13 +17,16 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from minigpt import schema
 from minigpt.backend import DEVICES, DTYPES
+from minigpt.batch_sampling import SAMPLINGS
 from minigpt.cli import ArgumentParser, add_option
 from minigpt.data import DATASETS, parse_tokenizer_spec
 from minigpt.errors import MinigptError
 from minigpt.hub import GPT2_NAMES as PRETRAINED  # the GPT-2 names --init_from takes
 from minigpt.model_config import GPTConfig, check_shape
 from minigpt.nn.lora import parse_targets as parse_lora_targets
+from minigpt.tasks import parse_eval_tasks
 
 try:
     import tomllib  # Python 3.11+
@@ -51,6 +54,7 @@ class TrainConfig(ModelOptions):
     dataset: str = "pydoc"
     data: str | None = None
     tokenizer: str = "char"
+    sampling: str = "random"  # random windows (nanoGPT), or shuffle: every window once per epoch (minigpt.batch_sampling)
     # optimisation
     batch_size: int = 12
     gradient_accumulation_steps: int = 1
@@ -73,6 +77,9 @@ class TrainConfig(ModelOptions):
     always_save_checkpoint: bool = True  # false: write checkpoints only when the val loss improves (nanoGPT's option)
     init_from: str = "scratch"
     overwrite: bool = False  # a new run may replace the checkpoints and log already in out_dir
+    eval_tasks: str | None = None  # hellaswag=PATH,lambada=PATH: zero-shot scores at every evaluation
+    log_layers: bool = False  # every layer's gradient norm and update/weight ratio in each log record
+    skip_spikes: float = 0.0  # skip an update whose loss or grad norm is this many sd above its window (0: off)
     # system
     device: str = "cpu"
     dtype: str = "float32"
@@ -172,7 +179,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise MinigptError(f"--{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "workers"):
+    for name in ("max_iters", "warmup_iters", "lr_decay_iters", "sample_tokens", "workers", "seed"):
         value = getattr(cfg, name)
         if value is not None and value < 0:
             raise MinigptError(f"--{name} must be 0 or more, got {value}")
@@ -199,10 +206,19 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.data is None and cfg.dataset not in DATASETS:
         raise MinigptError(f"unknown --dataset {cfg.dataset!r}: use one of {', '.join(DATASETS)}, or --data PATH")
     parse_tokenizer_spec(cfg.tokenizer)
-    if cfg.init_from not in ("scratch", "resume", *PRETRAINED) and not Path(cfg.init_from).is_dir():
-        raise MinigptError(
-            f"--init_from {cfg.init_from!r} is neither scratch, resume, one of {', '.join(PRETRAINED)} nor a checkpoint directory"
-        )
+    if cfg.sampling not in SAMPLINGS:
+        raise MinigptError(f"--sampling must be one of {', '.join(SAMPLINGS)}, got {cfg.sampling!r}")
+    parse_eval_tasks(cfg.eval_tasks)
+    if not (math.isfinite(cfg.skip_spikes) and cfg.skip_spikes >= 0):
+        raise MinigptError(f"--skip_spikes must be 0 (off) or a positive number of standard deviations, got {cfg.skip_spikes}")
+    if cfg.init_from not in ("scratch", "resume", *PRETRAINED):
+        path = Path(cfg.init_from).expanduser()
+        if not path.is_dir():
+            what = "does not exist" if not path.exists() else "is not a directory"
+            raise MinigptError(
+                f"--init_from {cfg.init_from}: {path} {what}; give scratch, resume, one of {', '.join(PRETRAINED)} "
+                f"or a checkpoint directory"
+            )
     return cfg
 
 
@@ -214,8 +230,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 HELP = {
     **{name: _FIELDS[name].metadata["help"] for name in MODEL_FIELDS},
     "dataset": f"a built-in corpus: {', '.join(DATASETS)} (shakespeare is downloaded once)",
-    "data": "a UTF-8 text file or a folder of them, used instead of --dataset",
+    "data": "a UTF-8 text file or a folder of them, used instead of --dataset; or a shard folder / glob (prepare_data.py)",
     "tokenizer": "char, gpt2, or bpe:N (a BPE of N tokens trained on the text)",
+    "sampling": "random: B random windows per micro-batch (nanoGPT); shuffle: each epoch every non-overlapping window once",
+    "eval_tasks": "TASK=PATH[,TASK=PATH] (hellaswag, lambada): score them zero-shot at every evaluation",
+    "log_layers": "log every layer's gradient norm and update/weight ratio (and plot them in loss.png)",
+    "skip_spikes": "Z: skip an update whose loss or grad norm is Z sd above its last 128 values (llm.c's -sl/-sg; 0: off)",
     "batch_size": "sequences per micro-batch",
     "gradient_accumulation_steps": "micro-batches per optimizer step",
     "max_iters": "optimizer steps in the whole run",
@@ -302,7 +322,15 @@ def parse_args(argv=None) -> tuple[TrainConfig, dict]:
     return cfg, explicit
 
 
-def merge_resumed(saved_options: dict, explicit: dict) -> TrainConfig:
+# the options a checkpoint saves (trainer_state.json's "options"), each of its field's JSON type
+_JSON_SPECS = {bool: schema.Bool(), int: schema.Int(), float: schema.Num(), str: schema.Str()}
+OPTIONS_SCHEMA = schema.Obj({
+    name: schema.Optional(_JSON_SPECS[kind]) if name in _OPTIONAL else _JSON_SPECS[kind]
+    for name, kind in _FIELD_KINDS.items()
+})
+
+
+def merge_resumed(saved_options: dict, explicit: dict, source="the checkpoint's options") -> TrainConfig:
     """The resumed run's options, with the explicitly given ones on top (init_from stays resume).
 
     Changing the model's shape on resume makes no sense: an explicit value that
@@ -312,6 +340,8 @@ def merge_resumed(saved_options: dict, explicit: dict) -> TrainConfig:
     holds min_lr, instead of restarting a longer cosine (give --lr_decay_iters to
     change it).
     """
+    schema.check(saved_options, OPTIONS_SCHEMA, f"{source} (options)",
+                 "the checkpoint is damaged; use another, or start a new run")
     base = {k: v for k, v in saved_options.items() if k in _FIELDS}
     if base.get("lr_decay_iters") is None and "max_iters" in base:
         base["lr_decay_iters"] = base["max_iters"]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minigpt import schema
 from minigpt.atomic import recover_dir, write_dir, write_file
 from minigpt.download import download, sha256_of
 from minigpt.errors import MinigptError
@@ -79,14 +80,15 @@ def write_tokens(path, tokens, vocab_size: int) -> None:
 def read_tokens(path) -> np.memmap:
     """The tokens of a file written by `write_tokens`, as a read-only memmap."""
     path = Path(path)
-    rebuild = f"delete {path.parent} to rebuild it"
+    rebuild = rebuild_advice(path.parent)
     if not path.is_file():
-        raise MinigptError(f"token file {path} does not exist; run scripts/prepare_data.py")
+        raise MinigptError(f"token file {path} does not exist; {rebuild}")
     size = path.stat().st_size
     if size < HEADER_BYTES:
         raise MinigptError(f"token file {path} is too short to hold a header; {rebuild}")
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     magic, version, count, itemsize = (int(v) for v in header[:4])
+    itemsize = itemsize or 2  # llm.c leaves header[3] zero: uint16 tokens
     if magic != MAGIC or version != VERSION or itemsize not in (2, 4):
         raise MinigptError(f"{path} is not a minigpt token file (bad magic, version or dtype); {rebuild}")
     if size != HEADER_BYTES + count * itemsize:
@@ -133,8 +135,9 @@ def shakespeare_corpus() -> Corpus:
     path = data_dir() / "shakespeare" / "input.txt"
     if path.is_file() and sha256_of(path) != sha256:
         raise MinigptError(f"{path} does not have the expected sha256 {sha256}; delete it to download it again")
-    if not path.is_file():
-        download(url, path, sha256=sha256)
+    if path.is_file():  # downloaded by an earlier run, or copied there by hand: its sha256 is what vouches for it
+        return Corpus("shakespeare", read_text_file(path), f"{path} (sha256 {sha256[:12]}...)")
+    download(url, path, sha256=sha256)
     return Corpus("shakespeare", read_text_file(path), url)
 
 
@@ -203,6 +206,9 @@ def path_corpus(path) -> Corpus:
     path = Path(path).expanduser()
     if not path.exists():
         raise MinigptError(f"--data {path} does not exist; give a UTF-8 text file or a directory of them")
+    if not (path.is_file() or path.is_dir()):  # a FIFO or a device would block the read forever, or never end
+        raise MinigptError(f"--data {path} is neither a regular file nor a directory (a pipe, socket or device); "
+                           f"give a UTF-8 text file or a directory of them")
     if path.is_dir():
         files = text_files(path)
         if not files:
@@ -257,7 +263,16 @@ def build_tokenizer(spec: str, text: str, train_text: str):
         return CharTokenizer.train(text)
     if kind == "gpt2":
         return BPETokenizer.from_pretrained("gpt2")
-    return BPETokenizer.train(train_text, size)
+    return note_short_vocabulary(BPETokenizer.train(train_text, size), spec)
+
+
+def note_short_vocabulary(tokenizer, spec: str):
+    """Say so when the text ran out of pairs to merge before bpe:N reached its N tokens."""
+    wanted = parse_tokenizer_spec(spec)[1]
+    if tokenizer.vocab_size < wanted:
+        print(f"note: --tokenizer {spec}: the text has only enough repeated pairs for {tokenizer.vocab_size} tokens, "
+              f"not {wanted}; the vocabulary has {tokenizer.vocab_size} (more text gives more)")
+    return tokenizer
 
 
 def tokenizer_label(tokenizer) -> str:
@@ -320,6 +335,7 @@ def prepare(corpus: Corpus, tokenizer_spec: str = "char", tokenizer=None) -> Pre
         out = _folder_for_tokenizer(corpus, label, fingerprint)
 
     recover_dir(out)
+    _refuse_shard_folder(out)
     meta = _read_meta(out)
     if _reusable(meta, corpus, tokenizer_spec, fingerprint):
         return _open(out, meta, load_tokenizer(out / "tokenizer"))
@@ -372,12 +388,28 @@ def _reusable(meta: dict | None, corpus: Corpus, tokenizer_spec: str, fingerprin
     return meta.get("tokenizer") == tokenizer_spec  # a spec builds the same tokenizer from the same text
 
 
+def _refuse_shard_folder(folder: Path) -> None:
+    """A folder of shards (scripts/prepare_data.py) is trained on as it is, never rebuilt as train.bin."""
+    try:
+        shards = "shards" in json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return
+    if shards:
+        raise MinigptError(f"{folder} holds shards prepared by scripts/prepare_data.py; train on them with "
+                           f"--data {folder}, or delete the folder to prepare it as one train.bin again")
+
+
+META_SCHEMA = schema.Obj({  # the fields of meta.json that reading a data folder relies on
+    "version": schema.Int(), "tokenizer": schema.Str(), "tokenizer_sha256": schema.Str(), "source_sha256": schema.Str(),
+    "vocab_size": schema.Int(1), "dtype": schema.Str(), "train_tokens": schema.Int(0), "val_tokens": schema.Int(0),
+}, required=("version", "tokenizer", "source_sha256", "vocab_size", "dtype", "train_tokens", "val_tokens"))
+
+
 def _read_meta(folder: Path) -> dict | None:
     """The folder's meta.json, or None when it is missing or unreadable (the folder is then rebuilt)."""
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-        return meta if isinstance(meta, dict) and "source_sha256" in meta else None
-    except (OSError, ValueError):
+        return schema.check(json.loads((folder / "meta.json").read_text()), META_SCHEMA, folder / "meta.json")
+    except (OSError, ValueError, schema.SchemaError):
         return None
 
 
@@ -395,13 +427,46 @@ def _write_dataset(out: Path, meta: dict, tokenizer, train, val) -> None:
 
 
 def _open(folder: Path, meta: dict, tokenizer) -> PreparedData:
-    return PreparedData(folder, meta, tokenizer, read_tokens(folder / "train.bin"), read_tokens(folder / "val.bin"))
+    """The prepared data in `folder`, its token files checked against meta.json (check_token_file)."""
+    splits = {}
+    for split in ("train", "val"):
+        splits[split] = read_tokens(folder / f"{split}.bin")
+        check_token_file(splits[split], meta, split, folder / f"{split}.bin")
+    return PreparedData(folder, meta, tokenizer, splits["train"], splits["val"])
+
+
+def rebuild_advice(folder: Path) -> str:
+    """What to do about a damaged data folder (prepare reuses a folder whose meta.json matches, so: delete it)."""
+    return f"delete {folder} and it is prepared again on the next run (train.py or prepare_data.py)"
+
+
+TOKEN_CHECK_CHUNK = 1 << 24  # tokens per step of the max: 32 MB of uint16, so no temporary of the whole file
+
+
+def check_token_file(tokens: np.ndarray, meta: dict, split: str, path: Path) -> None:
+    """Refuse a token file that disagrees with meta.json: its count, its dtype, or an id past the vocabulary.
+
+    An id >= vocab_size would reach the embedding as an IndexError mid-run (or,
+    on a GPU, wrap round silently); the max over the file, a chunk at a time,
+    finds it when the file is opened: 0.035 s per GB of tokens in the page cache (scripts/bench/bench_checks.py).
+    """
+    expected = meta[f"{split}_tokens"]
+    if tokens.size != expected or tokens.dtype.name != meta["dtype"]:
+        raise MinigptError(f"{path} holds {tokens.size:,} {tokens.dtype.name} tokens but meta.json says "
+                           f"{expected:,} {meta['dtype']}; {rebuild_advice(path.parent)}")
+    vocab_size = meta["vocab_size"]
+    for start in range(0, tokens.size, TOKEN_CHECK_CHUNK):
+        top = int(tokens[start : start + TOKEN_CHECK_CHUNK].max())
+        if top >= vocab_size:
+            raise MinigptError(f"{path} holds token id {top}, past the vocabulary of {vocab_size} in meta.json "
+                               f"(ids 0..{vocab_size - 1}): the file is damaged or from another tokenizer; "
+                               f"{rebuild_advice(path.parent)}")
 
 
 def check_block_size(data: PreparedData, block_size: int) -> None:
     """Both splits must hold at least one window of block_size + 1 tokens."""
     for split, tokens in (("training", data.train), ("validation", data.val)):
-        if tokens.size < block_size + 1:
+        if (tokens.span(block_size) if hasattr(tokens, "span") else tokens.size - block_size) < 1:  # shards: within one
             raise MinigptError(
                 f"{data.dir} has {tokens.size} {split} tokens, fewer than block_size + 1 = {block_size + 1}; "
                 "use a larger text or a smaller --block_size"
@@ -435,9 +500,15 @@ def get_batch(tokens: np.ndarray, batch_size: int, block_size: int, rng: np.rand
     positions of all B are drawn, so the generator advances alike whichever rows
     a caller reads (each rank of a multi-process run reads its own).
     Host-side int64 arrays; the trainer moves them to the model's device.
+    `tokens` may also be a split of many shards (minigpt.shards.TokenShards),
+    whose windows never cross a shard's end; one array draws as it always has.
     """
-    starts = rng.integers(0, tokens.size - block_size, size=batch_size)
+    sharded = hasattr(tokens, "gather")
+    starts = rng.integers(0, tokens.span(block_size) if sharded else tokens.size - block_size, size=batch_size)
     if rows is not None:
         starts = starts[rows]
-    windows = np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int64)
+    if sharded:
+        windows = tokens.gather(starts, block_size)
+    else:
+        windows = np.asarray(tokens[starts[:, None] + np.arange(block_size + 1)], dtype=np.int64)
     return windows[:, :-1], windows[:, 1:]

@@ -13,6 +13,10 @@ class MinigptError(Exception):
     """An error caused by the user's input; its message is shown as is."""
 
 
+class TokenIdError(MinigptError, ValueError):
+    """A token id outside the model's vocabulary: a user's error for the scripts, a ValueError for the API."""
+
+
 def run_cli(main, argv=None):
     """Run `main(argv)` and turn a MinigptError into `error: ...` and exit status 2."""
     try:

@@ -1,30 +1,26 @@
-"""Text generation: the samplers, the decoding loop over the KV cache, streaming text.
+"""Text generation: the decoding loop over the KV cache, prompts of different lengths, stop strings, streaming text.
 
 A language model gives, for the last position of each sequence, a row of logits
-z (one per vocabulary entry). Generating is repeating three steps:
+z (one per vocabulary entry). Generating is repeating four steps:
 
     1. logits z = model(context)[:, -1, :]             (B, V)
-    2. next token x ~ sample(z)                        (B,)
-    3. context = context + [x]
+    2. z = processors(z, context)                      repetition / frequency / presence penalties, n-gram bans
+    3. next token x ~ sample(z)                        temperature, top-k, top-p, min-p (minigpt.sampling)
+    4. context = context + [x]
 
-Sampling (`sample_next`) turns z into a distribution and draws from it:
-
-    temperature t = 0   greedy: x = argmax_i z_i
-    temperature t > 0   p_i = exp(z_i / t) / sum_j exp(z_j / t)
-    top-k               keep exactly the k largest z_i (ties go to the lower token id)
-    top-p (nucleus)     sort p descending and keep the smallest prefix whose mass reaches p
-                        (a token is kept when the mass before it is still below p)
-
-Filtered tokens get probability 0 and the rest are renormalised. Filters apply in
-the order temperature, top-k, top-p, as in Hugging Face transformers. A logit of
--inf is a token that can never be drawn; NaN, +inf, or a row with no finite logit
-describe no distribution, and are a MinigptError rather than an id outside the
-vocabulary.
+Step 2 is minigpt.logits_processors, step 3 minigpt.sampling, both in Hugging
+Face's order; speculative decoding (`prompt_lookup`, `draft_model`) is
+minigpt.speculative, which this module's `generate_stream` hands B = 1 runs to.
 
 The loop (`generate_stream`) never recomputes the prompt: it runs the prompt once
 through the model filling a KV cache (prefill), then feeds one token per step,
 whose keys and values are appended to the cache. A prompt longer than the
 model's block_size is cut to its last block_size tokens.
+
+Prompts of different lengths share one batch left-padded: row b's first pad[b]
+cache slots hold padding, hidden from every real query by the attention mask,
+and its tokens sit at positions slot - pad[b] (learned wpe or rotary alike), so
+each row computes what it would alone (to rounding).
 
 Past block_size the window slides (`SlidingWindow`), by s = `window_shift`
 tokens at a time. Cached keys and values cannot follow the window: a token's
@@ -42,137 +38,33 @@ up to block_size of them). s = 1 is the exact sliding window, each token seeing
 what a full forward over `context[:, -block_size:]` sees, at a block_size-token
 pass per token; the default s = block_size // 2 is the cheap one that still
 keeps at least half a window. The same holds for every position variant
-(rotary too). On the GPU the cache never leaves the device: a shift re-runs
-the kept ids, sent once per shift.
+(rotary too). In a ragged batch each row's window moves when that row fills
+block_size, as it would alone: the rows that move are cut, and the whole batch
+is refilled (left-padded again) in one pass. On the GPU the cache never leaves
+the device: a shift re-runs the kept ids, sent once per shift.
 """
 
 import codecs
 
 import numpy as np
 
-from minigpt.backend import array_module, stable_argsort, to_host
+from minigpt import speculative
+from minigpt.backend import to_host
 from minigpt.errors import MinigptError
-
-# ---------------------------------------------------------------------------
-# Samplers: plain functions of a (B, V) array of logits on the host.
-# ---------------------------------------------------------------------------
-
-
-def check_sampling_args(temperature=1.0, top_k=None, top_p=None, option=str):
-    """Raise a MinigptError for sampling settings that mean nothing.
-
-    `option` spells a parameter's name as the caller's user wrote it (a script passes `top_k` -> `--top-k`).
-    """
-    if not np.isfinite(temperature) or temperature < 0:
-        raise MinigptError(f"{option('temperature')} must be 0 (greedy) or positive, got {temperature}")
-    if top_k is not None and (int(top_k) != top_k or top_k < 1):
-        raise MinigptError(f"{option('top_k')} must be a whole number >= 1 (or left out), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise MinigptError(f"{option('top_p')} must be in (0, 1] (or left out), got {top_p}")
-
-
-def check_logits(logits: np.ndarray, what: str = "logits") -> None:
-    """A MinigptError unless every row of (B, V) logits describes a distribution.
-
-    -inf is allowed (a token masked out) as long as each row keeps one finite
-    logit; NaN and +inf are not: softmax would turn them into NaN probabilities,
-    and the inverted cumulative sum in `draw` would then return the id V.
-    """
-    if np.isfinite(logits).all():  # the common case: one pass, no further work
-        return
-    nan_or_pos_inf = np.isnan(logits) | (logits == np.inf)
-    if nan_or_pos_inf.any():
-        row, token = map(int, np.argwhere(nan_or_pos_inf)[0])
-        raise MinigptError(f"the {what} hold {logits[row, token]} (row {row}, token {token}): the model produced no "
-                           f"distribution to sample from; check that its weights are finite")
-    empty = ~np.isfinite(logits).any(axis=-1)
-    if empty.any():
-        raise MinigptError(f"row {int(np.argmax(empty))} of the {what} is all -inf: no token is left to sample")
-
-
-def top_k_mask(logits, k: int):
-    """(B, V) boolean, True for exactly k tokens per row: the k largest logits.
-
-    Ties at the k-th value are broken in favour of lower token ids, so a row of
-    equal logits keeps tokens 0..k-1. Linear time (a partition, not a sort).
-    """
-    xp = array_module(logits)  # NumPy or CuPy: the sampler runs where the logits are
-    vocab_size = logits.shape[-1]
-    if k >= vocab_size:
-        return xp.ones(logits.shape, dtype=bool)
-    kth_largest = xp.partition(logits, vocab_size - k, axis=-1)[:, vocab_size - k, None]
-    above = logits > kth_largest
-    ties = logits == kth_largest
-    ties_needed = k - above.sum(axis=-1, keepdims=True)  # >= 1, by definition of the k-th value
-    return above | (ties & (xp.cumsum(ties, axis=-1) <= ties_needed))
-
-
-def top_p_mask(probs, p: float):
-    """(B, V) boolean, True for the smallest set of most likely tokens whose mass reaches p.
-
-    With probabilities sorted descending, p_(1) >= p_(2) >= ..., token (r) is kept
-    when sum_{s<r} p_(s) < p: the set stops at the first token that brings the
-    mass to p or beyond. The most likely token is always kept. Equal
-    probabilities are ordered by token id (a stable sort), lower first.
-    """
-    xp = array_module(probs)  # NumPy or CuPy, as top_k_mask
-    if p >= 1.0:
-        return xp.ones(probs.shape, dtype=bool)  # no rounding in the sum may drop a token
-    order = stable_argsort(-probs)  # (B, V), most likely first
-    sorted_probs = xp.take_along_axis(probs, order, axis=-1)
-    mass_before = xp.cumsum(sorted_probs, axis=-1) - sorted_probs
-    keep = xp.empty(probs.shape, dtype=bool)
-    keep[xp.arange(probs.shape[0])[:, None], order] = mass_before < p  # scattered back to token order
-    return keep
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64; -inf logits get probability exactly 0."""
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    probs = np.exp(shifted)
-    return probs / probs.sum(axis=-1, keepdims=True)
-
-
-def sampling_probs(logits, temperature=1.0, top_k=None, top_p=None) -> np.ndarray:
-    """The (B, V) float64 distribution that `sample_next` draws from (temperature > 0)."""
-    with np.errstate(over="ignore"):  # a tiny temperature can overflow to inf, which the check reports
-        scaled = np.asarray(logits, dtype=np.float64) / temperature
-    check_logits(scaled, f"logits / temperature {temperature}")
-    if top_k is not None:
-        scaled = np.where(top_k_mask(scaled, int(top_k)), scaled, -np.inf)
-    probs = softmax(scaled)
-    if top_p is not None:
-        probs = np.where(top_p_mask(probs, top_p), probs, 0.0)
-        probs /= probs.sum(axis=-1, keepdims=True)
-    return probs
-
-
-def draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One token per row from (B, V) probabilities, by inverting the cumulative sum.
-
-    Token i is drawn when cdf_{i-1} <= u * cdf_V < cdf_i for u ~ U[0, 1), so a
-    token of probability 0 (an empty interval) can never be drawn.
-    """
-    cdf = np.cumsum(probs, axis=-1)
-    u = rng.random(probs.shape[0]) * cdf[:, -1]
-    return np.array([np.searchsorted(row, x, side="right") for row, x in zip(cdf, u)], dtype=np.int64)
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, rng=None) -> np.ndarray:
-    """The next token id of each row of (B, V) logits, as a (B,) int64 NumPy array.
-
-    temperature 0 is greedy (argmax, lowest id on ties; top_k/top_p change nothing);
-    otherwise one draw from `sampling_probs`, using `rng` (a NumPy Generator).
-    """
-    check_sampling_args(temperature, top_k, top_p)
-    logits = to_host(logits)
-    check_logits(logits)
-    if temperature == 0:
-        return np.argmax(logits, axis=-1).astype(np.int64)
-    if rng is None:
-        rng = np.random.default_rng()
-    return draw(sampling_probs(logits, temperature, top_k, top_p), rng)
-
+from minigpt.logits_processors import LogitsProcessors, check_processor_args
+from minigpt.model_config import check_token_range
+from minigpt.sampling import (  # noqa: F401 (the samplers' old home: callers import them from here too)
+    check_logits,
+    check_sampling_args,
+    draw,
+    min_p_mask,
+    sample_next,
+    sample_next_on_device,
+    sampling_probs,
+    softmax,
+    top_k_mask,
+    top_p_mask,
+)
 
 # ---------------------------------------------------------------------------
 # The decoding loop.
@@ -196,6 +88,33 @@ def _check_prompt(idx) -> np.ndarray:
     return idx.astype(np.int64)
 
 
+def _check_prompts(idx, vocab_size: int) -> list:
+    """The prompts as a list of B 1-D int64 arrays: from a (B, T) array, or a list of id sequences of any lengths.
+
+    Every id must lie in [0, vocab_size): NumPy would wrap -1 round to the last token, CuPy read past the table."""
+    if isinstance(idx, (list, tuple)) and len(idx) and not np.isscalar(idx[0]):
+        rows = [to_host(row) for row in idx]  # lists, NumPy or CuPy arrays
+        for i, row in enumerate(rows):
+            if row.ndim != 1 or len(row) == 0 or not np.issubdtype(row.dtype, np.integer):
+                raise MinigptError(f"prompt {i} must be a non-empty sequence of integer token ids, got shape "
+                                   f"{row.shape} of {row.dtype}")
+            check_token_range(row, vocab_size)
+        return [row.astype(np.int64) for row in rows]
+    prompt = _check_prompt(idx)
+    check_token_range(prompt, vocab_size)
+    return list(prompt)
+
+
+def left_pad(rows, pad_id=0):
+    """(B, L) ids, each row right-aligned after pad_id, and the (B,) padding lengths; L = the longest row."""
+    length = max(len(r) for r in rows)
+    pad = np.array([length - len(r) for r in rows], dtype=np.int64)
+    out = np.full((len(rows), length), pad_id, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, pad[i]:] = r
+    return out, pad
+
+
 def check_window_shift(window_shift, block_size=None, option=str):
     """Raise a MinigptError unless `window_shift` is None (the default) or a whole number in 1 .. block_size.
 
@@ -211,10 +130,11 @@ def check_window_shift(window_shift, block_size=None, option=str):
 
 
 class SlidingWindow:
-    """The logits of a growing context, from a KV cache that slides past block_size (see the module's doc).
+    """The logits of B growing contexts, from a KV cache that slides past block_size (see the module's doc).
 
-    `window` holds the ids the cache holds, (B, cache.length) on the host: the
-    logits are always those of a full forward over `window` (up to rounding).
+    `rows` holds each row's ids that the cache holds (host, no padding): the
+    logits are always those of a full forward over each row alone (to rounding).
+    `window` is the same as a left-padded (B, L) array.
     """
 
     def __init__(self, model, prompt, window_shift=None):
@@ -223,19 +143,31 @@ class SlidingWindow:
         self.model, self.block_size = model, block_size
         self.shift = max(1, block_size // 2) if window_shift is None else int(window_shift)
         self.cache = model.new_kv_cache()
-        self.window = prompt[:, -block_size:]
-        self.logits = self._feed(self.window)  # prefill
+        self.rows = [[int(i) for i in row[-block_size:]] for row in prompt]  # lists: an append is O(1)
+        self.logits = self._refill()  # prefill
+
+    @property
+    def window(self):
+        return left_pad(self.rows)[0]
 
     def push(self, next_ids):
         """Append (B,) ids to every sequence; returns the (B, V) logits of the position after them."""
-        self.window = np.concatenate([self.window, next_ids[:, None]], axis=1)
-        if self.cache.length < self.block_size:
-            self.logits = self._feed(self.window[:, -1:])
-        else:  # full: move the window by `shift` and recompute what it keeps
-            self.window = self.window[:, -(self.block_size - self.shift + 1):]
-            self.cache.reset()
-            self.logits = self._feed(self.window)
+        # the cache holds max_b len(row b) positions: it is full exactly when some row fills block_size
+        full = [len(row) == self.block_size for row in self.rows] if self.cache.length == self.block_size else None
+        for row, i in zip(self.rows, next_ids):
+            row.append(int(i))
+        if full is None:
+            self.logits = self._feed(np.asarray(next_ids, dtype=np.int64)[:, None])
+        else:  # move the full rows' windows and recompute what every row keeps, in one left-padded pass
+            keep = self.block_size - self.shift + 1
+            self.rows = [row[-keep:] if row_full else row for row, row_full in zip(self.rows, full)]
+            self.logits = self._refill()
         return self.logits
+
+    def _refill(self):
+        window, pad = left_pad(self.rows)
+        self.cache.reset(pad)
+        return self._feed(window)
 
     def _feed(self, ids):
         """Logits (B, V) of the last position after feeding ids (B, T) to the cache."""
@@ -243,59 +175,162 @@ class SlidingWindow:
         return model.forward_cached(model.xp.asarray(ids), self.cache, last_only=True)[:, -1, :]
 
 
+class StopStrings:
+    """Which of B sequences have produced one of the `stop` strings, from their ids as they come.
+
+    A sequence stops when the decoded text of its generated tokens contains a
+    stop string, which may span several tokens. The check runs on the host
+    from the ids (on a GPU, the B ids that come back anyway). `cut(text)` is
+    the text before the first stop string: what the scripts print.
+    """
+
+    def __init__(self, stop, tokenizer, batch_size):
+        self.stops = check_stop(stop)
+        if tokenizer is None:
+            raise MinigptError("stop strings need the tokenizer (pass tokenizer=...) to decode the ids")
+        self.decoders = [StreamDecoder(tokenizer) for _ in range(batch_size)]
+        self.texts = [""] * batch_size
+        self.longest = max(len(s) for s in self.stops)
+        self.stopped = np.zeros(batch_size, dtype=bool)
+
+    def push(self, ids) -> np.ndarray:
+        """Feed each row's new id; returns the (B,) rows that have now stopped (sticky)."""
+        for b, i in enumerate(ids):
+            if self.stopped[b]:
+                continue
+            new = self.decoders[b].push([int(i)])
+            self.texts[b] += new
+            tail = self.texts[b][-(self.longest + len(new)):]  # a stop string completed now ends in the new text
+            self.stopped[b] = any(s in tail for s in self.stops)
+        return self.stopped
+
+    def cut(self, text):
+        """The text before the first stop string (all of it when there is none)."""
+        i = find_stop(text, self.stops)
+        return text if i is None else text[:i]
+
+
+def find_stop(text, stops, start=0):
+    """Index of the first of the `stops` strings in text[start:] (as an index into text), or None."""
+    hits = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def check_stop(stop, option=str):
+    """The stop strings as a list: `stop` is one string or a list of them, none empty."""
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    if not stops or any(not isinstance(s, str) or not s for s in stops):
+        raise MinigptError(f"{option('stop')} must be one non-empty string or a list of them, got {stop!r}")
+    return stops
+
+
 def generate_stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
-                    window_shift=None):
+                    window_shift=None, *, min_p=None, repetition_penalty=None, frequency_penalty=0.0,
+                    presence_penalty=0.0, no_repeat_ngram_size=None, stop=None, tokenizer=None, prompt_lookup=None,
+                    draft_model=None):
     """Yield the next token of every sequence, a (B,) int64 NumPy array per step.
 
-    `idx` is the (B, T) prompt (any backend). `seed` is an int, None (fresh
-    entropy) or a NumPy Generator (to continue one stream of randomness across
-    calls). A sequence that has produced `stop_token` is finished: from then on
-    its entries are `stop_token` again (padding), and the stream ends early once
+    `idx` is the (B, T) prompt (any backend), or a list of B prompts of
+    different lengths (lists or 1-D arrays of ids: left-padded, each row
+    generating what it would alone). `seed` is an int, None (fresh entropy) or a
+    NumPy Generator (to continue one stream of randomness across calls). A
+    sequence that has produced `stop_token`, or whose generated text contains a
+    `stop` string (one or a list; needs `tokenizer`), is finished: from then on
+    its entries are `stop_token` again (padding; the tokenizer's end-of-text
+    token, else 0, when only `stop` is given), and the stream ends early once
     every sequence is finished. `window_shift` is how far the context window
     moves once the cache is full: 1 (exact, slow) .. block_size, None for
     block_size // 2 (see the module's doc).
+
+    Steering (Hugging Face's names; minigpt.logits_processors): repetition_penalty,
+    frequency_penalty, presence_penalty, no_repeat_ngram_size, then min_p after
+    temperature, top_k, top_p. Speculative decoding (minigpt.speculative; B = 1):
+    `prompt_lookup` K drafts up to K tokens from the context, `draft_model` (a
+    GPT with the same vocabulary) drafts with a smaller model; the tokens are
+    those plain decoding gives (greedy: the same; sampling: the same distribution).
     """
-    check_sampling_args(temperature, top_k, top_p)
+    check_sampling_args(temperature, top_k, top_p, min_p=min_p)
+    check_processor_args(repetition_penalty, frequency_penalty, presence_penalty, no_repeat_ngram_size)
     check_window_shift(window_shift, model.config.block_size)
     if max_new_tokens < 0:
         raise MinigptError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    context = _check_prompt(idx)
+    prompts = _check_prompts(idx, model.config.vocab_size)
+    B = len(prompts)
     rng = _as_rng(seed)
-    finished = np.zeros(context.shape[0], dtype=bool)
+    processors = LogitsProcessors(prompts, model.config.vocab_size, model.xp, repetition_penalty, frequency_penalty,
+                                  presence_penalty, no_repeat_ngram_size)
+    stops = None if stop is None else StopStrings(stop, tokenizer, B)
+    pad_id = _pad_id(stop_token, tokenizer)
+    finished = np.zeros(B, dtype=bool)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    if prompt_lookup is not None or draft_model is not None:
+        if B != 1:
+            raise MinigptError(f"speculative decoding (prompt_lookup, draft_model) runs one sequence at a time, got "
+                               f"{B}: generate each prompt on its own")
+        steps = speculative.speculative_steps(model, prompts[0], processors, sampling, rng, window_shift,
+                                              prompt_lookup=prompt_lookup, draft_model=draft_model)
+    else:
+        steps = _plain_steps(model, prompts, processors, sampling, rng, window_shift)
 
-    # on the GPU the logits stay there and only the B ids come back (sample_next_on_device)
-    sample = sample_next if model.xp is np else sample_next_on_device
     was_training = getattr(model, "training", False)
     model.eval()
     try:
-        window = SlidingWindow(model, context, window_shift)
         for step in range(max_new_tokens):
-            next_ids = sample(window.logits, temperature, top_k, top_p, rng)
+            next_ids = next(steps)
+            next_ids[finished] = pad_id
             if stop_token is not None:
-                next_ids[finished] = stop_token
                 finished |= next_ids == stop_token
+            if stops is not None:
+                finished |= stops.push(next_ids)
             yield next_ids
-            if finished.all() or step == max_new_tokens - 1:
+            if finished.all():
                 return
-            window.push(next_ids)
     finally:
+        steps.close()
         if was_training:
             model.train()
 
 
+def _pad_id(stop_token, tokenizer):
+    """What fills a finished row, and a short prompt's left: stop_token, else the end-of-text token, else 0."""
+    if stop_token is not None:
+        return stop_token
+    eot = getattr(tokenizer, "eot_token", None)
+    return 0 if eot is None else eot
+
+
+def _plain_steps(model, prompts, processors, sampling, rng, window_shift):
+    """The plain decoding loop, as a generator of (B,) ids (the prefill runs at the first `next`)."""
+    # on the GPU the logits stay there and only the B ids come back (sample_next_on_device)
+    sample = sample_next if model.xp is np else sample_next_on_device
+    window = SlidingWindow(model, prompts, window_shift)
+    while True:
+        next_ids = sample(processors(window.logits), rng=rng, **sampling)
+        processors.append(next_ids)
+        yield next_ids
+        window.push(next_ids)
+
+
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
-             window_shift=None):
+             window_shift=None, **controls):
     """The prompt followed by up to `max_new_tokens` new tokens: (B, T + n) ids.
 
     Same array module as the model (NumPy or CuPy). As with Hugging Face's
     `generate`, `stop_token` is kept in the output, a finished sequence is padded
     with `stop_token` (GPT-2's pad token is its end-of-text token), and the
     result is shorter than T + max_new_tokens (n < max_new_tokens) only when
-    every sequence stopped early. `window_shift`: see `generate_stream`.
+    every sequence stopped early. The tokens that complete a `stop` string are
+    kept too (decode and `StopStrings.cut` to drop the string from the text).
+    Prompts of different lengths (a list) come back left-padded with the pad
+    id (`stop_token`, else the tokenizer's end-of-text token, else 0).
+    `window_shift` and the steering `controls` (min_p, repetition_penalty,
+    frequency_penalty, presence_penalty, no_repeat_ngram_size, stop, tokenizer,
+    prompt_lookup, draft_model): see `generate_stream`.
     """
-    prompt = _check_prompt(idx)
-    steps = list(generate_stream(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, stop_token,
-                                 window_shift))
+    prompts = _check_prompts(idx, model.config.vocab_size)
+    steps = list(generate_stream(model, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_token,
+                                 window_shift, **controls))
+    prompt, _ = left_pad(prompts, _pad_id(stop_token, controls.get("tokenizer")))
     out = np.concatenate([prompt] + [ids[:, None] for ids in steps], axis=1)
     return model.xp.asarray(out)
 
@@ -367,47 +402,4 @@ def encode_prompt(tokenizer, text: str, block_size: int, note=print):
     if len(ids) > block_size:
         note(f"the prompt is {len(ids)} tokens, longer than the model's context of {block_size}: keeping its last {block_size}")
         ids = ids[-block_size:]
-    return ids
-
-
-# ---------------------------------------------------------------------------
-# Sampling where the logits are (the GPU): only the B chosen ids come back.
-# ---------------------------------------------------------------------------
-#
-# The same distribution and the same draw as `sample_next`, written against
-# the logits' array module: the (B, V) row never leaves the device, the host
-# sends B uniforms (drawn from the same NumPy Generator, so a seed gives the
-# same tokens on either device up to float rounding in the probabilities) and
-# gets B ids back: one device-to-host copy of 8 B bytes per token.
-
-
-def sample_next_on_device(logits, temperature=1.0, top_k=None, top_p=None, rng=None) -> np.ndarray:
-    """`sample_next` computed where `logits` (B, V) are; returns (B,) int64 ids on the host.
-
-    Rows with a non-finite logit come back as id -1 (one copy carries both the
-    ids and that flag), which is then one clear error, as on the host.
-    """
-    check_sampling_args(temperature, top_k, top_p)
-    xp = array_module(logits)
-    finite_rows = xp.isfinite(logits).all(axis=-1)  # (B,)
-    if temperature == 0:
-        ids = xp.argmax(logits, axis=-1)
-    else:
-        if rng is None:
-            rng = np.random.default_rng()
-        scaled = logits.astype(xp.float64) / temperature
-        if top_k is not None:
-            scaled = xp.where(top_k_mask(scaled, int(top_k)), scaled, -xp.inf)
-        probs = xp.exp(scaled - scaled.max(axis=-1, keepdims=True))
-        probs /= probs.sum(axis=-1, keepdims=True)
-        if top_p is not None:
-            probs = xp.where(top_p_mask(probs, top_p), probs, 0.0)
-            probs /= probs.sum(axis=-1, keepdims=True)  # as sampling_probs, so the draws agree exactly
-        cdf = xp.cumsum(probs, axis=-1)
-        u = xp.asarray(rng.random(logits.shape[0]))[:, None] * cdf[:, -1:]  # B uniforms to the device
-        ids = (cdf <= u).sum(axis=-1)  # searchsorted(cdf, u, side="right"), as `draw`
-    ids = to_host(xp.where(finite_rows, ids, -1)).astype(np.int64)  # the one copy: B ids
-    if (ids < 0).any():
-        raise MinigptError(f"the model produced non-finite logits (row {int(np.flatnonzero(ids < 0)[0])}): the "
-                           f"weights are likely broken (NaN or inf); retrain or reload the checkpoint")
     return ids

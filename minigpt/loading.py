@@ -4,7 +4,7 @@
 `GPT.from_pretrained` do, what minigpt.locate finds:
 
     a checkpoint directory   config.json + model.safetensors (ours, or Hugging Face's GPT-2)
-    a training out_dir       its best/, else its latest/
+    a training out_dir       its best/, else (missing or damaged) its latest/
     a GPT-2 name             gpt2, gpt2-medium, gpt2-large, gpt2-xl: checkpoints/<name>/, downloaded once
 
 A LoRA adapter checkpoint (adapter_config.json + adapter_model.safetensors,

@@ -275,18 +275,19 @@ def suggestions(config: GPTConfig, step: Step, memory: int) -> list:
     fits = lambda st: plan(config, st).peak <= memory  # noqa: E731
     if not step.recompute and fits(replace(step, recompute=True)):
         out.append("--recompute true")
-    for b in range(step.batch_size - 1, 0, -1):
-        if step.batch_size % b == 0 and fits(replace(step, batch_size=b,
-                                                      gradient_accumulation_steps=step.gradient_accumulation_steps * step.batch_size // b)):
-            out.append(f"--batch_size {b} --gradient_accumulation_steps "
-                       f"{step.gradient_accumulation_steps * step.batch_size // b}")
+    b = step.batch_size // 2  # halving: a few plans, whatever the batch size
+    while b >= 1:
+        accumulation = -(-step.gradient_accumulation_steps * step.batch_size // b)  # the same rows per step
+        if fits(replace(step, batch_size=b, gradient_accumulation_steps=accumulation)):
+            out.append(f"--batch_size {b} --gradient_accumulation_steps {accumulation}")
             break
+        b //= 2
     if not step.lora_rank:
         for extra in ({}, {"recompute": True}):
             if fits(replace(step, lora_rank=8, **extra)):
                 out.append("--lora_rank 8" + (" --recompute true" if extra else ""))
                 break
-    for w in range(step.workers - 1, 0, -1):
+    for w in range(min(step.workers - 1, 64), 0, -1):
         if fits(replace(step, workers=w)):
             out.append(f"--workers {w}")
             break

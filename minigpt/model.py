@@ -25,13 +25,16 @@ import copy
 import functools
 import math
 
+import numpy as np
+
 from minigpt import recompute as recompute_mod
 from minigpt.backend import check_dtype, get_xp, make_rng
 from minigpt.fast import LAYERS as FAST_LAYERS
 from minigpt.fast import block as cached_block
+from minigpt.fast.attention import padding_mask
 from minigpt.generation import generate
 from minigpt.model_config import (  # noqa: F401 (SWITCHES, check_*, mlp_hidden: re-exported)
-    SWITCHES, GPTConfig, check_shape, check_switches, mlp_hidden, param_shapes)
+    SWITCHES, GPTConfig, check_shape, check_switches, check_token_range, mlp_hidden, param_shapes)
 from minigpt.nn import block, dropout, embedding, lm_head, lora, rotary
 from minigpt.nn.layers import LAYERS as PLAIN_LAYERS
 
@@ -50,6 +53,7 @@ class KVCache:
         self.model = model
         self.keys = self.values = None  # lists of (B, n_kv_head, block_size, D), made on first use
         self.length = 0  # positions filled so far
+        self.pad = None  # (B,) host ints: row b's first pad[b] slots are left padding (None: no padding)
 
     def ensure(self, batch_size):
         if self.keys is None:
@@ -61,15 +65,42 @@ class KVCache:
         elif self.keys[0].shape[0] != batch_size:
             raise ValueError(f"this KV cache holds {self.keys[0].shape[0]} sequences, got {batch_size}")
 
-    def reset(self):
-        """Forget every position; the buffers stay, to be refilled from position 0 without a new allocation."""
+    def reset(self, pad=None):
+        """Forget every position; the buffers stay, to be refilled from position 0 without a new allocation.
+
+        pad: (B,) left-padding of the rows about to be fed (None or all 0: none).
+        """
         self.length = 0
+        self.pad = None if pad is None or not np.any(pad) else np.asarray(pad, dtype=np.int64)
+
+    def truncate(self, length):
+        """Forget the positions from `length` on (speculative decoding's rejected drafts): they get overwritten."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a KV cache of {self.length} positions to {length}")
+        self.length = length
 
 
 class GPT:
+    """GPT-2 (Radford et al., 2019) on NumPy or CuPy, every layer's forward and backward written by hand.
+
+        model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65))
+        logits, loss = model.forward(idx, targets)     # idx, targets: (B, T) token ids
+        grads = model.backward()                        # keyed and shaped like model.params
+        out = model.generate(idx, max_new_tokens=50, temperature=0.8, top_k=200)
+        model = GPT.from_pretrained("gpt2")             # OpenAI's weights, or a checkpoint directory
+        model.save_pretrained("out/my_model")           # config.json + model.safetensors, as Hugging Face's
+
+    `params` maps Hugging Face's GPT-2 names (`transformer.h.0.attn.c_attn.weight`, ...)
+    to arrays; `train()` / `eval()` switch dropout on and off.
+    """
+
     def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None, fast=True, recompute=False,
                  init=True):
-        """fast=False runs the plain layers of minigpt.nn (the formulas) instead of minigpt.fast's: slower,
+        """A model of `config`'s shape with GPT-2's initialisation (weights ~ N(0, 0.02), residual projections
+        scaled by 1/sqrt(2 n_layer)), its parameters of `dtype` ("float32" or "float64") on `device` ("cpu" or
+        "gpu"); `seed` seeds the initial weights and the dropout masks (None: a fresh seed).
+
+        fast=False runs the plain layers of minigpt.nn (the formulas) instead of minigpt.fast's: slower,
         the same results to rounding; the gradient checks run both. KV-cache decoding has only the fast step.
         recompute=True keeps only each block's input in the forward and runs the block again in the
         backward (minigpt.recompute): the same losses and gradients, bit for bit, in far less memory.
@@ -184,6 +215,8 @@ class GPT:
 
     def _check_idx(self, idx, offset=0):
         xp = self.xp
+        if isinstance(idx, np.ndarray):
+            check_token_range(idx, self.config.vocab_size)
         idx = xp.asarray(idx)
         if idx.ndim != 2:
             raise ValueError(f"idx must be a (B, T) integer array, got shape {idx.shape}")
@@ -312,9 +345,12 @@ class GPT:
         c, params = self.config, self.params
         idx = self._check_idx(idx, offset=cache.length)
         cache.ensure(idx.shape[0])
-        x, _ = embedding.forward(idx, params["transformer.wte.weight"], params.get("transformer.wpe.weight"),
-                                 offset=cache.length)
-        options = self._block_options(cache.length, idx.shape[1])
+        if cache.pad is None:
+            x, _ = embedding.forward(idx, params["transformer.wte.weight"], params.get("transformer.wpe.weight"),
+                                     offset=cache.length)
+            options = self._block_options(cache.length, idx.shape[1])
+        else:
+            x, options = self._embed_padded(idx, cache)
         for i in range(c.n_layer):
             x = cached_block.forward_cached(x, self.block_params(i), c.n_head, cache.keys[i], cache.values[i],
                                             cache.length, **options)
@@ -324,11 +360,35 @@ class GPT:
         logits, _ = self._final_norm_and_head(x)
         return logits
 
+    def _embed_padded(self, idx, cache):
+        """Embedding and block options for left-padded rows: row b's token at cache slot j is at position j - pad[b].
+
+        Padding slots sit at position 0 and are hidden from every real query by
+        padding_mask (minigpt.fast.attention), so each row computes what it would alone.
+        """
+        c, params, xp = self.config, self.params, self.xp
+        T = idx.shape[1]
+        positions = xp.asarray(np.maximum(np.arange(cache.length, cache.length + T) - cache.pad[:, None], 0))  # (B, T)
+        x, _ = embedding.forward(idx, params["transformer.wte.weight"], None)
+        options = self._block_options(0, 0)  # the switches; the rotary tables are per row, below
+        if c.position == "rotary":
+            options["rope"] = rotary.tables_at(xp, self.dtype, positions[:, None], c.n_embd // c.n_head, c.rope_base)
+        else:
+            x += params["transformer.wpe.weight"][positions]
+        options["mask"] = padding_mask(xp, cache.pad, cache.length, T, self.dtype)
+        return x, options
+
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=None, stop_token=None,
-                 window_shift=None):
-        """Sample max_new_tokens after idx (B, T); see minigpt.generation.generate."""
+                 window_shift=None, *, min_p=None, repetition_penalty=None, frequency_penalty=0.0,
+                 presence_penalty=0.0, no_repeat_ngram_size=None, stop=None, tokenizer=None, prompt_lookup=None,
+                 draft_model=None):
+        """Sample max_new_tokens after idx (B, T, or a list of prompts of different lengths), steered by Hugging
+        Face's controls, optionally with speculative decoding; see minigpt.generation.generate_stream."""
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                        seed=seed, stop_token=stop_token, window_shift=window_shift)
+                        seed=seed, stop_token=stop_token, window_shift=window_shift, min_p=min_p,
+                        repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
+                        presence_penalty=presence_penalty, no_repeat_ngram_size=no_repeat_ngram_size, stop=stop,
+                        tokenizer=tokenizer, prompt_lookup=prompt_lookup, draft_model=draft_model)
 
     # -- files -------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from minigpt.errors import MinigptError
+from minigpt.errors import MinigptError, TokenIdError
 from minigpt.hub import GPT2_BLOCK_SIZE, GPT2_SIZES, GPT2_VOCAB_SIZE
 from minigpt.nn import rotary
 
@@ -181,3 +181,16 @@ def _has_param(config, name):
     if not name.endswith(".bias"):
         return True
     return config.bias and not (name.startswith("ln_") and config.norm == "rmsnorm")  # RMSNorm has no bias
+
+
+def check_token_range(idx, vocab_size: int) -> None:
+    """Refuse token ids below 0 (NumPy would wrap -1 round to the last token) or at vocab_size and above.
+
+    Host arrays only (a min and a max over the ids): a device array would cost a sync.
+    """
+    idx = np.asarray(idx)
+    if idx.size and idx.dtype.kind in "iu":
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= vocab_size:
+            raise TokenIdError(f"token id {low if low < 0 else high} is outside the model's vocabulary of "
+                               f"{vocab_size} tokens (ids 0..{vocab_size - 1})")

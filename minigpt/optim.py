@@ -279,11 +279,15 @@ class FlatAdamW:
         self._shard_decay_end = min(max(self.decay_end - self.shard_start, 0), shard)
         self._sumsq = xp.zeros(1, dtype=dtype)  # sum of g^2 over the shard, then over the ranks
 
-    def step(self, grads: dict, lr: float | None = None, grad_clip: float = 0.0):
+    def step(self, grads: dict, lr: float | None = None, grad_clip: float = 0.0, before_update=None):
         """One clipped AdamW step from this rank's `grads` (keyed like params); the global norm before clipping.
 
         grad_clip <= 0: no clipping, and None is returned (the norm is not computed).
         The norm is a 0-d array on the device (no host sync); read it with `backend.scalar`.
+        before_update(norm), when given, is called once the gradients are summed over
+        the ranks (the norm is then always computed); returning True skips the update,
+        leaving the parameters, the moments and the step count as they were
+        (minigpt.health's spike skipping).
         """
         lr = self.lr if lr is None else lr
         xp = array_module(self.flat_grads)
@@ -300,13 +304,16 @@ class FlatAdamW:
         g = self._grad_shard  # the summed gradient: this rank's shard, or all of it
 
         sumsq, norm = self._sumsq, None
-        if grad_clip > 0:
+        if grad_clip > 0 or before_update is not None:
             sumsq = xp.vdot(g, g)
             if self.sharded:  # the shards' sums of squares add up to the global one
                 self._sumsq[...] = sumsq
                 self.comm.all_reduce(self._sumsq)
                 sumsq = self._sumsq.reshape(())
             norm = xp.sqrt(sumsq)
+        if before_update is not None and before_update(norm):
+            self.t -= 1
+            return norm
         scalars = AdamWScalars.at(self.t, lr, self.betas, self.eps, self.weight_decay)
         adamw_step(self._param_shard, g, self.m, self.v, sumsq, grad_clip, self._shard_decay_end, scalars)
         if self.sharded:

@@ -14,10 +14,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from minigpt import schema
 from minigpt.atomic import write_file, write_text
+from minigpt.health import plot_layers
 
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss.png"
+BAD_SUFFIX = ".bad"  # log.jsonl.bad: the lines a resumed run found unreadable, kept for a human to look at
 
 
 class RunLog:
@@ -40,19 +43,34 @@ class RunLog:
         if self.path is None:
             return
         if keep_before and self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if isinstance(record, dict) and record.get("iter", keep_before) < keep_before:
+            bad = []
+            for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+                try:  # a line cut short by a crash, or edited by hand, is not a record
+                    record = schema.check(json.loads(line), schema.LOG_RECORD, f"line {number}")
+                except (ValueError, schema.SchemaError) as err:
+                    bad.append((number, line, str(err).splitlines()[0]))
+                    continue
+                if record["iter"] < keep_before:
                     self.records.append(record)
+            self._keep_aside(bad)
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def _keep_aside(self, bad: list) -> None:
+        """Append the lines that are not valid records to log.jsonl.bad, and say so once."""
+        if not bad:
+            return
+        aside = self.path.with_name(self.path.name + BAD_SUFFIX)
+        with open(aside, "a") as f:
+            f.write("".join(line + "\n" for _, line, _ in bad))
+        number, _, why = bad[0]
+        print(f"note: {self.path}: {len(bad)} line(s) are not valid records (first: line {number}, {why}); "
+              f"kept aside in {aside}")
 
     # -- the rule: an evaluation waits for its step's record --------------------------
 
-    def evaluated(self, it: int, val_loss: float, train_loss_eval: float) -> None:
-        self.pending = {"iter": it, "val_loss": val_loss, "train_loss_eval": train_loss_eval}
+    def evaluated(self, it: int, val_loss: float, train_loss_eval: float, **scores) -> None:
+        """The evaluation made at iteration `it`; `scores`: the zero-shot tasks' fields (--eval_tasks)."""
+        self.pending = {"iter": it, "val_loss": val_loss, "train_loss_eval": train_loss_eval, **scores}
 
     def resume(self, last_eval, it: int) -> None:
         """Take back a checkpoint's `last_eval`: saved at iteration `it` before its record was written."""
@@ -131,7 +149,11 @@ def plot_losses(plt, records: list, path: Path) -> None:
     """The training batches' loss and the evaluations' val loss against iteration, as a PNG."""
     train = [(r["iter"], r["train_loss"]) for r in records if "train_loss" in r]
     val = [(r["iter"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    layers = any("layer_grad_norm" in r for r in records)  # --log_layers: two more panels (minigpt.health)
+    fig, axes = plt.subplots(3 if layers else 1, 1, figsize=(7, 10 if layers else 4), squeeze=False)
+    ax = axes[0, 0]
+    if layers:
+        plot_layers(axes[1, 0], axes[2, 0], records)
     for points, label in ((train, "train (batch)"), (val, "val")):
         if points:
             ax.plot(*zip(*points), label=label)

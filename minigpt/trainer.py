@@ -29,11 +29,13 @@ prints, logs and saves.
 """
 
 import dataclasses
+import errno
 import math
 import os
 import signal
 import sys
 import tempfile
+import warnings
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -41,23 +43,30 @@ import numpy as np
 from tqdm import tqdm
 
 from minigpt.backend import get_xp, scalar, to_host
-from minigpt.checkpoint import (is_checkpoint, load_optimizer_state, load_trainer_state, recover_checkpoint,
+from minigpt.batch_sampling import make_sampler
+from minigpt.checkpoint import (STATE_FILE, is_checkpoint, load_optimizer_state, load_trainer_state, recover_checkpoint,
                                 save_checkpoint)
 from minigpt.config import TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
-from minigpt.distributed import communicator
+from minigpt.distributed import communicator, launched_rank
 from minigpt.errors import MinigptError
 from minigpt.atomic import write_dir
+from minigpt.health import SpikeDetector, layer_norms, update_ratios
 from minigpt.host_memory import release_free_memory, tune_host_allocator
 from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
+from minigpt.lock import OutDirLock
 from minigpt.lora import add_adapters, merged
+from minigpt.memory import check_step_memory
 from minigpt.model import GPT
 from minigpt.nn.lora import LoraConfig, parse_targets
 from minigpt.optim import FlatAdamW, cosine_lr
 from minigpt.memory_plan import Step, check_fits, config_of
 from minigpt.parallel import DataParallel, default_workers
+from minigpt.preparation import prepared_shards
 from minigpt.runlog import LOG_FILE, PLOT_FILE, RunClock, RunLog, import_pyplot, plot_losses
+from minigpt.shards import is_shard_source, open_shards
+from minigpt.tasks import load_items, parse_eval_tasks, score_task, summary_fields
 
 
 class TrainingDiverged(MinigptError):
@@ -70,7 +79,11 @@ class TrainingDiverged(MinigptError):
 
 def resolve_config(argv=None) -> TrainConfig:
     """The run's options; with --init_from resume, the checkpoint's options under the given ones."""
-    cfg, explicit = parse_args(argv)
+    return resumed_config(*parse_args(argv))
+
+
+def resumed_config(cfg: TrainConfig, explicit: dict) -> TrainConfig:
+    """`cfg` itself, or with --init_from resume the checkpoint's options under the `explicit` ones."""
     if cfg.init_from != "resume":
         return cfg
     latest = Path(cfg.out_dir) / "latest"
@@ -80,7 +93,7 @@ def resolve_config(argv=None) -> TrainConfig:
             f"--init_from resume found no checkpoint in {latest}; train without --init_from resume first, "
             "or point --out_dir at the run to continue"
         )
-    return merge_resumed(load_trainer_state(latest).get("options", {}), explicit)
+    return merge_resumed(load_trainer_state(latest).get("options", {}), explicit, source=latest / STATE_FILE)
 
 
 def rng_state(rng):
@@ -109,7 +122,6 @@ class Trainer:
         self.log = RunLog(self.out_dir / LOG_FILE if self.is_main else None)  # opened by run()
         self.pyplot = None  # matplotlib, which run() imports on rank 0 to draw loss.png
         self.elapsed_before = 0.0  # wall time of the earlier runs this one resumes
-        self.batch_rng = np.random.default_rng(cfg.seed)
         if cfg.init_from != "scratch":  # the memory plan, from config.json alone, before any weight is read
             self._check_memory(config_of(self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from))
         with self.comm.local_first():  # one rank per machine prepares data/ and downloads; the others reuse it
@@ -121,11 +133,12 @@ class Trainer:
         self.model.recompute = cfg.recompute  # changes memory and time, never a number: a resume may switch it
         if cfg.lora_rank:
             self._add_lora()
-        if cfg.block_size > self.model.config.block_size:
-            raise MinigptError(
-                f"--block_size {cfg.block_size} exceeds the model's context of {self.model.config.block_size} tokens"
-            )
         check_block_size(self.data, cfg.block_size)
+        # the training windows (--sampling), spike skipping, zero-shot tasks: see minigpt.batch_sampling, .health, .tasks
+        self.sampler = make_sampler(cfg.sampling, self.data.train, cfg.batch_size, cfg.block_size, cfg.seed)
+        self.spikes = SpikeDetector(cfg.skip_spikes) if cfg.skip_spikes else None
+        self.tasks = [(task, load_items(task, path)) for task, path in parse_eval_tasks(cfg.eval_tasks)]
+        self.skipped, self.layer_stats = None, None  # the last step's spike ("loss"/"grad_norm") and layer stats
         # each step's global batch is split over the ranks and, on the CPU, over worker threads in each
         self.parallel = DataParallel(self.model, cfg.workers or None, self.comm)
         self.optimizer = FlatAdamW(  # the parameters become views into its flat buffer (minigpt.optim)
@@ -133,25 +146,53 @@ class Trainer:
             comm=self.comm, zero=cfg.zero,
         )
         release_free_memory()  # the weights as loaded, now packed into the optimizer's buffer: not kept resident
+        if cfg.log_layers and self.optimizer.sharded:
+            raise MinigptError("--log_layers needs every rank's whole summed gradient: add --zero false")
         if cfg.init_from == "resume":
             self._restore_training_state(self.out_dir / "latest")
 
     def _init_scratch(self):
         cfg = self.cfg
-        self.data = prepare(load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
+        if is_shard_source(cfg.data):  # a folder of shards from scripts/prepare_data.py, or a glob of llm.c shards
+            self.data = open_shards(cfg.data)
+        else:  # the shards prepare_data.py made of this text ahead of time, else today's train.bin
+            self.data = prepared_shards(cfg.dataset, cfg.data, cfg.tokenizer) or prepare(
+                load_corpus(cfg.dataset, cfg.data), cfg.tokenizer)
         self.tokenizer = self.data.tokenizer
-        config = cfg.model_config(self.data.meta["vocab_size"])
-        self._check_memory(config)
-        self.model = GPT(config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
+        model_config = cfg.model_config(self.data.meta["vocab_size"])
+        self.check_memory(model_config)
+        self._check_memory(model_config)
+        self.model = GPT(model_config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
 
     def _init_from_checkpoint(self):
         """Weights and tokenizer from out_dir/latest (resume), or what --init_from names (see minigpt.loading)."""
         cfg = self.cfg
         source = self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from
         self.model, self.tokenizer, self.source_dir = load_checkpoint(source, device=cfg.device, dtype=cfg.dtype)
+        check_context(cfg, self.model.config)  # before the corpus is tokenized, which can take minutes
+        self.check_memory(self.model.config)
+        if is_shard_source(cfg.data):
+            self.data = open_shards(cfg.data)
+            if self.data.meta["vocab_size"] > self.model.config.vocab_size:
+                raise MinigptError(f"--data {cfg.data} has a {self.data.meta['vocab_size']}-token vocabulary, more than "
+                                   f"the model's {self.model.config.vocab_size}: prepare it with the model's tokenizer")
+            return
         corpus = load_corpus(cfg.dataset, cfg.data)
         # GPT-2's own tokenizer is what --tokenizer gpt2 builds: both share data/<corpus>_gpt2
-        self.data = prepare(corpus, "gpt2") if cfg.init_from in GPT2_NAMES else prepare(corpus, tokenizer=self.tokenizer)
+        if cfg.init_from in GPT2_NAMES:
+            self.data = prepared_shards(cfg.dataset, cfg.data, "gpt2") or prepare(corpus, "gpt2")
+        else:
+            self.data = prepare(corpus, tokenizer=self.tokenizer)
+
+    def check_memory(self, model_config) -> None:
+        """Stop in one line, before the model or a batch is allocated, when a step cannot fit (minigpt.memory).
+
+        The simple estimate sees neither --recompute nor LoRA: those runs have the memory plan's check alone
+        (_check_memory; the lead merges the two)."""
+        cfg = self.cfg
+        if cfg.recompute or cfg.lora_rank:
+            return
+        check_step_memory(model_config, cfg.batch_size, cfg.block_size, cfg.dtype, cfg.device, self.comm.world_size)
 
     def _check_memory(self, config):
         """Stop in one line, before allocating, when the step's memory plan (minigpt.memory_plan) cannot fit."""
@@ -190,8 +231,10 @@ class Trainer:
         self.last_eval_iter = state.get("last_eval_iter")
         self.log.resume(state.get("last_eval"), self.start_iter)  # an evaluation saved before its record was written
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
-        if state.get("batch_rng"):
-            self.batch_rng.bit_generator.state = state["batch_rng"]
+        a_step = self.start_iter * self.cfg.gradient_accumulation_steps * self.cfg.batch_size  # (older checkpoints)
+        self.sampler.load_state_dict(state.get("sampler") or {"rng": state.get("batch_rng"), "windows_drawn": a_step})
+        if self.spikes is not None:
+            self.spikes.load_state_dict(state.get("spikes") or {})
 
     # -- one iteration -----------------------------------------------------------
 
@@ -200,6 +243,15 @@ class Trainer:
         if not cfg.decay_lr:
             return cfg.learning_rate
         return cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.decay_iters)
+
+    def draw_step(self, n: int):
+        """The step's n micro-batches from the training sampler: inputs X and targets Y, (n, B, T) host arrays.
+
+        Every rank draws the whole step alike (the sampler's state moves the
+        same way everywhere); DataParallel then computes only this rank's slices.
+        """
+        X, Y = zip(*(self.sampler.batch() for _ in range(n)))
+        return np.stack(X), np.stack(Y)
 
     def draw_batches(self, tokens, n: int, rng):
         """n batches of B windows of the split `tokens`: inputs X and targets Y, (n, B, T) host arrays."""
@@ -217,11 +269,33 @@ class Trainer:
         """
         cfg = self.cfg
         self.model.train()
-        X, Y = self.draw_batches(self.data.train, cfg.gradient_accumulation_steps, self.batch_rng)  # (A, B, T)
+        X, Y = self.draw_step(cfg.gradient_accumulation_steps)  # (A, B, T), from the sampler (--sampling)
         # the gradients are summed layer by layer straight into the optimizer's flat buffer: no second copy
-        loss, grads = self.parallel.forward_backward(X, Y, dropout_key=(cfg.seed, it), into=self.optimizer.grad_views)
+        with quiet_float_warnings():  # a NaN is reported once, as divergence, at the next loss read
+            loss, grads = self.parallel.forward_backward(X, Y, dropout_key=(cfg.seed, it),
+                                                         into=self.optimizer.grad_views)
+        self.skipped, self.layer_stats = None, None
+        health = cfg.log_layers and self.log.due(it, cfg.log_interval)
+        before = {name: p.copy() for name, p in self.model.params.items()} if health else None
+
+        def before_update(norm):  # the gradients are summed over the ranks, the weights not yet updated
+            if health:
+                self.layer_stats = {"layer_grad_norm": layer_norms(self.optimizer.grad_views)}
+            if self.spikes is not None:
+                self.skipped = self.spikes.check(scalar(loss), None if norm is None else scalar(norm))
+            return self.skipped is not None
+
         # one collective sums the ranks' gradients (all-reduce, or reduce-scatter under ZeRO-1), then clip + AdamW
-        return loss, self.optimizer.step(grads, lr=self.lr_at(it), grad_clip=cfg.grad_clip)
+        with quiet_float_warnings():
+            norm = self.optimizer.step(grads, lr=self.lr_at(it), grad_clip=cfg.grad_clip,
+                                       before_update=before_update if health or self.spikes else None)
+        if health:
+            self.layer_stats["layer_update_ratio"] = update_ratios(before, self.model.params)
+        return loss, norm
+
+    def logs(self, it: int) -> bool:
+        """Whether iteration `it` writes a record: the run log's rule, and at a skipped update."""
+        return self.log.due(it, self.cfg.log_interval) or self.skipped is not None
 
     # -- evaluation ----------------------------------------------------------------
 
@@ -236,7 +310,8 @@ class Trainer:
         model.eval()
         losses = {}
         for split, tokens in (("train", self.data.train), ("val", self.data.val)):
-            losses[split] = scalar(self.parallel.loss(*self.draw_batches(tokens, cfg.eval_iters, rng)))
+            with quiet_float_warnings():
+                losses[split] = scalar(self.parallel.loss(*self.draw_batches(tokens, cfg.eval_iters, rng)))
         model.train()
         return losses
 
@@ -259,7 +334,8 @@ class Trainer:
             "last_eval_iter": self.last_eval_iter,
             "last_eval": self.log.pending,  # None once logged; else the record's evaluation fields
             "elapsed_s": elapsed,
-            "batch_rng": rng_state(self.batch_rng),
+            "sampler": self.sampler.state_dict(),  # random: the batch generator's state; shuffle: epoch and cursor
+            "spikes": self.spikes.state_dict() if self.spikes is not None else None,
             "data": str(self.data.dir),
             "options": self.cfg.to_dict(),
         }
@@ -269,6 +345,10 @@ class Trainer:
         if not self.is_main:
             self.optimizer.state_dict()
             return self.out_dir / name
+        with np.errstate(all="ignore"):  # a sum that overflows is not finite either: refused the same
+            total = scalar(self.optimizer.flat_params.sum(dtype="float64"))
+        if not math.isfinite(total):  # a checkpoint is only ever written with finite weights
+            raise TrainingDiverged(self._diverged_message("the weights hold NaN or infinity", it))
         with self.writing(self.out_dir / name):
             return save_checkpoint(
                 self.out_dir / name, self.model, self.tokenizer, self.optimizer, self.trainer_state(it, elapsed)
@@ -282,9 +362,10 @@ class Trainer:
         except OSError as err:
             kept = [str(p) for p in (self.out_dir / "latest", self.out_dir / "best") if is_checkpoint(p)]
             keep = f"{' and '.join(kept)} keep their last complete version" if kept else "no checkpoint was written"
-            after = f"continue with --init_from resume --out_dir {self.cfg.out_dir}" if kept else "run again"
+            # with no checkpoint the out_dir holds no run (refuse_to_overwrite lets the same command start again)
+            after = f"continue with --init_from resume --out_dir {self.cfg.out_dir}" if kept else "run the same command again"
             raise MinigptError(
-                f"could not write {what} ({err.strerror or err}); {keep}; free some space or fix {self.out_dir}, then {after}"
+                f"could not write {what} ({err.strerror or err}); {keep}; {write_advice(err, self.out_dir)}, then {after}"
             ) from None
 
     def schedule_summary(self) -> str:
@@ -331,7 +412,7 @@ class Trainer:
                 loss, grad_norm = self.train_step(it)
                 clock.count(cfg.tokens_per_iter)
                 bar.update(1)
-                if self.log.due(it, cfg.log_interval):
+                if self.logs(it):
                     self.log_step(it, loss, grad_norm, clock, bar)
                 it += 1
         print(f"done: {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f} in {self.out_dir / 'best'}, "
@@ -372,6 +453,11 @@ class Trainer:
         record = {"iter": it, "lr": lr, "train_loss": train_loss}
         if grad_norm is not None:
             record["grad_norm"] = scalar(grad_norm)
+        record["epoch"] = self.sampler.epochs
+        if self.skipped is not None:
+            record["skipped"] = self.skipped
+            bar.write(f"iter {it}: update skipped (a {self.skipped} spike, --skip_spikes {self.cfg.skip_spikes:g})")
+        record.update(self.layer_stats or {})
         self.write_record(record, {"tokens_per_sec": tokens_per_sec, "elapsed_s": elapsed})
         bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
 
@@ -403,8 +489,16 @@ class Trainer:
         if not all(math.isfinite(v) for v in losses.values()):
             raise TrainingDiverged(self._diverged_message(f"the evaluation loss is {losses['val']}", it))
         self.last_eval_iter = it
-        self.log.evaluated(it, val_loss=losses["val"], train_loss_eval=losses["train"])
         bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        scores = {}
+        if self.tasks and self.is_main:  # zero-shot scores (rank 0 alone)
+            for task, items in self.tasks:
+                task_scores = summary_fields(task, score_task(task, self.model, self.tokenizer, items,
+                                                              self.cfg.batch_size, progress=False))
+                scores.update(task_scores)
+                bar.write(f"iter {it}: {task} " + ", ".join(f"{k.split('_', 1)[1]} {v:.4f}" for k, v in task_scores.items()))
+            self.model.train()
+        self.log.evaluated(it, val_loss=losses["val"], train_loss_eval=losses["train"], **scores)
         if self.cfg.sample_tokens and self.is_main:
             bar.write("sample: " + self.sample(it).replace("\n", "\n        ")[:2000])
         improved = self.best_val_loss is None or losses["val"] < self.best_val_loss
@@ -426,13 +520,39 @@ class Trainer:
 
     def _diverged_message(self, what: str, it: int) -> str:
         kept = self.out_dir / "latest"
+        # every checkpoint was written after a finite evaluation of the same weights (evaluate_and_checkpoint)
+        # or checked finite before writing (save): it is a good one
         keep = f"the last good checkpoint is {kept}" if is_checkpoint(kept) else "no checkpoint was written"
-        return f"training diverged at iteration {it}: {what}; {keep}; try a lower --learning_rate or --grad_clip 1.0"
+        clip = self.cfg.grad_clip
+        tries = "a lower --learning_rate" + (
+            f" or --grad_clip 1.0 (now {'off' if clip == 0 else clip})" if clip == 0 or clip > 1.0 else "")
+        return f"training diverged at iteration {it}: {what}; {keep}; try {tries}"
 
 
 
 # ---------------------------------------------------------------------------
 # Helpers: out_dir, Ctrl-C
+
+
+@contextmanager
+def quiet_float_warnings():
+    """No NumPy RuntimeWarning (overflow, invalid value) printed over the progress bar while a step runs.
+
+    A diverging step overflows in several layers; the trainer says once what
+    diverged (TrainingDiverged). np.errstate covers this thread; the warnings
+    filter, which is process-wide, covers the worker threads (minigpt.parallel),
+    whose errstate is their own.
+    """
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def check_context(cfg: TrainConfig, model_config) -> None:
+    """A starting model's context (its block_size) bounds --block_size."""
+    if cfg.block_size > model_config.block_size:
+        raise MinigptError(f"--block_size {cfg.block_size} exceeds the model's context of {model_config.block_size} "
+                           f"tokens; use --block_size {model_config.block_size} or less")
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -452,9 +572,26 @@ def check_out_dir(out_dir: Path) -> None:
         ) from None
 
 
+def write_advice(err: OSError, out_dir: Path) -> str:
+    """What to do about a failed write, by its cause: only a full disk is helped by freeing space."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"make {out_dir} writable"
+    if err.errno == errno.ENOENT:
+        return (f"something removed files in {out_dir} while the run went (another program or run writing "
+                f"there?); keep {out_dir} to this run")
+    return f"fix {out_dir}"
+
+
 def refuse_to_overwrite(out_dir: Path) -> None:
-    """A new run never replaces an earlier one's checkpoints and log unasked (as Hugging Face's Trainer)."""
-    found = [name for name in ("latest", "best", LOG_FILE) if (out_dir / name).exists()]
+    """A new run never replaces an earlier one's checkpoints unasked (as Hugging Face's Trainer).
+
+    A log.jsonl without any checkpoint is what a run that failed before its first
+    checkpoint leaves: nothing to resume, so a new run takes the out_dir (and starts a new log).
+    """
+    checkpoints = [name for name in ("latest", "best") if (out_dir / name).exists()]
+    found = checkpoints + ([LOG_FILE] if checkpoints and (out_dir / LOG_FILE).exists() else [])
     if found:
         raise MinigptError(
             f"--out_dir {out_dir} already holds a run ({', '.join(found)}); continue it with --init_from resume, "
@@ -498,10 +635,28 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+@contextmanager
+def out_dir_lock(cfg: TrainConfig):
+    """Rank 0 holds out_dir's lock (minigpt.lock) for the whole run, for all ranks: one run per out_dir.
+
+    Taken before anything in out_dir is read, recovered or written. A resume
+    whose out_dir does not exist takes none (it then stops: no checkpoint).
+    """
+    out_dir = Path(cfg.out_dir)
+    if launched_rank() != 0 or (cfg.init_from == "resume" and not out_dir.is_dir()):
+        yield
+        return
+    check_out_dir(out_dir)
+    with OutDirLock(out_dir):
+        yield
+
+
 def main(argv=None) -> int:
-    """scripts/train.py: parse the options, set the run up, train. Returns the exit status."""
+    """scripts/train.py: parse the options, take out_dir's lock, set the run up, train. Returns the exit status."""
     try:
-        return Trainer(resolve_config(argv)).run()
+        cfg, explicit = parse_args(argv)
+        with out_dir_lock(cfg):
+            return Trainer(resumed_config(cfg, explicit)).run()
     except KeyboardInterrupt:  # before the loop, or a second Ctrl-C inside it: no new checkpoint
         print("\ninterrupted; no checkpoint was written by this interruption", file=sys.stderr)
         return 130

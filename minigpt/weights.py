@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minigpt import schema
 from minigpt.atomic import write_file, write_text
 from minigpt.backend import to_device, to_host
 from minigpt.errors import MinigptError
@@ -37,11 +38,24 @@ JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool
 CHECK_CHUNK = 1 << 20  # elements looked at per step when a sum is not finite (4 MB of float32)
 
 
+# the fields of config.json minigpt reads, with their types and ranges (the switches: minigpt.model_config)
+PDROP = schema.Num(0, 1, hi_open=True)
+HF_CONFIG = schema.Obj({
+    "model_type": schema.Str(), "activation_function": schema.Str(),
+    "n_layer": schema.Int(1), "n_head": schema.Int(1), "n_embd": schema.Int(1), "vocab_size": schema.Int(1),
+    "n_positions": schema.Int(1), "n_ctx": schema.Int(1), "n_inner": schema.Optional(schema.Int(1)),
+    "resid_pdrop": PDROP, "embd_pdrop": PDROP, "attn_pdrop": PDROP,
+    "layer_norm_epsilon": schema.Num(0), "bias": schema.Bool(), "tie_word_embeddings": schema.Bool(),
+    MINIGPT_TYPE: schema.Obj(),
+})
+
+
 def config_from_hf(hf: dict, source):
     """GPTConfig from a Hugging Face GPT-2 config.json dict, refusing what minigpt does not implement."""
     if not isinstance(hf, dict):
         raise MinigptError(f"{source} holds a JSON {JSON_KINDS[type(hf)]}, not an object "
                            f"of GPT-2 settings ({{\"n_layer\": ..., ...}}); re-download it or rewrite it")
+    schema.check(hf, HF_CONFIG, source, "re-download it, or fix that field")
     if hf.get("model_type") == MINIGPT_TYPE:
         return _config_from_minigpt(hf, source)
     if hf.get("model_type", "gpt2") != "gpt2":
@@ -142,8 +156,10 @@ def read_safetensors(path) -> dict:
                 f.seek(data_start + begin)
                 tensors[name] = _read_tensor(f, code, shape)
             return tensors
+    except PermissionError as err:
+        raise MinigptError(f"cannot read {path} ({err.strerror}); make it readable") from None
     except OSError as err:
-        raise unreadable(err) from None
+        raise unreadable(err.strerror or err) from None
 
 
 def _safetensors_layout(f, size: int, unreadable) -> tuple[dict, int]:
@@ -304,12 +320,14 @@ def load_pretrained(cls, directory, dtype="float32", device="cpu"):
     directory = Path(directory)
     config_path, weights_path = directory / "config.json", directory / "model.safetensors"
     for f in (config_path, weights_path):
-        if not f.is_file():
+        if not f.is_file() and not f.exists():
             raise MinigptError(f"{f} is missing: a GPT-2 checkpoint directory needs config.json and model.safetensors")
     try:
         hf = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MinigptError(f"{config_path} is not valid JSON ({err})") from None
+    except OSError as err:  # not "missing": unreadable (permissions), or a directory in its place
+        raise MinigptError(f"cannot read {config_path} ({err.strerror or err}); make it a readable file") from None
     config = config_from_hf(hf, config_path)
     tensors = normalize_keys(read_safetensors(weights_path), weights_path, tied=config.tie_embeddings)
     if not config.bias:  # save_pretrained wrote zero biases for the file format's sake

@@ -787,6 +787,7 @@ def make_module():
     for name in ("where", "vdot"):
         setattr(cupy, name, _on_device("elementwise", getattr(np, name)))
     cupy.concatenate = _on_device("copy", np.concatenate)
+    cupy.stack = _on_device("copy", np.stack)
     for name in ("argsort", "partition"):
         setattr(cupy, name, _on_device("sort", getattr(np, name)))
     cupy.take_along_axis = _on_device("gather", np.take_along_axis)

@@ -36,7 +36,7 @@ def test_checkpoint_round_trip(tmp_path):
     state = {"iter": 7, "best_val_loss": 1.5, "batch_rng": np.random.default_rng(3).bit_generator.state}
     path = save_checkpoint(tmp_path / "latest", model, tokenizer, optimizer, state)
     assert is_checkpoint(path)
-    assert {p.suffix for p in path.iterdir()} <= {".json", ".safetensors"}  # nothing that could hold pickled code
+    assert {p.suffix for p in path.iterdir()} <= {".json", ".safetensors", ".sha256"}  # nothing that could hold pickled code (.sha256: text checksums)
 
     loaded = GPT.from_pretrained(path)
     for name, p in model.params.items():

@@ -77,9 +77,9 @@ def test_generation_samples_on_the_device_when_the_model_is_there(monkeypatch):
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=16, vocab_size=11), seed=0)
     calls = []
 
-    def spy(logits, *args):
+    def spy(logits, *args, **kwargs):
         calls.append(logits.shape)
-        return sample_next(logits, *args)
+        return sample_next(logits, *args, **kwargs)
 
     monkeypatch.setattr(generation, "sample_next_on_device", spy)
     model.xp = types.SimpleNamespace(asarray=np.asarray, empty=np.empty)  # not numpy itself: the device path

@@ -309,7 +309,7 @@ def test_evaluate_prints_loss_and_perplexity(ckpts, tmp_path):
     proc = run_script("evaluate.py", "--checkpoint", ckpts / "char", "--data", data, "--stride", 8)
     assert proc.returncode == 0, proc.stderr
     model, tokenizer = GPT.from_pretrained(ckpts / "char"), load_tokenizer(ckpts / "char")
-    loss, ppl, n = perplexity(model, tokenizer.encode(CHAR_TEXT * 3), stride=8, progress=False)
+    loss, ppl, n = perplexity(model, tokenizer.encode(CHAR_TEXT * 3), stride=8, batch_size=64, progress=False)  # the script's default here
     assert f"loss {loss:.4f}" in proc.stdout and f"perplexity {ppl:.4f}" in proc.stdout
     assert f"{n} tokens" in proc.stdout
     assert "perplexity" in proc.stderr  # the progress bar
@@ -408,7 +408,7 @@ class InterruptingStream:
         pass
 
 
-def interactive_session(ckpts, lines, out):
+def interactive_session(ckpts, lines, out, prompt=""):
     import types
 
     from minigpt.loading import load_checkpoint
@@ -416,7 +416,9 @@ def interactive_session(ckpts, lines, out):
     script = load_script("generate")
     model, tokenizer, _ = load_checkpoint(ckpts / "char")
     args = types.SimpleNamespace(max_new_tokens=10, temperature=0, top_k=None, top_p=None, num_samples=1,
-                                 window_shift=None)
+                                 window_shift=None, min_p=None, repetition_penalty=None, frequency_penalty=0.0,
+                                 presence_penalty=0.0, no_repeat_ngram_size=None, stop=None, prompt_lookup=None,
+                                 prompt=prompt)
     prompts = iter(lines)
 
     def read_line(_):

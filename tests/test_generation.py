@@ -370,7 +370,7 @@ def test_the_window_stays_on_the_device_and_sends_only_the_kept_ids(monkeypatch)
     from tests import device_standin
 
     B, block_size, n = 2, 8, 20
-    monkeypatch.setattr(generation, "sample_next_on_device", lambda logits, *args: np.ones(B, dtype=np.int64))
+    monkeypatch.setattr(generation, "sample_next_on_device", lambda logits, *args, **kwargs: np.ones(B, dtype=np.int64))
     with device_standin.installed():
         model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=block_size, vocab_size=11), device="gpu")
         device_standin.TRANSFERS.clear()

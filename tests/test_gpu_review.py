@@ -210,7 +210,8 @@ def test_training_on_token_data_past_the_vocabulary_is_one_clear_error(tmp_path,
     tokens[:] = vocab + 3  # every window holds it
     tokens.flush()
     del tokens
-    with pytest.raises(MinigptError, match=f"id {vocab + 3} in a batch is outside the model's vocabulary of {vocab}"):
+    # found when the file is opened (issue 23), before any batch: minigpt.data.check_token_file
+    with pytest.raises(MinigptError, match=f"train.bin holds token id {vocab + 3}, past the vocabulary of {vocab}"):
         run_main(*TINY, "--data", corpus, "--max_iters", 1, "--out_dir", tmp_path / "out")
 
 

@@ -189,3 +189,33 @@ def test_the_stand_in_refuses_implicit_host_device_mixing(cupy):
     assert isinstance(y, ndarray) and y.shape == ()
     assert float(y.get()) == 39.0 and cupy.asnumpy(x[1:3]).tolist() == [1.0, 2.0]
     assert kinds(EVENTS) == ["h2d", "sync", "d2h", "sync", "d2h"] and EVENTS[-1] == ("d2h", 8)
+
+
+@pytest.mark.parametrize("switches", [{}, dict(norm="rmsnorm", activation="swiglu", position="rotary",
+                                                tie_embeddings=False, n_kv_head=1)], ids=["gpt2", "modern"])
+def test_steered_ragged_and_speculative_generation_copy_back_only_ids(cupy, switches):
+    """Penalties, n-gram bans and min-p run on the device (B ids back per token), for a ragged batch past the
+    context too; speculative rounds copy back at most their k + 1 ids. All draw the CPU's tokens."""
+    config = GPTConfig(**{**dict(n_layer=2, n_head=2, n_embd=32, block_size=8, vocab_size=19), **switches})
+    cpu = GPT(config, seed=0)
+    gpu = GPT(config, device="gpu", seed=0)
+    for name, value in cpu.params.items():
+        gpu.params[name][...] = cupy.asarray(value)
+    controls = dict(temperature=0.9, top_k=6, min_p=0.05, repetition_penalty=1.3, frequency_penalty=0.2,
+                    presence_penalty=0.1, no_repeat_ngram_size=2, seed=1)
+    for prompt in (np.array([[1, 2, 3]]), [np.array([1, 2, 3]), np.array([4])]):
+        B = len(prompt)
+        EVENTS.clear()
+        out = gpu.generate(prompt, 12, **controls)
+        assert [e for e in EVENTS if e[0] != "h2d"] == [("sync", "ndarray.get"), ("d2h", B * 8)] * 12
+        np.testing.assert_array_equal(to_host(out), cpu.generate(prompt, 12, **controls))
+
+    prompt, k = np.array([[1, 2, 3, 1, 2, 3, 1, 2]]), 3
+    for sampling in (dict(temperature=0), dict(temperature=0.9, seed=2)):
+        EVENTS.clear()
+        out = gpu.generate(prompt, 12, prompt_lookup=k, **sampling)
+        copies = [n for kind, n in EVENTS if kind == "d2h"]
+        assert 1 <= len(copies) <= 12 and all(n <= (k + 1) * 8 for n in copies)
+        assert kinds(EVENTS).count("sync") == len(copies)
+        if sampling["temperature"] == 0:
+            np.testing.assert_array_equal(to_host(out), cpu.generate(prompt, 12, temperature=0))

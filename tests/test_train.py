@@ -80,7 +80,7 @@ def test_options_accept_both_spellings_and_a_toml_file(tmp_path):
         (["--dropout", "1.5"], "--dropout must be in"),
         (["--decay_lr", "maybe"], "--decay_lr expects true or false"),
         (["--tokenizer", "bpe:x"], "bpe:1024"),
-        (["--init_from", "/no/such/dir"], "neither scratch"),
+        (["--init_from", "/no/such/dir"], "does not exist"),
         (["--device", "tpu"], "--device must be one of"),
         (["--workers", "-2"], "--workers must be 0 or more"),
     ],
@@ -516,7 +516,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_checkpoints(tmp_path, corpus, mon
     assert "continue with --init_from resume" in err
     for name in ("latest", "best"):
         assert is_checkpoint(out / name) and load_trainer_state(out / name)["iter"] == 0
-    assert sorted(p.name for p in out.iterdir()) == ["best", "latest", "log.jsonl"]  # no temporary leftovers
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "best", "latest", "log.jsonl"]  # no temporary leftovers (.lock: minigpt.lock)
 
 
 # -- loss.png without matplotlib (issue 11.8) ---------------------------------------------
@@ -545,7 +545,7 @@ def test_the_trainer_hands_the_steps_tokens_down_as_arrays(tmp_path, corpus, mon
     seen, real = [], trainer.parallel.forward_backward
     monkeypatch.setattr(trainer.parallel, "forward_backward", lambda X, Y, **kw: seen.append((X, Y, kw)) or real(X, Y, **kw))
     rng = np.random.default_rng()
-    rng.bit_generator.state = trainer.batch_rng.bit_generator.state
+    rng.bit_generator.state = trainer.sampler.rng.bit_generator.state  # --sampling random: get_batch from one generator
     trainer.train_step(0)
     (X, Y, kw), = seen
     want = [get_batch(trainer.data.train, 2, 16, rng) for _ in range(3)]

@@ -192,13 +192,28 @@ def backward_heads_major(dout, cache):
 # -- inference -------------------------------------------------------------------------
 
 
-def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, values, length, n_kv_head=None, rope=None):
+def padding_mask(xp, pad, length, t_new, dtype):
+    """Additive (B, 1, T_new, length + T_new) mask hiding each row's left padding from forward_cached's queries.
+
+    Row b's first pad[b] cache slots hold padding: key j < pad[b] gets -inf,
+    except from the query at slot j itself, so that a padding query still sees
+    one key (finite values, never NaN) while a real query never sees padding.
+    """
+    keys = xp.arange(length + t_new)  # (Tk,)
+    queries = xp.arange(length, length + t_new)[:, None]  # (T_new, 1)
+    hidden = (keys < xp.asarray(pad)[:, None, None, None]) & (keys != queries)  # (B, 1, T_new, Tk)
+    return xp.where(hidden, -xp.inf, 0.0).astype(dtype)
+
+
+def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, values, length, n_kv_head=None, rope=None,
+                   mask=None):
     """Inference with a KV cache: x (B, T_new, C) at positions length .. length + T_new - 1.
 
     keys, values: this layer's preallocated (B, KV, block_size, D) buffers; the new
     keys and values are written at [length : length + T_new] and the queries attend
     to everything up to there (the mask lets new query i see keys j <= length + i).
     rope: the rotary tables of positions length .. length + T_new - 1.
+    mask: None, or `padding_mask`'s additive mask for left-padded rows.
     """
     xp = array_module(x)
     n_kv_head = n_kv_head or n_head
@@ -212,7 +227,10 @@ def forward_cached(x, c_attn_w, c_attn_b, c_proj_w, c_proj_b, n_head, keys, valu
     values[:, :, length:end] = v
     group = n_head // n_kv_head
     k_all, v_all = repeat_kv(keys[:, :, :end], group), repeat_kv(values[:, :, :end], group)  # (B, H, end, D)
-    probs, _ = softmax.forward(q @ transpose(k_all), 1.0 / math.sqrt(q.shape[-1]))
+    scores = q @ transpose(k_all)  # (B, H, T_new, end)
+    if mask is not None:
+        scores += mask
+    probs, _ = softmax.forward(scores, 1.0 / math.sqrt(q.shape[-1]))
     y = xp.empty(x.shape, dtype=x.dtype)  # (B, T_new, C), C-contiguous, as in forward
     matmul_into(probs, v_all, heads_view(y, n_head))
     out, _ = linear.forward(y, c_proj_w, c_proj_b)

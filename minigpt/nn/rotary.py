@@ -26,8 +26,17 @@ ROPE_BASE = 10000.0
 
 def tables(xp, dtype, start, length, head_dim, base=ROPE_BASE):
     """cos, sin of theta_{t,i} for t = start .. start + length - 1, i < head_dim / 2: each (length, head_dim / 2)."""
+    return tables_at(xp, dtype, xp.arange(start, start + length), head_dim, base)
+
+
+def tables_at(xp, dtype, positions, head_dim, base=ROPE_BASE):
+    """cos, sin of theta_{t,i} for every t in `positions` (any shape S, on xp): each (*S, head_dim / 2).
+
+    Per-row positions (B, 1, T) give tables that broadcast over a (B, H, T, D) batch
+    whose rows start at different positions (left-padded prompts).
+    """
     inv_freq = base ** (-xp.arange(0, head_dim, 2, dtype=xp.float64) / head_dim)  # (D/2,)
-    theta = xp.arange(start, start + length, dtype=xp.float64)[:, None] * inv_freq  # (length, D/2)
+    theta = positions.astype(xp.float64)[..., None] * inv_freq  # (*S, D/2)
     return xp.cos(theta).astype(dtype), xp.sin(theta).astype(dtype)
 
 

@@ -44,6 +44,8 @@ def read_json(path: Path):
             return json.load(f)
     except FileNotFoundError:
         raise MinigptError(f"tokenizer file {path} does not exist") from None
+    except OSError as err:  # a permission problem, or a directory in its place: not "does not exist"
+        raise MinigptError(f"cannot read tokenizer file {path} ({err.strerror or err}); make it a readable file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise MinigptError(f"tokenizer file {path} is not valid JSON ({err}); "
                            f"replace it with an intact copy") from None

@@ -127,7 +127,13 @@ class BPETokenizer(Tokenizer):
         if name not in GPT2_NAMES:
             raise MinigptError(f"{name!r} is neither a directory nor one of {', '.join(GPT2_NAMES)}; "
                                f"pass a directory holding vocab.json and merges.txt")
-        download_all(gpt2_tokenizer_downloads(name))
+        try:
+            download_all(gpt2_tokenizer_downloads(name))
+        except MinigptError as err:  # offline: either naming of the two files will do
+            other = " + ".join(VOCAB_FILE_NAMES[1])
+            raise MinigptError(f"{err} (OpenAI's {other}, the same two files under their other names, will do "
+                               f"instead: put either pair, vocab.json + merges.txt or {other}, "
+                               f"in {gpt2_tokenizer_dir(name)})") from None
         return cls.load(gpt2_tokenizer_dir(name))
 
     @classmethod
@@ -298,6 +304,8 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
         lines = path.read_text(encoding="utf-8").split("\n")
     except FileNotFoundError:
         raise MinigptError(f"tokenizer file {path} does not exist") from None
+    except OSError as err:  # a permission problem, or a directory in its place: not "does not exist"
+        raise MinigptError(f"cannot read tokenizer file {path} ({err.strerror or err}); make it a readable file") from None
     except UnicodeDecodeError:
         raise MinigptError(f"tokenizer file {path} is not UTF-8 text; replace it with an intact copy") from None
     merges = []
