@@ -3,6 +3,8 @@
     out_dir/latest/   (and out_dir/best/, the lowest validation loss so far)
         config.json            Hugging Face GPT-2 config  } `GPT2LMHeadModel.from_pretrained`
         model.safetensors      Hugging Face GPT-2 weights } loads these unchanged
+          (a LoRA run: adapter_config.json + adapter_model.safetensors instead, PEFT's files holding
+          only the adapters and naming their base; minigpt.lora)
         <tokenizer files>      whatever `tokenizer.save` writes; `load_tokenizer` reads it back
         optimizer.safetensors  AdamW moments m.<param>, v.<param>; the step count in the metadata
         checksums.sha256       sha256 of model.safetensors and optimizer.safetensors, checked at every load
@@ -29,6 +31,8 @@ from safetensors.numpy import load_file
 from minigpt.atomic import recover_dir, write_dir
 from minigpt.checksums import verify, write_checksums
 from minigpt.errors import MinigptError
+from minigpt.hub import ADAPTER_FILES
+from minigpt.lora import save_adapters
 from minigpt.schema import OPTIMIZER_METADATA, TRAINER_STATE, check
 from minigpt.weights import write_safetensors
 
@@ -43,11 +47,14 @@ def save_checkpoint(path, model, tokenizer, optimizer, trainer_state: dict) -> P
     """Write a complete checkpoint to directory `path`, replacing any previous one atomically."""
 
     def write(tmp: Path):
-        model.save_pretrained(tmp)
+        if model.lora is not None:  # LoRA: the base is frozen and lives elsewhere; only the adapters are new
+            save_adapters(model, tmp)
+        else:
+            model.save_pretrained(tmp)
         tokenizer.save(tmp)
         tensors, metadata = optimizer.state_dict()
         write_safetensors(tmp / OPTIMIZER_FILE, tensors, metadata)  # streamed: no copy of the moments
-        write_checksums(tmp, CHECKSUMMED)
+        write_checksums(tmp, [name for name in (*CHECKSUMMED, ADAPTER_FILES[1]) if (tmp / name).is_file()])
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
 
     return write_dir(path, write)
@@ -56,7 +63,8 @@ def save_checkpoint(path, model, tokenizer, optimizer, trainer_state: dict) -> P
 def is_checkpoint(path) -> bool:
     """True when `path` holds all the files of a training checkpoint."""
     path = Path(path)
-    return all((path / name).is_file() for name in (*MODEL_FILES, OPTIMIZER_FILE, STATE_FILE))
+    weights = any(all((path / name).is_file() for name in files) for files in (MODEL_FILES, ADAPTER_FILES))
+    return weights and all((path / name).is_file() for name in (OPTIMIZER_FILE, STATE_FILE))
 
 
 def recover_checkpoint(path) -> None:

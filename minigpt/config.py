@@ -25,6 +25,7 @@ from minigpt.data import DATASETS, parse_tokenizer_spec
 from minigpt.errors import MinigptError
 from minigpt.hub import GPT2_NAMES as PRETRAINED  # the GPT-2 names --init_from takes
 from minigpt.model_config import GPTConfig, check_shape
+from minigpt.nn.lora import parse_targets as parse_lora_targets
 from minigpt.tasks import parse_eval_tasks
 
 try:
@@ -85,6 +86,13 @@ class TrainConfig(ModelOptions):
     seed: int = 1337
     workers: int = 0  # CPU threads per process that share each step (minigpt.parallel); 0: one per core
     zero: bool = True  # with several ranks (mpiexec -n N), each keeps AdamW's moments for its 1/N shard (ZeRO-1)
+    recompute: bool = False  # keep only each block's input; run the block again in the backward (minigpt.recompute)
+    # LoRA fine-tuning (minigpt.lora): 0 trains every weight
+    lora_rank: int = 0
+    lora_alpha: float = 8.0  # PEFT's default; the update is scaled by alpha / rank
+    lora_dropout: float = 0.0
+    lora_targets: str = "c_attn,attn.c_proj"
+    merge_lora: bool = True  # a LoRA run writes out_dir/merged/ (a plain GPT-2 checkpoint) when it ends
 
     @property
     def decay_iters(self) -> int:
@@ -103,6 +111,7 @@ class TrainConfig(ModelOptions):
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets")  # the adapters' shape: a resume keeps them
 
 
 # ---------------------------------------------------------------------------
@@ -181,6 +190,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(cfg, name) < 1:
             raise MinigptError(f"--{name} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.lora_rank < 0:
+        raise MinigptError(f"--lora_rank must be 0 (off) or more, got {cfg.lora_rank}")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise MinigptError(f"--lora_dropout must be in [0, 1), got {cfg.lora_dropout}")
+    if not (math.isfinite(cfg.lora_alpha) and cfg.lora_alpha > 0):
+        raise MinigptError(f"--lora_alpha must be a finite number > 0, got {cfg.lora_alpha}")
+    if cfg.lora_rank and cfg.init_from == "scratch":
+        raise MinigptError("--lora_rank adapts a trained model: give --init_from a checkpoint directory or a GPT-2 name")
+    parse_lora_targets(cfg.lora_targets)
     if cfg.device not in DEVICES:
         raise MinigptError(f"--device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
     if cfg.dtype not in DTYPES:
@@ -243,6 +261,14 @@ HELP = {
     "seed": "seeds the weights, the batches and the dropout",
     "zero": "ZeRO-1 under mpiexec -n N: each rank keeps AdamW's moments for its 1/N shard (no effect on one rank)",
     "workers": "CPU threads that share each batch; 0: one per core",
+    "lora_rank": "LoRA: train rank-r adapters on the frozen weights of --init_from (0: train every weight)",
+    "lora_alpha": "LoRA: the adapters' update is scaled by lora_alpha / lora_rank (PEFT's default 8)",
+    "lora_dropout": "LoRA: dropout on the adapters' input, in [0, 1)",
+    "lora_targets": "LoRA: the layers adapted, comma-separated: c_attn, attn.c_proj, c_fc, mlp.c_proj",
+    "merge_lora": "LoRA: at the end of the run write out_dir/merged/, the adapters merged into a plain GPT-2 "
+                  "checkpoint (a resume already at --max_iters only merges)",
+    "recompute": "keep only each block's input and run the block again in the backward: "
+                 "the same gradients, bit for bit, in far less memory, for about a third more compute",
 }
 
 
@@ -319,7 +345,7 @@ def merge_resumed(saved_options: dict, explicit: dict, source="the checkpoint's 
     base = {k: v for k, v in saved_options.items() if k in _FIELDS}
     if base.get("lr_decay_iters") is None and "max_iters" in base:
         base["lr_decay_iters"] = base["max_iters"]
-    for name in MODEL_FIELDS:
+    for name in (*MODEL_FIELDS, *LORA_FIELDS):
         if name in explicit and name in base and explicit[name] != base[name] and name != "dropout":
             raise MinigptError(
                 f"--{name} {explicit[name]} differs from the checkpoint's {base[name]}; a resumed run keeps its model shape"

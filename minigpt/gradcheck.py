@@ -24,7 +24,7 @@ from minigpt import fast
 from minigpt.backend import to_host
 from minigpt.model import GPT, GPTConfig, param_shapes
 from minigpt.nn import (attention, block, cross_entropy, dropout, embedding, gelu, gelu_erf, layernorm, linear, lm_head,
-                        mlp, relu2, rmsnorm, rotary, softmax, swiglu)
+                        lora, mlp, relu2, rmsnorm, rotary, softmax, swiglu)
 
 TOLERANCE = 1e-6  # the largest relative error a row may have
 
@@ -317,6 +317,54 @@ def check_lm_head(rng):
     return compare("lm_head", lambda: lm_head.forward(x, wte)[0], backward_of, {"x": x, "wte": wte}, randn(2, 3, 7))
 
 
+def check_lora(rng):
+    """A LoRA layer, x (2, 3, 4) -> (2, 3, 5), rank 2, alpha 3, dropout 0.2 on the adapter's input: the gradients
+    of x, A and B (W and b are frozen: the layer returns none for them)."""
+    randn = _randn(rng)
+    x, w, b, A, B = randn(2, 3, 4), randn(4, 5), randn(5), randn(2, 4), randn(5, 2)
+
+    def fwd():
+        adapted = lora.Adapted(w, A, B, scale=3.0 / 2, rate=0.2, rng=np.random.default_rng(5), training=True)
+        return linear.forward(x, adapted, b)
+
+    def backward_of(dout):
+        dx, grads = linear.backward(dout, fwd()[1])
+        assert set(grads) == {"lora_A.weight", "lora_B.weight"}, grads.keys()  # the frozen W and b: none
+        return {"x": dx, "lora_A": grads["lora_A.weight"], "lora_B": grads["lora_B.weight"]}
+
+    return compare("lora", lambda: fwd()[0], backward_of, {"x": x, "lora_A": A, "lora_B": B}, randn(2, 3, 5))
+
+
+def check_model_lora(rng, entries_per_tensor=12):
+    """The whole GPT with adapters on all four targets (rank 2, dropout 0.1 in the model and the adapters):
+    a sample of entries of every A and B; B made nonzero so that A's gradient is not zero."""
+    from minigpt.lora import add_adapters  # here: the gradient checks of the layers need no model files
+
+    config = GPTConfig(n_layer=2, n_head=2, n_embd=8, block_size=8, vocab_size=11, dropout=0.1)
+    model = GPT(config, dtype="float64", seed=0)
+    for param in model.params.values():
+        param += rng.standard_normal(param.shape) * 0.3
+    add_adapters(model, lora.LoraConfig(rank=2, alpha=2.0, dropout=0.1, targets=tuple(lora.TARGETS)), base="test")
+    for name, param in model.adapters.items():
+        param[...] = rng.standard_normal(param.shape) * 0.3
+    idx, targets = rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))
+
+    def loss():
+        model.rng = np.random.default_rng(1234)  # the same dropout masks on every forward
+        return model.forward(idx, targets)[1]
+
+    model.train()
+    loss()
+    grads = model.backward()
+    assert set(grads) == set(model.adapters)
+    rows = []
+    for name, param in model.adapters.items():
+        indices = rng.choice(param.size, size=min(param.size, entries_per_tensor), replace=False)
+        numeric = numerical_grad(loss, param, indices=indices)
+        rows.append(Row("model_lora", name, rel_error(grads[name].ravel()[indices], numeric.ravel()[indices])))
+    return rows
+
+
 def check_cross_entropy(rng):
     logits = _randn(rng)(2, 4, 7, scale=2.0)
     targets = np.array([[1, -1, 6, 0], [-1, 3, 3, 2]])  # -1: ignored positions
@@ -389,8 +437,10 @@ LAYERS = {
     "block_modern": check_block_modern,
     "lm_head": check_lm_head,
     "cross_entropy": check_cross_entropy,
+    "lora": check_lora,
     **{name: (lambda rng, name=name: check_model(rng, layer=name)) for name in MODELS},
     **{f"{name}_plain": (lambda rng, name=name: check_model(rng, layer=name, fast=False)) for name in MODELS},
+    "model_lora": check_model_lora,
 }
 
 

@@ -35,3 +35,19 @@ def tune_host_allocator() -> None:
         libc.mallopt(M_TOP_PAD, 64 << 20)
     except (OSError, AttributeError):
         pass
+
+
+def release_free_memory() -> None:
+    """Give the heap's free pages back to the OS once (glibc's malloc_trim(0)), e.g. after setting up.
+
+    tune_host_allocator keeps freed memory for the next step; memory freed once
+    while setting up is never asked for again: the weights as loaded, freed when
+    the optimizer packs them into its flat buffer (minigpt.optim), would stay
+    resident, one more copy of the parameters at the peak. Not glibc: nothing to do.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

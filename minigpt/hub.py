@@ -19,6 +19,7 @@ GPT2_NAMES = tuple(GPT2_SIZES)
 GPT2_BLOCK_SIZE = 1024
 GPT2_VOCAB_SIZE = 50257  # 50,000 merges + 256 bytes + <|endoftext|>
 MODEL_FILES = ("config.json", "model.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # PEFT's LoRA adapter (minigpt.lora)
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 TOKENIZER_REPO = "gpt2"  # the repository whose tokenizer files every size uses
 

@@ -7,6 +7,10 @@
     a training out_dir       its best/, else (missing or damaged) its latest/
     a GPT-2 name             gpt2, gpt2-medium, gpt2-large, gpt2-xl: checkpoints/<name>/, downloaded once
 
+A LoRA adapter checkpoint (adapter_config.json + adapter_model.safetensors,
+minigpt.lora) loads its base, checked against the fingerprint it saved, with the
+adapters on top; its tokenizer is the one beside it, else its base's.
+
 The tokenizer is the one saved beside the weights. A directory without
 tokenizer files holds GPT-2's vocabulary (50,257 tokens or more, as Hugging
 Face's GPT-2 directories) and gets GPT-2's tokenizer; any other is an error
@@ -18,6 +22,7 @@ from pathlib import Path
 from minigpt.errors import MinigptError
 from minigpt.hub import GPT2_VOCAB_SIZE
 from minigpt.locate import resolve_checkpoint
+from minigpt.lora import ADAPTER_CONFIG, load_adapters
 from minigpt.model import GPT
 from minigpt.tokenizer import BPETokenizer, has_tokenizer, load_tokenizer
 from minigpt.tokenizer.char import CHAR_FILE_NAME
@@ -41,5 +46,9 @@ def checkpoint_tokenizer(directory: Path, vocab_size: int):
 def load_checkpoint(source, device="cpu", dtype="float32"):
     """(model in eval mode, tokenizer, checkpoint directory) for `source` (see the module's docstring)."""
     directory = resolve_checkpoint(source, with_tokenizer=True)
+    if (directory / ADAPTER_CONFIG).is_file():  # a LoRA adapter: its base, with the adapters on top
+        model, base_dir = load_adapters(directory, dtype=dtype, device=device)
+        tokenizer_dir = directory if has_tokenizer(directory) else base_dir
+        return model.eval(), checkpoint_tokenizer(tokenizer_dir, model.config.vocab_size), directory
     model = load_pretrained(GPT, directory, dtype=dtype, device=device).eval()
     return model, checkpoint_tokenizer(directory, model.config.vocab_size), directory

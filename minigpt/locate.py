@@ -1,6 +1,7 @@
 """Where the checkpoint a user names lives: a checkpoint directory, a training out_dir or a GPT-2 name.
 
-    a checkpoint directory   config.json + model.safetensors (ours, or Hugging Face's GPT-2)
+    a checkpoint directory   config.json + model.safetensors (ours, or Hugging Face's GPT-2), or a LoRA
+                             adapter: adapter_config.json + adapter_model.safetensors (minigpt.lora)
     a training out_dir       its best/, else (missing or damaged) its latest/
     a GPT-2 name             gpt2, gpt2-medium, gpt2-large, gpt2-xl: checkpoints/<name>/, downloaded once
 
@@ -15,12 +16,17 @@ from pathlib import Path
 from minigpt.checksums import ChecksumMismatch, verify
 from minigpt.download import download_all
 from minigpt.errors import MinigptError
-from minigpt.hub import GPT2_NAMES, MODEL_FILES, hub_files
+from minigpt.hub import ADAPTER_FILES, GPT2_NAMES, MODEL_FILES, hub_files
 from minigpt.paths import checkpoints_dir
 from minigpt.tokenizer.bpe import gpt2_tokenizer_downloads
 
 RUN_SUBDIRS = ("best", "latest")  # a training out_dir's checkpoints, in the order they are preferred
-WEIGHT_FILES = ("model.safetensors",)
+WEIGHT_FILES = ("model.safetensors", ADAPTER_FILES[1])
+
+
+def has_config(directory: Path) -> bool:
+    """A model's config.json (not is_file: one that is no file is reported by the loader), or a LoRA adapter's."""
+    return (directory / "config.json").exists() or (directory / ADAPTER_FILES[0]).exists()
 
 
 def resolve_checkpoint(source, with_tokenizer=False) -> Path:
@@ -33,10 +39,10 @@ def resolve_checkpoint(source, with_tokenizer=False) -> Path:
     """
     path = Path(source).expanduser()
     if path.is_dir():
-        if (path / "config.json").exists():  # (not is_file: a config.json that is no file is reported by the loader)
+        if has_config(path):
             verify(path, WEIGHT_FILES)
             return path
-        found = [path / sub for sub in RUN_SUBDIRS if (path / sub / "config.json").exists()]
+        found = [path / sub for sub in RUN_SUBDIRS if has_config(path / sub)]
         if not found:
             raise MinigptError(f"{path} holds no checkpoint: expected config.json + model.safetensors in it, "
                                f"or a training out_dir with {' or '.join(f'{sub}/' for sub in RUN_SUBDIRS)}")

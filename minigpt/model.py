@@ -22,10 +22,12 @@ minigpt.weights, finding them in minigpt.loading; KV-cache decoding is
 """
 
 import copy
+import functools
 import math
 
 import numpy as np
 
+from minigpt import recompute as recompute_mod
 from minigpt.backend import check_dtype, get_xp, make_rng
 from minigpt.fast import LAYERS as FAST_LAYERS
 from minigpt.fast import block as cached_block
@@ -33,8 +35,15 @@ from minigpt.fast.attention import padding_mask
 from minigpt.generation import generate
 from minigpt.model_config import (  # noqa: F401 (SWITCHES, check_*, mlp_hidden: re-exported)
     SWITCHES, GPTConfig, check_shape, check_switches, check_token_range, mlp_hidden, param_shapes)
-from minigpt.nn import block, dropout, embedding, lm_head, rotary
+from minigpt.nn import block, dropout, embedding, lm_head, lora, rotary
 from minigpt.nn.layers import LAYERS as PLAIN_LAYERS
+
+
+def _emit_trainable(emit, trainable, grads):
+    """Hand on only the gradients of trainable parameters (LoRA: the adapters; the frozen layers' are dropped)."""
+    kept = {name: grad for name, grad in grads.items() if name in trainable}
+    if kept:
+        emit(kept)
 
 
 class KVCache:
@@ -85,23 +94,32 @@ class GPT:
     to arrays; `train()` / `eval()` switch dropout on and off.
     """
 
-    def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None, fast=True):
+    def __init__(self, config: GPTConfig, dtype="float32", device="cpu", seed=None, fast=True, recompute=False,
+                 init=True):
         """A model of `config`'s shape with GPT-2's initialisation (weights ~ N(0, 0.02), residual projections
         scaled by 1/sqrt(2 n_layer)), its parameters of `dtype` ("float32" or "float64") on `device` ("cpu" or
         "gpu"); `seed` seeds the initial weights and the dropout masks (None: a fresh seed).
 
         fast=False runs the plain layers of minigpt.nn (the formulas) instead of minigpt.fast's: slower,
-        the same results to rounding; the gradient checks run both. KV-cache decoding has only the fast step."""
+        the same results to rounding; the gradient checks run both. KV-cache decoding has only the fast step.
+        recompute=True keeps only each block's input in the forward and runs the block again in the
+        backward (minigpt.recompute): the same losses and gradients, bit for bit, in far less memory.
+        init=False leaves `params` empty for a loader to fill (minigpt.weights): no random weights drawn only
+        to be replaced, and no second copy of the model in memory while the file's is read."""
         self.config = config
+        self.recompute = recompute
         self.layers = FAST_LAYERS if fast else PLAIN_LAYERS  # the module behind each layer name, see minigpt.fast
         self.dtype = check_dtype(dtype)
         self.device = device
         self.xp = get_xp(device)
         self.rng = make_rng(device, seed)  # also draws the dropout masks
         self.training = True
-        self.params = self._init_params()
+        self.params = self._init_params() if init else {}
+        self.lora = None  # a minigpt.nn.lora.LoraConfig once adapters are added (minigpt.lora.add_adapters)
+        self.lora_base = None  # the base the adapters adapt: its name and fingerprint (minigpt.lora)
+        self.adapters = {}  # their A and B, by PEFT's names (transformer.h.0.attn.c_attn.lora_A.weight, ...)
         self._block_names = [  # (name inside block i, full name), looked up once
-            [(k[len(f"transformer.h.{i}."):], k) for k in self.params if k.startswith(f"transformer.h.{i}.")]
+            [(k[len(f"transformer.h.{i}."):], k) for k in param_shapes(config) if k.startswith(f"transformer.h.{i}.")]
             for i in range(config.n_layer)
         ]
         self._caches = None
@@ -163,9 +181,21 @@ class GPT:
         other._caches = None
         return other
 
-    def block_params(self, i):
-        """Block i's parameters under their names inside the block (`ln_1.weight`, ...)."""
-        return {local: self.params[full] for local, full in self._block_names[i]}
+    @property
+    def trainable(self):
+        """The parameters that train: the LoRA adapters once added (the base frozen), else every parameter."""
+        return self.adapters if self.lora is not None else self.params
+
+    def block_params(self, i, rng=None):
+        """Block i's parameters under their names inside the block (`ln_1.weight`, ...).
+
+        With LoRA, each linear layer's weight comes wrapped (minigpt.nn.lora): frozen, with its adapter if
+        it is a target; `rng` draws the adapter's dropout masks.
+        """
+        params = {local: self.params[full] for local, full in self._block_names[i]}
+        if self.lora is not None:
+            params = lora.wrap_block(params, self.adapters, f"transformer.h.{i}.", self.lora, rng, self.training)
+        return params
 
     def _block_options(self, start, length):
         """block.forward's switch keywords, with the rotary tables of positions start .. start + length - 1."""
@@ -216,11 +246,14 @@ class GPT:
         x, emb_cache = embedding.forward(idx, params["transformer.wte.weight"], params.get("transformer.wpe.weight"))
         x, emb_drop_cache = dropout.forward(x, c.dropout, self.rng, self.training)
         options = self._block_options(0, idx.shape[1])
+        recompute = keep and self.recompute
         block_caches = []
         for i in range(c.n_layer):
-            x, cache = block.forward(x, self.block_params(i), c.n_head, c.dropout, self.rng, self.training,
+            if recompute:  # the block's input and its dropout streams' place: enough to run it again
+                block_caches.append(recompute_mod.Checkpoint(x, recompute_mod.fork_rng(self.rng, self._draws())))
+            x, cache = block.forward(x, self.block_params(i, self.rng), c.n_head, c.dropout, self.rng, self.training,
                                      layers=self.layers, **options)
-            if keep:  # otherwise this block's activations are freed here, before the next block runs
+            if keep and not recompute:  # otherwise this block's activations are freed here, before the next block runs
                 block_caches.append(cache)
         logits, (ln_f_cache, head_cache) = self._final_norm_and_head(x)  # (B, T, V)
         if targets is None:
@@ -228,7 +261,7 @@ class GPT:
         loss_layer = self.layers["cross_entropy" if return_logits else "cross_entropy_in_place"]
         loss, ce_cache = loss_layer.forward(logits, self.xp.asarray(targets))
         if keep:
-            self._caches = (emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache)
+            self._caches = (emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache, options)
         return (logits if return_logits else None), loss
 
     def backward(self, dloss=1.0, sink=None):
@@ -249,23 +282,35 @@ class GPT:
                 "backward() needs the activations of a forward(idx, targets) in training mode "
                 "(or with keep_for_backward=True); the last forward kept none"
             )
-        emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache = self._caches
+        emb_cache, emb_drop_cache, block_caches, ln_f_cache, head_cache, ce_cache, options = self._caches
         self._caches = None  # the locals are now the only references: each one is freed once used
         collected = {}
         emit = collected.update if sink is None else sink
+        frozen = self.lora is not None  # LoRA: only the adapters train
+        if frozen:
+            emit = functools.partial(_emit_trainable, emit, self.adapters)
         dlogits, _ = self.layers["cross_entropy_in_place"].backward(dloss, ce_cache)  # may overwrite the cache
         del ce_cache
-        dx, head_grads = lm_head.backward(dlogits, head_cache)
+        if frozen:  # no (V, C) product for the frozen head's gradient
+            dx, head_grads = lm_head.backward_input(dlogits, head_cache), {}
+        else:
+            dx, head_grads = lm_head.backward(dlogits, head_cache)
         del dlogits  # (N, V)
-        dwte_head = head_grads["weight"]
-        if not self.config.tie_embeddings:
+        dwte_head = head_grads.get("weight")
+        if not self.config.tie_embeddings and not frozen:
             emit({"lm_head.weight": dwte_head})
         dx, grads = self.layers[self.config.norm].backward(dx, ln_f_cache)
         emit({f"transformer.ln_f.{name}": grad for name, grad in grads.items()})
         for i in reversed(range(self.config.n_layer)):
-            dx, grads = block.backward(dx, block_caches[i])
+            cache = block_caches[i]
+            if isinstance(cache, recompute_mod.Checkpoint):  # --recompute: this block's forward again, same masks
+                cache = self._block_again(i, cache, options)
+            dx, grads = block.backward(dx, cache)
+            del cache
             emit({f"transformer.h.{i}.{name}": grad for name, grad in grads.items()})
             block_caches[i] = None
+        if frozen:  # nothing below the first block trains
+            return None if sink is not None else {name: collected[name] for name in self.adapters}
         dx, _ = dropout.backward(dx, emb_drop_cache)
         _, grads = embedding.backward(dx, emb_cache)
         if self.config.tie_embeddings:
@@ -274,6 +319,17 @@ class GPT:
         if sink is None:
             return {name: collected[name] for name in self.params}  # the params' order
         return None
+
+    def _draws(self) -> bool:
+        """Whether a training forward draws dropout masks (then recompute must replay the same ones)."""
+        return self.training and (self.config.dropout > 0 or (self.lora is not None and self.lora.dropout > 0))
+
+    def _block_again(self, i, checkpoint, options):
+        """Block i's cache, from its input and a copy of the dropout streams as they stood when it first ran."""
+        c = self.config
+        _, cache = block.forward(checkpoint.x, self.block_params(i, checkpoint.rng), c.n_head, c.dropout, checkpoint.rng,
+                                 self.training, layers=self.layers, **options)
+        return cache
 
     # -- inference with a KV cache --------------------------------------------
 

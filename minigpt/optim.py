@@ -258,14 +258,15 @@ class FlatAdamW:
         padded = -(-self.numel // self.world_size) * self.world_size if self.sharded else self.numel
 
         self.flat_params = xp.zeros(padded, dtype=dtype)  # (P,)
-        self.flat_grads = xp.zeros(padded, dtype=dtype)  # (P,)
-        self.grad_views = {}
-        for name, (a, b, shape) in self.layout.items():
-            view = self.flat_params[a:b].reshape(shape)
+        for name, (a, b, _) in self.layout.items():
+            view = self.flat_params[a:b].reshape(params[name].shape)
             view[...] = params[name]
-            params[name] = view  # same key: the dict keeps its order
-            self.grad_views[name] = self.flat_grads[a:b].reshape(shape)
+            params[name] = view  # same key: the dict keeps its order; the old array is freed here
         self._param_views = dict(params)
+        # allocated after the packing: the memory the parameters were loaded into, now free, can hold it
+        # (a host heap that keeps freed memory would otherwise hold P more at the peak: minigpt.host_memory)
+        self.flat_grads = xp.zeros(padded, dtype=dtype)  # (P,)
+        self.grad_views = {name: self.flat_grads[a:b].reshape(shape) for name, (a, b, shape) in self.layout.items()}
 
         shard = padded // self.world_size if self.sharded else padded  # S
         self.shard_start = self.rank * shard if self.sharded else 0

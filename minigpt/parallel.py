@@ -46,6 +46,7 @@ streams are counter-based (minigpt.kernels.random_cuda), not a generator each.
 """
 
 import collections
+import copy
 import functools
 import math
 import threading
@@ -101,6 +102,13 @@ class RowRNG:
         self.xp = get_xp(device)
         self.counter_rows = CounterRows(seeds, self.xp) if device in self.COUNTER_BASED else None
         self.streams = [] if self.counter_rows is not None else [make_rng(device, seed) for seed in seeds]
+
+    def fork(self) -> "RowRNG":
+        """A copy whose streams stand where these do now: it draws the same numbers (minigpt.recompute)."""
+        other = copy.copy(self)
+        other.counter_rows = copy.copy(self.counter_rows)  # the seeds are shared, the counter is its own
+        other.streams = [copy.deepcopy(stream) for stream in self.streams]
+        return other
 
     def random(self, shape, dtype):
         """Uniform [0, 1) of `shape`, whose first axis is the slice's rows."""
@@ -202,7 +210,7 @@ class DataParallel:
     def forward_backward(self, X, Y, dropout_key=None, into=None):
         """(loss, grads) of one optimizer step on inputs X and targets Y ((A, B, T) or (B, T) host arrays):
         the global mean loss (the same on every rank) and this rank's share of its gradient (keyed like
-        model.params; their sum over the ranks is the whole gradient).
+        model.trainable: every parameter, or with LoRA the adapters; their sum over the ranks is the whole gradient).
 
         into: arrays (name -> array shaped like the parameter) to write the
         gradients into, e.g. FlatAdamW's grad_views, which then need no packing;
@@ -264,9 +272,9 @@ class DataParallel:
         grads = None
         if backward:
             if not turns:  # no slice on this rank: it still takes part in the sum over ranks, with zeros
-                for name, p in model.params.items():
+                for name, p in model.trainable.items():
                     total.grads.setdefault(name, model.xp.empty_like(p))[...] = 0
-            grads = {name: total.grads[name] for name in model.params}  # the params' order
+            grads = {name: total.grads[name] for name in model.trainable}  # the params' order (LoRA: the adapters')
         loss = self._sum_loss(total.loss) if self.comm.world_size > 1 else total.loss
         return loss, grads
 

@@ -28,6 +28,7 @@ minigpt.parallel); the gradients are the same up to float rounding. Rank 0
 prints, logs and saves.
 """
 
+import dataclasses
 import errno
 import math
 import os
@@ -49,15 +50,19 @@ from minigpt.config import TrainConfig, merge_resumed, parse_args
 from minigpt.data import check_block_size, get_batch, load_corpus, prepare
 from minigpt.distributed import communicator, launched_rank
 from minigpt.errors import MinigptError
+from minigpt.atomic import write_dir
 from minigpt.health import SpikeDetector, layer_norms, update_ratios
-from minigpt.host_memory import tune_host_allocator
+from minigpt.host_memory import release_free_memory, tune_host_allocator
 from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
 from minigpt.lock import OutDirLock
+from minigpt.lora import add_adapters, merged
 from minigpt.memory import check_step_memory
 from minigpt.model import GPT
+from minigpt.nn.lora import LoraConfig, parse_targets
 from minigpt.optim import FlatAdamW, cosine_lr
-from minigpt.parallel import DataParallel
+from minigpt.memory_plan import Step, check_fits, config_of
+from minigpt.parallel import DataParallel, default_workers
 from minigpt.preparation import prepared_shards
 from minigpt.runlog import LOG_FILE, PLOT_FILE, RunClock, RunLog, import_pyplot, plot_losses
 from minigpt.shards import is_shard_source, open_shards
@@ -117,12 +122,17 @@ class Trainer:
         self.log = RunLog(self.out_dir / LOG_FILE if self.is_main else None)  # opened by run()
         self.pyplot = None  # matplotlib, which run() imports on rank 0 to draw loss.png
         self.elapsed_before = 0.0  # wall time of the earlier runs this one resumes
+        if cfg.init_from != "scratch":  # the memory plan, from config.json alone, before any weight is read
+            self._check_memory(config_of(self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from))
         with self.comm.local_first():  # one rank per machine prepares data/ and downloads; the others reuse it
             if cfg.init_from == "scratch":
                 self._init_scratch()
             else:
                 self._init_from_checkpoint()
         self.model.config.dropout = cfg.dropout  # a fine-tuning run picks its own dropout
+        self.model.recompute = cfg.recompute  # changes memory and time, never a number: a resume may switch it
+        if cfg.lora_rank:
+            self._add_lora()
         check_block_size(self.data, cfg.block_size)
         # the training windows (--sampling), spike skipping, zero-shot tasks: see minigpt.batch_sampling, .health, .tasks
         self.sampler = make_sampler(cfg.sampling, self.data.train, cfg.batch_size, cfg.block_size, cfg.seed)
@@ -132,9 +142,10 @@ class Trainer:
         # each step's global batch is split over the ranks and, on the CPU, over worker threads in each
         self.parallel = DataParallel(self.model, cfg.workers or None, self.comm)
         self.optimizer = FlatAdamW(  # the parameters become views into its flat buffer (minigpt.optim)
-            self.model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+            self.model.trainable, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
             comm=self.comm, zero=cfg.zero,
         )
+        release_free_memory()  # the weights as loaded, now packed into the optimizer's buffer: not kept resident
         if cfg.log_layers and self.optimizer.sharded:
             raise MinigptError("--log_layers needs every rank's whole summed gradient: add --zero false")
         if cfg.init_from == "resume":
@@ -150,13 +161,14 @@ class Trainer:
         self.tokenizer = self.data.tokenizer
         model_config = cfg.model_config(self.data.meta["vocab_size"])
         self.check_memory(model_config)
+        self._check_memory(model_config)
         self.model = GPT(model_config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
 
     def _init_from_checkpoint(self):
         """Weights and tokenizer from out_dir/latest (resume), or what --init_from names (see minigpt.loading)."""
         cfg = self.cfg
         source = self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from
-        self.model, self.tokenizer, _ = load_checkpoint(source, device=cfg.device, dtype=cfg.dtype)
+        self.model, self.tokenizer, self.source_dir = load_checkpoint(source, device=cfg.device, dtype=cfg.dtype)
         check_context(cfg, self.model.config)  # before the corpus is tokenized, which can take minutes
         self.check_memory(self.model.config)
         if is_shard_source(cfg.data):
@@ -173,9 +185,43 @@ class Trainer:
             self.data = prepare(corpus, tokenizer=self.tokenizer)
 
     def check_memory(self, model_config) -> None:
-        """Stop in one line, before the model or a batch is allocated, when a step cannot fit (minigpt.memory)."""
+        """Stop in one line, before the model or a batch is allocated, when a step cannot fit (minigpt.memory).
+
+        The simple estimate sees neither --recompute nor LoRA: those runs have the memory plan's check alone
+        (_check_memory; the lead merges the two)."""
         cfg = self.cfg
+        if cfg.recompute or cfg.lora_rank:
+            return
         check_step_memory(model_config, cfg.batch_size, cfg.block_size, cfg.dtype, cfg.device, self.comm.world_size)
+
+    def _check_memory(self, config):
+        """Stop in one line, before allocating, when the step's memory plan (minigpt.memory_plan) cannot fit."""
+        cfg = self.cfg
+        check_fits(config, Step(
+            batch_size=cfg.batch_size, block_size=cfg.block_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            dtype=cfg.dtype, recompute=cfg.recompute, lora_rank=cfg.lora_rank, lora_targets=parse_targets(cfg.lora_targets),
+            workers=1 if cfg.device != "cpu" else (cfg.workers or default_workers()), ranks=self.comm.world_size,
+            zero=cfg.zero, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout, device=cfg.device))
+
+    def _add_lora(self):
+        """LoRA: fresh adapters on the loaded model, whose weights freeze (a resumed run loaded its adapters)."""
+        cfg, model = self.cfg, self.model
+        config = LoraConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, parse_targets(cfg.lora_targets))
+        if model.lora is None:
+            # the base as the adapter checkpoint names it: a GPT-2 name, or the directory it was read from
+            base = cfg.init_from if cfg.init_from in GPT2_NAMES else str(Path(self.source_dir).resolve())
+            add_adapters(model, config, base=base, seed=cfg.seed)
+        else:  # resumed (or started from an adapter checkpoint): its adapters' shape, this run's dropout
+            model.lora = dataclasses.replace(model.lora, dropout=cfg.lora_dropout)
+
+    def write_merged(self) -> None:
+        """LoRA: out_dir/merged/, the adapters merged into a plain GPT-2 checkpoint (--merge_lora)."""
+        if self.model.lora is None or not self.cfg.merge_lora or not self.is_main:
+            return
+        path = self.out_dir / "merged"
+        with self.writing(path):
+            write_dir(path, lambda tmp: (merged(self.model).save_pretrained(tmp), self.tokenizer.save(tmp)))
+        print(f"merged the adapters into {path} (a plain GPT-2 checkpoint)")
 
     def _restore_training_state(self, path: Path):
         state = load_trainer_state(path)
@@ -344,6 +390,7 @@ class Trainer:
         """Train from start_iter to max_iters; returns the exit status (0, or 130 after Ctrl-C)."""
         cfg = self.cfg
         if not self.start():
+            self.write_merged()
             return 0
         stop, clock = StopFlag(self.comm), RunClock(self.elapsed_before)
         bar = tqdm(total=cfg.max_iters, initial=self.start_iter, desc="training", unit="it", dynamic_ncols=True,
@@ -370,6 +417,7 @@ class Trainer:
                 it += 1
         print(f"done: {cfg.max_iters} iterations; best val loss {self.best_val_loss:.4f} in {self.out_dir / 'best'}, "
               f"last checkpoint {self.out_dir / 'latest'}")
+        self.write_merged()
         return 0
 
     def start(self) -> bool:

@@ -346,9 +346,9 @@ def load_pretrained(cls, directory, dtype="float32", device="cpu"):
                                f"config.json implies {shape}; the config does not match the weights")
     check_finite(tensors, weights_path)
 
-    model = cls(config, dtype=dtype, device=device, seed=0)
+    model = cls(config, dtype=dtype, device=device, seed=0, init=False)  # no random weights: the file's fill it
     for name in expected:
-        model.params[name] = to_device(np.ascontiguousarray(tensors[name]), device, model.dtype)
+        model.params[name] = to_device(np.ascontiguousarray(tensors.pop(name)), device, model.dtype)
     return model
 
 

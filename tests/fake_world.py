@@ -68,6 +68,11 @@ class FakeCommunicator:
         parts = self.world.exchange(self.rank, ("all_reduce", buf.size), buf)
         buf[...] = _sum_in_rank_order(parts)
 
+    def sum_host(self, values):
+        """The element-wise sum over the ranks of a small host array (minigpt.parallel's target counts)."""
+        values = np.array(values, dtype=np.float64).ravel()
+        return _sum_in_rank_order(self.world.exchange(self.rank, ("sum_host", values.size), values))
+
     def reduce_scatter(self, buf, out) -> None:
         _check_flat(buf, out)
         n = out.size

@@ -117,3 +117,32 @@ def test_saving_a_training_checkpoint_copies_neither_weights_nor_moments(tmp_pat
         np.testing.assert_array_equal(loaded.params[name], p)
         np.testing.assert_array_equal(tensors[f"m.{name}"], optimizer.m[name])
         np.testing.assert_array_equal(tensors[f"v.{name}"], optimizer.v[name])
+
+
+XL_LORA = RECIPE.parent / "finetune_shakespeare_xl_lora.toml"
+
+
+def test_the_xl_lora_recipe_is_nanogpts_finetune_with_lora():
+    cfg = resolve_config(["--config", str(XL_LORA)])
+    assert (cfg.init_from, cfg.dataset, cfg.tokenizer) == ("gpt2-xl", "shakespeare", "gpt2")
+    assert (cfg.batch_size, cfg.gradient_accumulation_steps, cfg.block_size, cfg.max_iters) == (1, 32, 1024, 20)
+    assert (cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.recompute) == (8, 8.0, "c_attn,attn.c_proj", True)
+
+
+def test_two_iterations_of_the_xl_lora_recipe_train_offline_adapters_only(tmp_path, gpt2_dir, shakespeare, offline):
+    """The recipe on a small random local directory: only the adapters move, latest/ holds them alone,
+    and merged/ is a plain GPT-2 checkpoint of the base's shapes."""
+    out = tmp_path / "out"
+    cfg = resolve_config(["--config", str(XL_LORA), "--init_from", str(gpt2_dir), "--out_dir", str(out),
+                          "--max_iters", "2", "--gradient_accumulation_steps", "2", *TINY_MODEL])
+    trainer = Trainer(cfg)
+    base = {name: p.copy() for name, p in trainer.model.params.items()}
+    assert trainer.run() == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if "train_loss" in r] == [0, 1]
+    for name, p in base.items():
+        np.testing.assert_array_equal(trainer.model.params[name], p)  # the base is frozen
+    assert any(np.abs(a).max() > 0 for n, a in trainer.model.adapters.items() if "lora_B" in n)  # B left zero
+    assert (out / "latest" / "adapter_model.safetensors").is_file() and not (out / "latest" / "model.safetensors").exists()
+    merged = GPT.from_pretrained(out / "merged")
+    assert set(merged.params) == set(base) and merged.lora is None

@@ -18,7 +18,12 @@ def forward(x, wte):
 
 def backward(dout, cache):
     """Returns dx (..., C) and {"weight": dwte}."""
-    x2, wte, lead = cache
+    x2, wte, _ = cache
     dout2 = dout.reshape(-1, wte.shape[0])  # (N, V)
-    dx = (dout2 @ wte).reshape(*lead, wte.shape[1])
-    return dx, {"weight": dout2.T @ x2}
+    return backward_input(dout, cache), {"weight": dout2.T @ x2}
+
+
+def backward_input(dout, cache):
+    """dx alone, for a frozen head (LoRA fine-tuning): no (V, C) product for dwte."""
+    _, wte, lead = cache
+    return (dout.reshape(-1, wte.shape[0]) @ wte).reshape(*lead, wte.shape[1])
