@@ -84,6 +84,7 @@ class Step:
     dropout: float = 0.0
     lora_dropout: float = 0.0
     device: str = "cpu"
+    scratch: bool = False  # the model is made for this run, its context (wpe) block_size: a shorter one shrinks it
 
 
 @dataclass
@@ -130,8 +131,12 @@ class Plan:
 
 
 def _query_block_area(T: int) -> int:
-    """sum over minigpt.fast.attention's causal query blocks of (rows x keys seen)."""
-    return sum((min(s + QUERY_BLOCK, T) - s) * min(s + QUERY_BLOCK, T) for s in range(0, T, QUERY_BLOCK))
+    """sum over minigpt.fast.attention's causal query blocks of (rows x keys seen), in closed form (T may be huge).
+
+    Full block j < k = T // Q holds Q rows that see (j + 1) Q keys: Q^2 k (k + 1) / 2 in all; the last r = T % Q
+    rows see all T keys."""
+    k, r = divmod(T, QUERY_BLOCK)
+    return QUERY_BLOCK * QUERY_BLOCK * k * (k + 1) // 2 + r * T
 
 
 def block_activation_bytes(config: GPTConfig, rows: int, T: int, itemsize: int, dropout: float,
@@ -291,7 +296,26 @@ def suggestions(config: GPTConfig, step: Step, memory: int) -> list:
         if fits(replace(step, workers=w)):
             out.append(f"--workers {w}")
             break
+    if not out:  # not even one row of this context: the longest context that fits, one row at a time
+        t = largest_block_size(config, replace(step, batch_size=1), memory)
+        if t is not None:
+            out.append(f"--batch_size 1 --block_size {t}")
     return out
+
+
+def largest_block_size(config: GPTConfig, step: Step, memory: int):
+    """The largest --block_size (up to step.block_size) whose plan fits `memory`; None if not even 1.
+
+    A model trained from scratch has the context it trains on (its wpe grows with it); a loaded one keeps its own."""
+    fits = lambda t: plan(replace(config, block_size=t) if step.scratch else config,  # noqa: E731
+                          replace(step, block_size=t)).peak <= memory
+    if not fits(1):
+        return None
+    lo, hi = 1, step.block_size
+    while hi - lo > 1:  # fits(lo), and hi is the first known not to (or the asked size)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return hi if fits(hi) else lo
 
 
 def check_fits(config: GPTConfig, step: Step, memory=None) -> Plan:

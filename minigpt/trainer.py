@@ -57,7 +57,6 @@ from minigpt.hub import GPT2_NAMES
 from minigpt.loading import load_checkpoint
 from minigpt.lock import OutDirLock
 from minigpt.lora import add_adapters, merged
-from minigpt.memory import check_step_memory
 from minigpt.model import GPT
 from minigpt.nn.lora import LoraConfig, parse_targets
 from minigpt.optim import FlatAdamW, cosine_lr
@@ -123,7 +122,7 @@ class Trainer:
         self.pyplot = None  # matplotlib, which run() imports on rank 0 to draw loss.png
         self.elapsed_before = 0.0  # wall time of the earlier runs this one resumes
         if cfg.init_from != "scratch":  # the memory plan, from config.json alone, before any weight is read
-            self._check_memory(config_of(self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from))
+            self.check_memory(config_of(self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from))
         with self.comm.local_first():  # one rank per machine prepares data/ and downloads; the others reuse it
             if cfg.init_from == "scratch":
                 self._init_scratch()
@@ -161,7 +160,6 @@ class Trainer:
         self.tokenizer = self.data.tokenizer
         model_config = cfg.model_config(self.data.meta["vocab_size"])
         self.check_memory(model_config)
-        self._check_memory(model_config)
         self.model = GPT(model_config, dtype=cfg.dtype, device=cfg.device, seed=cfg.seed)
 
     def _init_from_checkpoint(self):
@@ -170,7 +168,6 @@ class Trainer:
         source = self.out_dir / "latest" if cfg.init_from == "resume" else cfg.init_from
         self.model, self.tokenizer, self.source_dir = load_checkpoint(source, device=cfg.device, dtype=cfg.dtype)
         check_context(cfg, self.model.config)  # before the corpus is tokenized, which can take minutes
-        self.check_memory(self.model.config)
         if is_shard_source(cfg.data):
             self.data = open_shards(cfg.data)
             if self.data.meta["vocab_size"] > self.model.config.vocab_size:
@@ -184,24 +181,15 @@ class Trainer:
         else:
             self.data = prepare(corpus, tokenizer=self.tokenizer)
 
-    def check_memory(self, model_config) -> None:
-        """Stop in one line, before the model or a batch is allocated, when a step cannot fit (minigpt.memory).
-
-        The simple estimate sees neither --recompute nor LoRA: those runs have the memory plan's check alone
-        (_check_memory; the lead merges the two)."""
-        cfg = self.cfg
-        if cfg.recompute or cfg.lora_rank:
-            return
-        check_step_memory(model_config, cfg.batch_size, cfg.block_size, cfg.dtype, cfg.device, self.comm.world_size)
-
-    def _check_memory(self, config):
+    def check_memory(self, config):
         """Stop in one line, before allocating, when the step's memory plan (minigpt.memory_plan) cannot fit."""
         cfg = self.cfg
         check_fits(config, Step(
             batch_size=cfg.batch_size, block_size=cfg.block_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             dtype=cfg.dtype, recompute=cfg.recompute, lora_rank=cfg.lora_rank, lora_targets=parse_targets(cfg.lora_targets),
             workers=1 if cfg.device != "cpu" else (cfg.workers or default_workers()), ranks=self.comm.world_size,
-            zero=cfg.zero, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout, device=cfg.device))
+            zero=cfg.zero, dropout=cfg.dropout, lora_dropout=cfg.lora_dropout, device=cfg.device,
+            scratch=cfg.init_from == "scratch"))
 
     def _add_lora(self):
         """LoRA: fresh adapters on the loaded model, whose weights freeze (a resumed run loaded its adapters)."""

@@ -86,7 +86,7 @@ FLOORS = [
     ("the model's fields", ("minigpt.model_config",)),
     ("what works on a model it is handed (the loaders take the class)",
      ("minigpt.generation", "minigpt.optim", "minigpt.parallel", "minigpt.perplexity", "minigpt.weights",
-      "minigpt.locate", "minigpt.tasks", "minigpt.memory", "minigpt.logits_processors", "minigpt.sampling",
+      "minigpt.locate", "minigpt.tasks", "minigpt.logits_processors", "minigpt.sampling",
       "minigpt.speculative", "minigpt.recompute")),
     ("the model", ("minigpt.model",)),
     ("LoRA's adapters on a model, and their files", ("minigpt.lora",)),

@@ -137,3 +137,12 @@ def test_train_stops_before_allocating_when_the_plan_cannot_fit(tmp_path, monkey
         run_main("--data", corpus, "--out_dir", tmp_path / "out", "--n_layer", 2, "--n_embd", 32, "--n_head", 2,
                  "--block_size", 16, "--max_iters", 1)
     assert built == []  # no weight was allocated
+
+
+def test_the_query_block_area_in_closed_form_is_the_sum_over_blocks():
+    """The attention probabilities' count is a closed form, so a plan for --block_size 10**12 costs no loop."""
+    from minigpt.memory_plan import QUERY_BLOCK, _query_block_area
+
+    for T in (*range(1, 600), 1023, 1024, 1025, 40000):
+        blocks = [(min(s + QUERY_BLOCK, T) - s) * min(s + QUERY_BLOCK, T) for s in range(0, T, QUERY_BLOCK)]
+        assert _query_block_area(T) == sum(blocks), T

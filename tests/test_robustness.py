@@ -21,7 +21,7 @@ import pytest
 
 import minigpt.atomic
 import minigpt.checkpoint
-import minigpt.memory
+import minigpt.memory_plan
 import minigpt.trainer
 from minigpt import schema
 from minigpt.checkpoint import load_trainer_state
@@ -319,39 +319,42 @@ def test_data_that_is_a_fifo_is_refused_not_read_forever(tmp_path):
 ])
 def test_a_step_that_cannot_fit_stops_before_anything_is_allocated(tmp_path, corpus, option, value, fits,
                                                                     monkeypatch):
-    monkeypatch.setattr(minigpt.memory, "available_bytes", lambda device: 64 << 30)  # any machine: 64 GiB free
+    monkeypatch.setattr(minigpt.memory_plan, "machine_memory", lambda device, available=False: 64 << 30)  # any machine
     out = tmp_path / "out"
     argv = [*TINY, "--data", corpus, "--out_dir", out, option, value]
-    with pytest.raises(MinigptError, match="a training step at .* needs about .* but only .* of memory is available; ") as err:
+    with pytest.raises(MinigptError, match="this run needs about .* at its peak but .* is available .*; what would fit: ") as err:
         run_main(*argv)
-    assert fits in str(err.value).split("available; ")[1]
+    assert fits in str(err.value).split("what would fit: ")[1]
     assert not (out / "log.jsonl").exists()
 
 
 def test_a_block_size_the_corpus_holds_but_memory_does_not(tmp_path, monkeypatch):
     # 2 GiB free, whatever this machine has: the test must never start the 25 GB step it refuses
-    monkeypatch.setattr(minigpt.memory, "available_bytes", lambda device: 2 << 30)
+    monkeypatch.setattr(minigpt.memory_plan, "machine_memory", lambda device, available=False: 2 << 30)
     text = tmp_path / "long.txt"
     text.write_text("".join(f"line {i} of a long text\n" for i in range(30_000)), encoding="utf-8")  # 600k tokens
     out = tmp_path / "out"
-    with pytest.raises(MinigptError, match=r"--block_size 40000 needs about [\d,.]+ [GT]iB .* at --batch_size 1, "
-                                           r"--block_size \d+ fits"):
+    with pytest.raises(MinigptError, match=r"this run needs about [\d.]+ GB at its peak but 2.\d\d GB .*what would fit: "
+                                           r".*--batch_size 1 --block_size \d+"):
         run_main(*TINY, "--data", text, "--out_dir", out, "--block_size", 40000, "--batch_size", 1)
     assert not (out / "log.jsonl").exists()
 
 
 def test_what_fits_is_the_largest_that_fits():
-    from minigpt.memory import check_step_memory, estimate_step_bytes
+    from minigpt.memory_plan import Step, check_fits, largest_batch, largest_block_size, plan
 
     config = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=256, vocab_size=1000)
-    available = estimate_step_bytes(config, 37, 256).total + 1000
-    with pytest.raises(MinigptError, match=r"--batch_size 37 fits") as err:
-        check_step_memory(config, 64, 256, available=available)
-    assert "--block_size 256 needs about" in str(err.value)
-    assert check_step_memory(config, 37, 256, available=available).total <= available
-    # the estimate grows as a step does: linearly in B, quadratically (attention) in T
-    one, two = estimate_step_bytes(config, 1, 256), estimate_step_bytes(config, 2, 256)
-    assert two.activations == 2 * one.activations and two.weights == one.weights
+    step = Step(batch_size=64, block_size=256)
+    memory = plan(config, Step(batch_size=37, block_size=256)).peak + 1000
+    assert largest_batch(config, step, memory) == 37
+    with pytest.raises(MinigptError, match=r"what would fit: .*--batch_size 32 --gradient_accumulation_steps 2"):
+        check_fits(config, step, memory)
+    assert check_fits(config, Step(batch_size=37, block_size=256), memory).peak <= memory
+    # at one row, the longest context that fits a loaded model (its own context 1024): that one fits, one more does not
+    loaded = GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=1024, vocab_size=1000)
+    memory = plan(loaded, Step(block_size=200)).peak
+    t = largest_block_size(loaded, Step(batch_size=1, block_size=1024), memory)
+    assert plan(loaded, Step(block_size=t)).peak <= memory < plan(loaded, Step(block_size=t + 1)).peak
 
 
 def test_an_out_dir_left_before_the_first_checkpoint_takes_a_new_run(tmp_path, corpus):
