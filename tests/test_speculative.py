@@ -1,5 +1,7 @@
 """Speculative decoding: greedy output equals plain decoding's; sampling keeps the target's distribution."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -59,12 +61,37 @@ def test_speculative_runs_one_sequence_and_refuses_another_vocabulary():
         generate(model, np.array([[1]]), 3, draft_model=model_of(vocab_size=9))
 
 
-def chi_square_p_value(counts, probs):
-    from scipy.stats import chisquare
+def chi2_survival(x, k):
+    """P(chi-square with k degrees of freedom >= x): the regularized upper gamma Q(k/2, x/2), in closed form.
 
+    Even k: exp(-h) sum_{i < k/2} h^i / i!; odd k: erfc(sqrt h) + exp(-h) sum_{1 <= i <= (k-1)/2} h^(i-1/2) / G(i+1/2),
+    with h = x / 2."""
+    h = x / 2
+    if k % 2 == 0:
+        term = total = math.exp(-h)
+        for i in range(1, k // 2):
+            term *= h / i
+            total += term
+        return total
+    total, term = math.erfc(math.sqrt(h)), math.exp(-h) * math.sqrt(h) / math.gamma(1.5)
+    for i in range(1, (k + 1) // 2):
+        total += term
+        term *= h / (i + 0.5)
+    return total
+
+
+def test_chi2_survival_gives_the_tables_critical_values():
+    for k, x in ((1, 3.841459), (2, 5.991465), (3, 7.814728), (4, 9.487729), (15, 24.995790)):  # p = 0.05
+        assert abs(chi2_survival(x, k) - 0.05) < 1e-6
+    assert abs(chi2_survival(10.827566, 1) - 1e-3) < 1e-8
+
+
+def chi_square_p_value(counts, probs):
+    """Pearson's chi-square test of `counts` against `probs` (cells of probability 0 left out)."""
     keep = probs > 0
     assert counts[~keep].sum() == 0  # a token of probability 0 is never drawn
-    return chisquare(counts[keep], probs[keep] * counts.sum()).pvalue
+    observed, expected = counts[keep], probs[keep] / probs[keep].sum() * counts.sum()
+    return chi2_survival(float(((observed - expected) ** 2 / expected).sum()), int(keep.sum()) - 1)
 
 
 @pytest.mark.parametrize("deterministic", [False, True], ids=["draft_model", "prompt_lookup"])
