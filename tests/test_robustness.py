@@ -31,22 +31,11 @@ from minigpt.loading import load_checkpoint
 from minigpt.model import GPT
 from minigpt.model_config import GPTConfig
 from minigpt.trainer import TrainingDiverged, main
+from tests.test_train import TEXT, corpus, run_main  # noqa: F401 (corpus: a fixture)
+from tests.test_train import TINY as TRAIN_TINY
 
 REPO = Path(__file__).resolve().parent.parent
-TEXT = "".join(f"{i} little pigs went to market on day {i % 7}; {i * i} coins were spent.\n" for i in range(300))
-TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16", "--batch_size", "4",
-        "--eval_iters", "2", "--log_interval", "1", "--sample_tokens", "0", "--warmup_iters", "2"]
-
-
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "pigs.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
-
-
-def run_main(*argv):
-    return main([str(a) for a in argv])
+TINY = [*TRAIN_TINY[:TRAIN_TINY.index("--sample_tokens")], "--sample_tokens", "0", "--warmup_iters", "2"]  # no samples
 
 
 def script(name, *argv, timeout=120, **kwargs):
