@@ -348,6 +348,12 @@ def check_model_lora(rng, entries_per_tensor=12):
     for name, param in model.adapters.items():
         param[...] = rng.standard_normal(param.shape) * 0.3
     idx, targets = rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))
+    return _sampled_model_rows("model_lora", model, model.adapters, idx, targets, rng, entries_per_tensor)
+
+
+def _sampled_model_rows(label, model, params, idx, targets, rng, entries_per_tensor):
+    """One backward of the model's loss, then central differences on a sample of entries of each tensor in
+    `params` (the tensors that get gradients: all of them, or with LoRA the adapters); a Row per tensor."""
 
     def loss():
         model.rng = np.random.default_rng(1234)  # the same dropout masks on every forward
@@ -356,12 +362,12 @@ def check_model_lora(rng, entries_per_tensor=12):
     model.train()
     loss()
     grads = model.backward()
-    assert set(grads) == set(model.adapters)
+    assert set(grads) == set(params), sorted(set(grads) ^ set(params))
     rows = []
-    for name, param in model.adapters.items():
+    for name, param in params.items():
         indices = rng.choice(param.size, size=min(param.size, entries_per_tensor), replace=False)
         numeric = numerical_grad(loss, param, indices=indices)
-        rows.append(Row("model_lora", name, rel_error(grads[name].ravel()[indices], numeric.ravel()[indices])))
+        rows.append(Row(label, name, rel_error(grads[name].ravel()[indices], numeric.ravel()[indices])))
     return rows
 
 
@@ -399,21 +405,8 @@ def check_model(rng, entries_per_tensor=12, layer="model", fast=True):
     idx = rng.integers(0, 11, (2, 8))
     targets = rng.integers(0, 11, (2, 8))
     targets[1, :3] = -1
-
-    def loss():
-        model.rng = np.random.default_rng(1234)  # the same dropout masks on every forward
-        return model.forward(idx, targets)[1]
-
-    model.train()
-    loss()
-    grads = model.backward()
-    rows = []
-    for name, param in model.params.items():
-        indices = rng.choice(param.size, size=min(param.size, entries_per_tensor), replace=False)
-        numeric = numerical_grad(loss, param, indices=indices)
-        error = rel_error(grads[name].ravel()[indices], numeric.ravel()[indices])
-        rows.append(Row(layer if fast else f"{layer}_plain", name, error))
-    return rows
+    label = layer if fast else f"{layer}_plain"
+    return _sampled_model_rows(label, model, model.params, idx, targets, rng, entries_per_tensor)
 
 
 LAYERS = {
