@@ -16,7 +16,7 @@ from minigpt.distributed import Communicator, local_gpu
 from minigpt.errors import MinigptError
 from tests import device_standin
 from tests.test_distributed import REPO, mpiexec, needs_mpi
-from tests.test_train import TEXT, run_main
+from tests.test_train import corpus, run_main  # noqa: F401 (corpus: a fixture)
 
 TINY = ["--n_layer", 1, "--n_head", 2, "--n_embd", 16, "--block_size", 8, "--batch_size", 4, "--eval_iters", 1,
         "--log_interval", 1, "--sample_tokens", 4, "--eval_interval", 100, "--workers", 1]
@@ -35,14 +35,6 @@ class RankOfTwo(Communicator):
 
     def barrier(self) -> None:
         pass
-
-
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "data"))
-    path = tmp_path / "pigs.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from minigpt.tokenizer import BPETokenizer
 from minigpt.weights import read_safetensors
 from tests.test_strict_device import cupy  # noqa: F401 (the fixture)
 from tests.test_train import TEXT, read_log, run_main, train_losses
+from tests.test_train import corpus  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 ALL = tuple(lora.TARGETS)
@@ -145,14 +146,6 @@ def base_dir(tmp_path):
         seed=3).save_pretrained(directory)
     tokenizer.save(directory)
     return directory
-
-
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINIGPT_DATA_DIR", str(tmp_path / "data"))
-    path = tmp_path / "pigs.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return path
 
 
 def lora_run(base_dir, corpus, out, *extra):
