@@ -95,12 +95,6 @@ def resumed_config(cfg: TrainConfig, explicit: dict) -> TrainConfig:
     return merge_resumed(load_trainer_state(latest).get("options", {}), explicit, source=latest / STATE_FILE)
 
 
-def rng_state(rng):
-    """A JSON-serialisable state of a NumPy Generator (None for CuPy's, which has none to give)."""
-    state = getattr(rng.bit_generator, "state", None)
-    return state if isinstance(state, dict) else None
-
-
 class Trainer:
     """Holds a run's model, tokenizer, data, optimizer and RNGs; `run()` trains."""
 
