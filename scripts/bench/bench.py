@@ -21,19 +21,18 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import time
 import tracemalloc
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 
 # name: (model, batch_size B, block T, gradient_accumulation_steps A); a step is A x B x T tokens
@@ -226,8 +225,8 @@ def main(argv=None):
         return 0
 
     peak = matmul_peak()
-    print(f"# {date.today()}  {platform.processor() or platform.machine()}  {os.cpu_count()} cores  "
-          f"numpy {np.__version__}  ranks={args.ranks}  workers={args.workers or 'one per core'}")
+    print(machine.header(args.torch_python if args.compare_torch else None))
+    print(f"# ranks={args.ranks}  workers={args.workers or 'one per core'}")
     print(f"# float32 matmul peak measured here: {peak:.1f} GFLOP/s")
     header = ("| shape | A x B x T | ranks x workers | minigpt tokens/s | MFU | peak RSS (MB) | step arrays (MB) "
               "| collectives |")

@@ -9,18 +9,16 @@ Not a test: timings depend on the machine and its load (say both when quoting th
 """
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
 from minigpt.checksums import file_sha256  # noqa: E402
 from minigpt.data import check_token_file  # noqa: E402
 
@@ -40,14 +38,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     count = int(args.gb * 2**30) // 2
+    print(machine.header())
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.bin"
         np.random.default_rng(0).integers(0, 50257, count, dtype=np.uint16).tofile(path)
         tokens = np.memmap(path, dtype="<u2", mode="r")
         meta = {"train_tokens": count, "dtype": "uint16", "vocab_size": 50257}
         gb = path.stat().st_size / 2**30
-        print(f"{date.today()}  {platform.processor() or platform.machine()}  load {os.getloadavg()[0]:.1f}  "
-              f"{gb:.2f} GB file")
+        print(f"{gb:.2f} GB file")
         for name, fn in (("sha256 (hashlib)", lambda: file_sha256(path)),
                          ("token max (chunked)", lambda: check_token_file(tokens, meta, "train", path))):
             times = [t / gb for t in timed(fn, args.repeats)]

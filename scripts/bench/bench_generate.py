@@ -6,6 +6,16 @@ Hugging Face format and loaded by both. Greedy decoding of a 32-token prompt,
 threads. Reports tokens/s (new tokens over the whole generate call, prefill
 included; best of --repeats rounds, the two taking turns) and whether both produced the same tokens.
 
+The gemv bound: at batch 1 each new token reads every weight matrix once, a
+matrix-vector product each (the tied head's 50257 x 768 included), so no
+float32 decoder on this machine can beat the rate at which numpy streams those
+matrices. The script times one pass of `x @ W` over matrices of the model's
+exact shapes and layout (fresh ones, 0.5 GB for 124M: far more than the caches,
+so each is read from memory, in order, as decoding reads them), with all of
+numpy's BLAS threads, best of --repeats passes. Bound tokens/s = 1 / that time;
+the B=1 line gives minigpt's tokens/s as a share of it (minigpt's figure
+includes the prompt's prefill, which the bound leaves out).
+
     python scripts/bench/bench_generate.py [--repeats 3] [--batch-sizes 1 8]
     OPENBLAS_NUM_THREADS=1 python scripts/bench/bench_generate.py      # both libraries on one thread
 
@@ -22,15 +32,16 @@ default shift of block_size // 2, taking turns, best of --repeats.
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
 
 
 def parse_args():
@@ -60,6 +71,53 @@ def interleaved_best_times(fns, repeats):
     return best, results
 
 
+def decode_gemvs(weight_shapes: dict) -> list:
+    """The matrix-vector products of one decoding step at B=1, as (shape, head) pairs: the layers in order, then the head.
+
+    `weight_shapes` is {name: shape} of the model's parameters (GPT.params).
+    Every 2-D weight is read once per token: x @ W for the (in, out) linear
+    layers, wte @ x for the tied head (logits = x @ wte^T). The position table
+    (wpe) is only indexed, one row per token: not a product.
+    """
+    gemvs = [(tuple(shape), name.endswith(("wte.weight", "lm_head.weight")))
+             for name, shape in weight_shapes.items() if len(shape) == 2 and not name.endswith("wpe.weight")]
+    return sorted(gemvs, key=lambda gemv: gemv[1])  # stable: the head, listed first with wte, moves last
+
+
+def gemv_bound(gemvs: list, repeats: int = 3) -> tuple:
+    """({BLAS threads: seconds for one pass over all the products}, bytes read): numpy's float32 gemv rate here.
+
+    Fresh matrices of the given shapes, each read once per pass in order (cold
+    whenever the set is larger than the caches); the head's is read as W @ x,
+    the others as x @ W, each the same BLAS call decoding makes. Best of `repeats`
+    passes after one untimed pass (page faults, thread start-up), with all of
+    numpy's BLAS threads and with one: on a busy machine a gemv split over
+    threads waits for a core and can be 10x slower than one thread, and a
+    decoder may run either way, so the bound is the faster of the two.
+    """
+    products = []  # (left, right, out): W @ x for the head, x @ W for the rest
+    for (rows, cols), head in gemvs:
+        W = np.full((rows, cols), 0.01, dtype=np.float32)
+        x = np.ones(cols if head else rows, dtype=np.float32)
+        products.append((W, x, np.empty(rows, np.float32)) if head else (x, W, np.empty(cols, np.float32)))
+
+    def one_pass():
+        for left, right, out in products:
+            np.matmul(left, right, out=out)
+
+    seconds = {}
+    for threads in dict.fromkeys([machine.numpy_blas()["threads"] or os.cpu_count(), 1]):
+        with threadpool_limits(threads, user_api="blas"):
+            one_pass()
+            best = float("inf")
+            for _ in range(repeats):
+                start = time.perf_counter()
+                one_pass()
+                best = min(best, time.perf_counter() - start)
+        seconds[threads] = best
+    return seconds, sum(4 * rows * cols for (rows, cols), _ in gemvs)
+
+
 def bench_past_block_size(args):
     """tokens/s of a generation 4 x block_size long: the window re-run at every token against the slide."""
     from minigpt.host_memory import tune_host_allocator
@@ -72,7 +130,7 @@ def bench_past_block_size(args):
                        vocab_size=65)  # Shakespeare-char's vocabulary
     model = GPT(config, seed=0).eval()
     new_tokens = 4 * args.block_size
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}")
+    print(machine.header())
     print(f"{config.n_layer} layers, {config.n_head} heads, n_embd {config.n_embd}, block_size {config.block_size}, "
           f"random weights; prompt {args.prompt_tokens} tokens, {new_tokens} new, greedy")
     rng = np.random.default_rng(0)
@@ -92,6 +150,7 @@ def main():
     if args.past_block_size:
         bench_past_block_size(args)
         return
+    print(machine.header(sys.executable))  # torch runs in this process here
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -108,10 +167,13 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         reference.save_pretrained(directory)
         model = GPT.from_pretrained(directory)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, threads {threads}, "
-          f"torch {torch.__version__}, numpy {np.__version__}")
-    print(f"GPT-2 124M shapes, random weights; prompt {args.prompt_tokens} tokens, {args.new_tokens} new, greedy")
-
+    print(f"threads {threads} (both libraries); GPT-2 124M shapes, random weights; prompt {args.prompt_tokens} tokens, "
+          f"{args.new_tokens} new, greedy")
+    seconds, weight_bytes = gemv_bound(decode_gemvs({name: w.shape for name, w in model.params.items()}), args.repeats)
+    pass_seconds = min(seconds.values())
+    rates = ", ".join(f"{weight_bytes / t / 1e9:.1f} GB/s on {n} BLAS thread{'s' * (n > 1)}" for n, t in seconds.items())
+    print(f"gemv bound: numpy streams the weights ({weight_bytes / 1e6:,.0f} MB per token) at {rates}: "
+          f"{1 / pass_seconds:.1f} tokens/s at B=1")
     rng = np.random.default_rng(0)
     for batch_size in args.batch_sizes:
         prompt = rng.integers(0, 50257, size=(batch_size, args.prompt_tokens))
@@ -130,8 +192,9 @@ def main():
         new = batch_size * args.new_tokens
         same = np.array_equal(out_hf, out_mg)
         agree = (out_hf[:, args.prompt_tokens:] == out_mg[:, args.prompt_tokens:]).mean()
-        print(f"B={batch_size}: transformers {new / t_hf:7.1f} tok/s ({t_hf:.3f} s)   minigpt {new / t_mg:7.1f} tok/s ({t_mg:.3f} s)"
-              f"   speedup {t_hf / t_mg:.2f}x   same tokens: {same} ({agree:.1%} of new tokens agree)")
+        of_bound = f" ({new / t_mg * pass_seconds:.0%} of the gemv bound)" if batch_size == 1 else ""
+        print(f"B={batch_size}: transformers {new / t_hf:7.1f} tok/s ({t_hf:.3f} s)   minigpt {new / t_mg:7.1f} tok/s "
+              f"({t_mg:.3f} s){of_bound}   speedup {t_hf / t_mg:.2f}x   same tokens: {same} ({agree:.1%} of new tokens agree)")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine.py, also when loaded by runpy (the tests)
+import machine  # noqa: E402
 from minigpt.backend import get_xp, scalar, set_tf32, tf32_enabled, to_host  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
@@ -301,6 +303,7 @@ def main(argv=None):
     if not 1 <= args.seq_len <= config.block_size or args.gen_prompt + args.gen_tokens > config.block_size:
         raise MinigptError(f"--seq-len and --gen-prompt + --gen-tokens must fit the block size {config.block_size}")
 
+    print(machine.header(None if args.no_torch else sys.executable))  # the host; PyTorch runs in this process
     set_tf32(not args.no_tf32)  # before CuPy's first matmul
     cupy = get_xp("gpu")  # a clear MinigptError without CuPy or a device
     device_name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]

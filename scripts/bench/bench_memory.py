@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
 
 DATA = Path(os.environ.get("MINIGPT_GPT2_TOKENIZER_DIR", "/work/shared/data")) / "tinyshakespeare.txt"
 
@@ -118,6 +119,7 @@ def main(argv=None):
     if args.what == "make":
         return make(args.name_or_directory, args.directory)
     args.directory = args.name_or_directory
+    print(machine.header(sys.executable if args.what == "torch" else None))  # `torch` runs it in this process
     if args.what == "step":
         args.recompute = args.recompute or args.checkpointing
         return step(args)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
 from minigpt.backend import get_xp, scalar  # noqa: E402
 from minigpt.errors import run_cli  # noqa: E402
 from minigpt.model import GPT, GPTConfig  # noqa: E402
@@ -132,6 +133,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     xp = get_xp(args.device)
     comm = TimedMPI() if args.mpi else None
+    if comm is None or comm.rank == 0:
+        print(machine.header())
 
     def sync(x):
         if x is not None and args.device == "gpu":

@@ -23,16 +23,15 @@ workers), which other processes' load does not lower. Not a test: timings depend
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
 from minigpt.data import pydoc_corpus  # noqa: E402
 from minigpt.preparation import prepare_shards  # noqa: E402
 from minigpt.tokenizer import GPT2_SPLIT_PATTERN, BPETokenizer  # noqa: E402
@@ -63,6 +62,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--copies", type=int, default=8)
     args = parser.parse_args()
+    print(machine.header())
     gpt2_dir = Path(os.environ["MINIGPT_GPT2_TOKENIZER_DIR"]).resolve()
     docs = documents(gpt2_dir) * args.copies
     enc = tiktoken_encoding(gpt2_dir)
@@ -102,8 +102,7 @@ def main():
             finally:
                 sys.stdout = stdout
     shutil.rmtree(work)
-    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {len(docs):,} documents, {expected:,} tokens; "
+    print(f"load {os.getloadavg()[0]:.1f} at the end; {len(docs):,} documents, {expected:,} tokens; "
           f"best of {args.rounds} rounds")
     print(f"  {'':38s} {'tokens/s (wall)':>16s} {'tokens per CPU-second':>22s}")
     for name, seconds in best.items():

@@ -20,7 +20,6 @@ checkpoints (they are Hugging Face GPT-2 files already), on the same threads.
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
 
 from minigpt.generation import generate_stream  # noqa: E402
 from minigpt.loading import load_checkpoint  # noqa: E402
@@ -102,6 +102,7 @@ def hf_method(model, kind, args, assistant=None):
 
 def main():
     args = parse_args()
+    print(machine.header(sys.executable if args.compare_hf else None))  # --compare-hf runs torch in this process
     model, tokenizer, _ = load_checkpoint(args.target)
     draft, _, _ = load_checkpoint(args.draft)
     text = Path(args.data).read_text(encoding="utf-8")
@@ -116,8 +117,6 @@ def main():
         hf_draft = GPT2LMHeadModel.from_pretrained(args.draft).eval()
         for kind in ("plain", "lookup", "draft"):
             methods[f"HF {kind}"] = hf_method(hf_model, kind, args, hf_draft)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"# target {args.target}: {model.num_params():,} parameters; draft {args.draft}: "
           f"{draft.num_params():,}; block_size {model.config.block_size}; {args.new_tokens} new tokens, greedy, B = 1; "
           f"prompt lookup K = {args.prompt_lookup}, draft model k = {args.draft_tokens}")

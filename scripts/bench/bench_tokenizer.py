@@ -15,14 +15,13 @@ gives the same ids. Not a test: timings depend on the machine.
 import argparse
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.tokenizer import GPT2_SPLIT_PATTERN, BPETokenizer  # noqa: E402
 
@@ -104,8 +103,7 @@ def main(argv=None):
     text = text_path.read_text(encoding="utf-8")
     n_bytes = len(text.encode("utf-8"))
     gpt2_dir = Path(args.gpt2) if args.gpt2 else env_dir
-    print(f"{date.today()} | {platform.processor() or platform.machine()} | {os.cpu_count()} cores | "
-          f"Python {platform.python_version()}")
+    print(machine.header())
     print(f"text: {text_path} ({n_bytes:,} bytes)\n")
 
     print(f"GPT-2 encode (best of {args.repeats}; load average {os.getloadavg()[0]:.2f}):")

@@ -24,7 +24,6 @@ over a day: for speed, alternate runs of the two head to head.
 """
 
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
+import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
 
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.perplexity import perplexity  # noqa: E402
@@ -85,14 +85,15 @@ def run_once(seed, argv):
 
 def main(argv=None) -> int:
     seeds, argv = parse_seeds(argv or [])
+    where = machine.describe()
+    print(machine.format_header(where))
     runs = []
     for seed in seeds:
         runs.append(run_once(seed, argv))
         print(json.dumps(runs[-1]), flush=True)
     mean = {k: statistics.fmean(r[k] for r in runs) for k in ("val_loss", "val_loss_full", "wall_s")}
     print(json.dumps({"seeds": seeds, **{f"mean_{k}": round(v, 4) for k, v in mean.items()},
-                      "machine": f"{platform.machine()} {platform.processor()}".strip(),
-                      "python": platform.python_version()}))
+                      "machine": where}))
     verdict = "PASS" if mean["val_loss_full"] <= NANOGPT_VAL_LOSS_FULL and mean["wall_s"] <= NANOGPT_SECONDS else "FAIL"
     print(f"{verdict}: whole-split val loss {mean['val_loss_full']:.4f} (nanoGPT {NANOGPT_VAL_LOSS_FULL}), "
           f"training loop {mean['wall_s']:.1f} s (nanoGPT {NANOGPT_SECONDS} s); 20-batch val loss "

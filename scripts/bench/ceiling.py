@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
 from bench import SHAPES, run_child  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.fast.attention import query_blocks  # noqa: E402
@@ -190,8 +191,8 @@ def main(argv=None):
         header += " minigpt step | minigpt / ceiling |"
     if args.compare_torch:
         header += " PyTorch step | ceiling / PyTorch |"
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {os.cpu_count()} cores  numpy {np.__version__}"
-          "  (tokens/s)")
+    print(machine.header(args.torch_python if args.compare_torch else None))
+    print("# tokens/s")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name in args.shapes:

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import machine  # noqa: E402  (scripts/bench/machine.py)
 from bench_train import RECIPE  # noqa: E402
 
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
@@ -118,6 +119,7 @@ def table(runs, argv):
 
 def main(argv=None) -> int:
     rows, seeds, argv = parse(argv or [])
+    print(machine.header())
     runs = []
     for row in rows:
         for seed in seeds:
