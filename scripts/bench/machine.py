@@ -126,8 +126,11 @@ def numpy_blas() -> dict:
     loaded = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
     ours = [lib for lib in loaded if "numpy" in lib.get("filepath", "")] or loaded  # another package may load one too
     if not ours:  # e.g. Apple's Accelerate, which threadpoolctl does not list: numpy's build says which it is
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        return {"library": blas.get("name"), "version": blas.get("version"), "kernel": None, "threads": None}
+        try:
+            blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        except (TypeError, KeyError):  # numpy before 1.26 has no mode="dicts"
+            blas = {}
+        return {"library": blas.get("name", "unknown"), "version": blas.get("version"), "kernel": None, "threads": None}
     lib = ours[0]
     return {"library": lib["internal_api"], "version": lib.get("version"), "kernel": lib.get("architecture"),
             "threads": lib.get("num_threads")}
@@ -192,7 +195,7 @@ def describe(torch_python=None) -> dict:
 
 
 def format_torch(torch: dict) -> str:
-    """"PyTorch 2.13.0: BLAS mkl (MKL 2024.2, oneDNN v3.12.0), CPU capability AVX512, 2 threads", or why not."""
+    """The header's PyTorch part: 'PyTorch 2.13.0: BLAS mkl (MKL 2024.2, oneDNN v3.12.0), ...', or why there is none."""
     if torch is None:
         return "PyTorch: none in this Python"
     if "error" in torch:
