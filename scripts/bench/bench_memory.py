@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
+from minigpt.errors import run_cli  # noqa: E402
 
 DATA = Path(os.environ.get("MINIGPT_GPT2_TOKENIZER_DIR", "/work/shared/data")) / "tinyshakespeare.txt"
 
@@ -127,4 +128,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -29,13 +29,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout without installing
 import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
 
+from minigpt.errors import run_cli  # noqa: E402
 from minigpt.generation import generate_stream  # noqa: E402
 from minigpt.loading import load_checkpoint  # noqa: E402
 from minigpt.logits_processors import LogitsProcessors  # noqa: E402
 from minigpt.speculative import speculative_steps  # noqa: E402
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="the model's checkpoint")
     parser.add_argument("--draft", required=True, help="a smaller checkpoint with the same tokenizer")
@@ -49,7 +50,7 @@ def parse_args():
                         help="also prompt lookup matching up to this many tokens (Hugging Face's default is 2)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compare-hf", action="store_true")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def prompts_of(text, tokenizer, n, chars, task):
@@ -100,8 +101,8 @@ def hf_method(model, kind, args, assistant=None):
     return run
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     print(machine.header(sys.executable if args.compare_hf else None))  # --compare-hf runs torch in this process
     model, tokenizer, _ = load_checkpoint(args.target)
     draft, _, _ = load_checkpoint(args.draft)
@@ -149,4 +150,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
