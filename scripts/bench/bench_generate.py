@@ -7,14 +7,16 @@ threads. Reports tokens/s (new tokens over the whole generate call, prefill
 included; best of --repeats rounds, the two taking turns) and whether both produced the same tokens.
 
 The gemv bound: at batch 1 each new token reads every weight matrix once, a
-matrix-vector product each (the tied head's 50257 x 768 included), so no
-float32 decoder on this machine can beat the rate at which numpy streams those
-matrices. The script times one pass of `x @ W` over matrices of the model's
-exact shapes and layout (fresh ones, 0.5 GB for 124M: far more than the caches,
-so each is read from memory, in order, as decoding reads them), with all of
-numpy's BLAS threads, best of --repeats passes. Bound tokens/s = 1 / that time;
-the B=1 line gives minigpt's tokens/s as a share of it (minigpt's figure
-includes the prompt's prefill, which the bound leaves out).
+matrix-vector product each (the tied head's 50257 x 768 included), so a decoder
+that reads float32 weights through numpy's BLAS cannot beat the rate at which
+numpy streams them. The script times one pass of `x @ W` over matrices of the
+model's exact shapes and layout (fresh ones, 0.5 GB for 124M: far more than the
+caches, so each is read from memory, in order, as decoding reads them), best of
+--repeats passes, with all of numpy's BLAS threads and with one (on a busy
+machine a gemv split over threads can wait 10x longer for a core), and takes
+the faster. Bound tokens/s = 1 / that time; the B=1 line gives minigpt's
+tokens/s as a share of it (minigpt's figure includes the prompt's prefill,
+which the bound leaves out).
 
     python scripts/bench/bench_generate.py [--repeats 3] [--batch-sizes 1 8]
     OPENBLAS_NUM_THREADS=1 python scripts/bench/bench_generate.py      # both libraries on one thread
