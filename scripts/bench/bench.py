@@ -224,8 +224,8 @@ def main(argv=None):
         print(json.dumps(child_torch(args.shapes[0], args.warmup, args.iters)))
         return 0
 
+    print(machine.header(args.torch_python if args.compare_torch else None))  # its load: before this run's own
     peak = matmul_peak()
-    print(machine.header(args.torch_python if args.compare_torch else None))
     print(f"# ranks={args.ranks}  workers={args.workers or 'one per core'}")
     print(f"# float32 matmul peak measured here: {peak:.1f} GFLOP/s")
     header = ("| shape | A x B x T | ranks x workers | minigpt tokens/s | MFU | peak RSS (MB) | step arrays (MB) "

@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     print(machine.format_header(where))
     print(f"# nanoGPT's CPU recipe, whole command from start to exit, {args.max_iters} iterations, "
           f"{args.pairs} pair{'s' * (args.pairs > 1)}, alternating which goes first")
+    print(f"# minigpt: python scripts/train.py {' '.join(with_iters(RECIPE, args.max_iters))} --out_dir <temporary>")
+    print(f"# nanoGPT, in its checkout: python {' '.join(nanogpt_command('', args.max_iters, '<temporary>')[1:])}")
     print("| pair | first | minigpt (s) | nanoGPT (s) | nanoGPT / minigpt |")
     print("|---|---|---:|---:|---:|", flush=True)
     seconds = {"minigpt": [], "nanoGPT": []}
