@@ -26,6 +26,7 @@ as nanoGPT's prepare.py did it for nanoGPT.
 """
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -129,6 +130,7 @@ def main(argv=None) -> int:
             print(f"| {pair + 1} | {order[0]} | {mine:.1f} | {theirs:.1f} | {theirs / mine:.2f}x |", flush=True)
     mine, theirs = statistics.median(seconds["minigpt"]), statistics.median(seconds["nanoGPT"])
     print(f"| median | | {mine:.1f} | {theirs:.1f} | {theirs / mine:.2f}x |")
+    print(f"# load at the end {os.getloadavg()[0]:.2f} (1-minute average: the last command's own load included)")
     return 0
 
 
