@@ -303,9 +303,9 @@ def main(argv=None):
     if not 1 <= args.seq_len <= config.block_size or args.gen_prompt + args.gen_tokens > config.block_size:
         raise MinigptError(f"--seq-len and --gen-prompt + --gen-tokens must fit the block size {config.block_size}")
 
-    print(machine.header(None if args.no_torch else sys.executable))  # the host; PyTorch runs in this process
     set_tf32(not args.no_tf32)  # before CuPy's first matmul
     cupy = get_xp("gpu")  # a clear MinigptError without CuPy or a device
+    print(machine.header(None if args.no_torch else sys.executable))  # the host; PyTorch runs in this process
     device_name = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
     device_name = device_name.decode() if isinstance(device_name, bytes) else device_name
     versions = f"CuPy {cupy.__version__}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
