@@ -24,6 +24,7 @@ CuPy, with no host sync inside a step.
 """
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -165,13 +166,34 @@ def clip_coefficient(sumsq, max_norm: float, dtype):
     return xp.minimum(max_norm / (xp.sqrt(sumsq) + 1e-6), 1.0).astype(dtype)
 
 
-def adamw_step_numpy(p, g, m, v, sumsq, max_norm: float, decay_end: int, s: AdamWScalars) -> None:
-    """The update in place on 1-D NumPy arrays p, m, v (g is scaled in place when clipping)."""
+_POOLS = {}  # threads -> the executor that runs adamw_step_numpy's blocks (made on first use)
+
+
+def adamw_step_numpy(p, g, m, v, sumsq, max_norm: float, decay_end: int, s: AdamWScalars, threads: int = 1) -> None:
+    """The update in place on 1-D NumPy arrays p, m, v (g is scaled in place when clipping).
+
+    The blocks are independent, so `threads` threads take every threads-th block:
+    NumPy's ufuncs run on one core each and release the GIL, so the update is
+    about `threads` times faster while memory keeps up, bit for bit the same.
+    """
     coef = clip_coefficient(sumsq, max_norm, g.dtype) if max_norm > 0 else None
-    scratch = np.empty(min(CHUNK, p.size), dtype=p.dtype)
-    for a in range(0, p.size, CHUNK):
-        b = min(a + CHUNK, p.size)
-        _adamw_block(p[a:b], g[a:b], m[a:b], v[a:b], scratch[: b - a], coef, decay_end - a, s)
+    starts = range(0, p.size, CHUNK)
+    threads = max(1, min(threads, len(starts)))
+
+    def run(share):
+        scratch = np.empty(min(CHUNK, p.size), dtype=p.dtype)
+        for a in share:
+            b = min(a + CHUNK, p.size)
+            _adamw_block(p[a:b], g[a:b], m[a:b], v[a:b], scratch[: b - a], coef, decay_end - a, s)
+
+    if threads == 1:
+        run(starts)
+        return
+    pool = _POOLS.get(threads) or _POOLS.setdefault(threads, ThreadPoolExecutor(threads - 1))
+    others = [pool.submit(run, starts[i::threads]) for i in range(1, threads)]
+    run(starts[::threads])
+    for f in others:
+        f.result()
 
 
 def _adamw_block(p, g, m, v, tmp, coef, decay_end, s: AdamWScalars) -> None:
@@ -194,15 +216,15 @@ def _adamw_block(p, g, m, v, tmp, coef, decay_end, s: AdamWScalars) -> None:
     p -= tmp
 
 
-def adamw_step(p, g, m, v, sumsq, max_norm: float, decay_end: int, s: AdamWScalars) -> None:
+def adamw_step(p, g, m, v, sumsq, max_norm: float, decay_end: int, s: AdamWScalars, threads: int = 1) -> None:
     """One AdamW step in place on the 1-D contiguous buffers p, m, v from gradient g (either backend).
 
     sumsq: the squared global gradient norm, a 0-d or 1-element array on the
     buffers' device (read only when max_norm > 0). decay_end: elements
-    [0, decay_end) of p get weight decay.
+    [0, decay_end) of p get weight decay. threads: CPU threads sharing the blocks.
     """
     if array_module(p) is np:
-        adamw_step_numpy(p, g, m, v, sumsq, max_norm, decay_end, s)
+        adamw_step_numpy(p, g, m, v, sumsq, max_norm, decay_end, s, threads)
         return
     adamw_cuda.adamw_step_cuda(p, g, m, v, sumsq, max_norm, decay_end, s)
 
@@ -238,8 +260,9 @@ class FlatAdamW:
     """
 
     def __init__(self, params: dict, lr: float = 6e-4, betas=(0.9, 0.95), eps: float = 1e-8,
-                 weight_decay: float = 0.1, comm=None, zero: bool = False):
+                 weight_decay: float = 0.1, comm=None, zero: bool = False, threads: int = 1):
         _set_hyperparameters(self, lr, betas, eps, weight_decay)
+        self.threads = int(threads)  # CPU threads for the update (the trainer gives its worker count)
         xp, dtype = _common_array_module_and_dtype(params)
         self.params = params
         self.comm = comm
@@ -315,7 +338,8 @@ class FlatAdamW:
             self.t -= 1
             return norm
         scalars = AdamWScalars.at(self.t, lr, self.betas, self.eps, self.weight_decay)
-        adamw_step(self._param_shard, g, self.m, self.v, sumsq, grad_clip, self._shard_decay_end, scalars)
+        adamw_step(self._param_shard, g, self.m, self.v, sumsq, grad_clip, self._shard_decay_end, scalars,
+                   self.threads)
         if self.sharded:
             self._gather_send[...] = self._param_shard
             self.comm.all_gather(self._gather_send, self.flat_params)

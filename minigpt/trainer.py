@@ -136,7 +136,7 @@ class Trainer:
         self.parallel = DataParallel(self.model, cfg.workers or None, self.comm)
         self.optimizer = FlatAdamW(  # the parameters become views into its flat buffer (minigpt.optim)
             self.model.trainable, cfg.learning_rate, (cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-            comm=self.comm, zero=cfg.zero,
+            comm=self.comm, zero=cfg.zero, threads=self.parallel.workers,
         )
         release_free_memory()  # the weights as loaded, now packed into the optimizer's buffer: not kept resident
         if cfg.log_layers and self.optimizer.sharded:

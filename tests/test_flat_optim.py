@@ -10,6 +10,8 @@ import re
 import shutil
 import subprocess
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -321,6 +323,31 @@ def test_block_wise_passes_equal_whole_buffer_passes(monkeypatch):
     for per_rank, lr in zip(grads, LRS):
         opt.step(per_rank[0], lr=lr, grad_clip=1.0)
     assert max_rel(params, want[-1]) <= TOL
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_blocks_shared_by_threads_give_the_same_bits(monkeypatch, threads):
+    """FlatAdamW(threads=n): n threads take every n-th block; the parameters and moments are bit for bit one thread's."""
+    grads = rank_grads(1)
+    monkeypatch.setattr(adamw_kernels, "CHUNK", 7)  # 10 blocks, one straddling decay_end
+    block, ran_on = adamw_kernels._adamw_block, set()
+
+    def recorded_block(*args):
+        ran_on.add(threading.get_ident())
+        block(*args)
+
+    monkeypatch.setattr(adamw_kernels, "_adamw_block", recorded_block)
+    runs = []
+    for n in (1, threads):
+        params = initial_params()
+        opt = FlatAdamW(params, **HYPER, threads=n)
+        for per_rank, lr in zip(grads, LRS):
+            opt.step(per_rank[0], lr=lr, grad_clip=1.0)
+        runs.append((params, opt.m.copy(), opt.v.copy()))
+    (one, m1, v1), (many, m_n, v_n) = runs
+    assert all(np.array_equal(one[name], many[name]) for name in one)
+    assert np.array_equal(m1, m_n) and np.array_equal(v1, v_n)
+    assert len(ran_on) == threads  # the blocks really ran on that many threads (one of them the caller's)
 
 
 class OneRank:

@@ -132,8 +132,9 @@ def child_minigpt(shape, workers, warmup, iters):
     comm = TimedComm(world())
     cfg, B, T, A = SHAPES[shape]
     model = GPT(GPTConfig(**cfg), seed=0).train()
-    opt = FlatAdamW(model.params, lr=1e-4, comm=comm, zero=True)  # as train.py (--zero true; one rank: plain)
     parallel = DataParallel(model, workers or None, comm)
+    # as train.py (--zero true; one rank: plain), the update shared by the worker threads
+    opt = FlatAdamW(model.params, lr=1e-4, comm=comm, zero=True, threads=parallel.workers)
     source = batches(shape)  # (X, Y): (A, B, T) inputs and targets
 
     def step():

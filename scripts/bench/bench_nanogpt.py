@@ -119,9 +119,10 @@ def main(argv=None) -> int:
     seconds = {"minigpt": [], "nanoGPT": []}
     with tempfile.TemporaryDirectory(prefix="bench_nanogpt-") as tmp:
         tmp = Path(tmp)
-        runs = {"minigpt": (minigpt_command(args.max_iters, tmp / "minigpt"), None),
-                "nanoGPT": (nanogpt_command(args.torch_python, args.max_iters, tmp / "nanogpt"), args.nanogpt_dir)}
-        for pair in range(args.pairs):
+        for pair in range(args.pairs):  # each run in a fresh folder: neither resumes the other's checkpoints
+            runs = {"minigpt": (minigpt_command(args.max_iters, tmp / f"minigpt-{pair}"), None),
+                    "nanoGPT": (nanogpt_command(args.torch_python, args.max_iters, tmp / f"nanogpt-{pair}"),
+                                args.nanogpt_dir)}
             order = ["minigpt", "nanoGPT"] if pair % 2 == 0 else ["nanoGPT", "minigpt"]
             for name in order:
                 command, cwd = runs[name]
