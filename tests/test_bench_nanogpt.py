@@ -79,3 +79,5 @@ def test_the_gemv_bound_streams_every_weight_matrix_once_head_last():
     seconds, nbytes = bench_generate.gemv_bound(gemvs, repeats=1)
     assert nbytes == 4 * sum(int(np.prod(shape)) for shape in matrices)
     assert 1 in seconds and all(t > 0 for t in seconds.values())
+    seconds, batch_nbytes = bench_generate.gemv_bound(gemvs, repeats=1, batch_size=8)  # (8, in) @ W products
+    assert batch_nbytes == nbytes and 1 in seconds and all(t > 0 for t in seconds.values())

@@ -16,7 +16,9 @@ caches, so each is read from memory, in order, as decoding reads them), best of
 machine a gemv split over threads can wait 10x longer for a core), and takes
 the faster. Bound tokens/s = 1 / that time; the B=1 line gives minigpt's
 tokens/s as a share of it (minigpt's figure includes the prompt's prefill,
-which the bound leaves out).
+which the bound leaves out). At batch B > 1 the same pass with B rows of x
+(`x @ W`, `x @ wte^T`: the products a decoding step makes, nothing else) is
+that batch's matmul bound, B new tokens per pass.
 
     python scripts/bench/bench_generate.py [--repeats 3] [--batch-sizes 1 8]
     OPENBLAS_NUM_THREADS=1 python scripts/bench/bench_generate.py      # both libraries on one thread
@@ -86,7 +88,7 @@ def decode_gemvs(weight_shapes: dict) -> list:
     return sorted(gemvs, key=lambda gemv: gemv[1])  # stable: the head, listed first with wte, moves last
 
 
-def gemv_bound(gemvs: list, repeats: int = 3) -> tuple:
+def gemv_bound(gemvs: list, repeats: int = 3, batch_size: int = 1) -> tuple:
     """({BLAS threads: seconds for one pass over all the products}, bytes read): numpy's float32 gemv rate here.
 
     Fresh matrices of the given shapes, each read once per pass in order (cold
@@ -96,10 +98,17 @@ def gemv_bound(gemvs: list, repeats: int = 3) -> tuple:
     numpy's BLAS threads and with one: on a busy machine a gemv split over
     threads waits for a core and can be 10x slower than one thread, and a
     decoder may run either way, so the bound is the faster of the two.
+    batch_size > 1: x has that many rows (x @ W, and x @ W^T for the head, as
+    minigpt's decoding step calls them): matrix-matrix products with a short side.
     """
-    products = []  # (left, right, out): W @ x for the head, x @ W for the rest
+    products = []  # (left, right, out)
     for (rows, cols), head in gemvs:
         W = np.full((rows, cols), 0.01, dtype=np.float32)
+        if batch_size > 1:
+            x = np.ones((batch_size, cols if head else rows), dtype=np.float32)
+            products.append((x, W.T, np.empty((batch_size, rows), np.float32)) if head
+                            else (x, W, np.empty((batch_size, cols), np.float32)))
+            continue
         x = np.ones(cols if head else rows, dtype=np.float32)
         products.append((W, x, np.empty(rows, np.float32)) if head else (x, W, np.empty(cols, np.float32)))
 
@@ -176,6 +185,13 @@ def main():
     rates = ", ".join(f"{weight_bytes / t / 1e9:.1f} GB/s on {n} BLAS thread{'s' * (n > 1)}" for n, t in seconds.items())
     print(f"gemv bound: numpy streams the weights ({weight_bytes / 1e6:,.0f} MB per token) at {rates}: "
           f"{1 / pass_seconds:.1f} tokens/s at B=1")
+    gemvs = decode_gemvs({name: w.shape for name, w in model.params.items()})
+    bound_seconds = {1: pass_seconds}  # batch size -> seconds of one pass of its products
+    for batch_size in args.batch_sizes:
+        if batch_size > 1:
+            bound_seconds[batch_size] = min(gemv_bound(gemvs, args.repeats, batch_size)[0].values())
+            print(f"matmul bound at B={batch_size}: one pass of its ({batch_size}, in) @ W products "
+                  f"{bound_seconds[batch_size] * 1e3:.1f} ms: {batch_size / bound_seconds[batch_size]:.1f} tokens/s")
     rng = np.random.default_rng(0)
     for batch_size in args.batch_sizes:
         prompt = rng.integers(0, 50257, size=(batch_size, args.prompt_tokens))
@@ -194,7 +210,8 @@ def main():
         new = batch_size * args.new_tokens
         same = np.array_equal(out_hf, out_mg)
         agree = (out_hf[:, args.prompt_tokens:] == out_mg[:, args.prompt_tokens:]).mean()
-        of_bound = f" ({new / t_mg * pass_seconds:.0%} of the gemv bound)" if batch_size == 1 else ""
+        bound = "gemv" if batch_size == 1 else "matmul"
+        of_bound = f" ({new / t_mg * bound_seconds[batch_size] / batch_size:.0%} of the {bound} bound)"
         print(f"B={batch_size}: transformers {new / t_hf:7.1f} tok/s ({t_hf:.3f} s)   minigpt {new / t_mg:7.1f} tok/s "
               f"({t_mg:.3f} s){of_bound}   speedup {t_hf / t_mg:.2f}x   same tokens: {same} ({agree:.1%} of new tokens agree)")
 
