@@ -6,6 +6,7 @@ directly: they ask `array_module(x)` for the module of the arrays they are given
 so the same code runs on both.
 """
 
+import functools
 import os
 from contextlib import contextmanager
 
@@ -187,14 +188,22 @@ def sum_last_axis(x):
     """
     if array_module(x) is not np:
         return x.sum(axis=-1, keepdims=True)
-    return (x @ np.ones(x.shape[-1], dtype=x.dtype))[..., None]
+    return (x @ _ones(x.shape[-1], x.dtype))[..., None]
 
 
 def sum_first_axis(x2):
     """x2.sum(axis=0), the sum of the rows of a 2-D array; on NumPy as ones @ x2 (see sum_last_axis)."""
     if array_module(x2) is not np:
         return x2.sum(axis=0)
-    return np.ones(x2.shape[0], dtype=x2.dtype) @ x2
+    return _ones(x2.shape[0], x2.dtype) @ x2
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(n: int, dtype) -> np.ndarray:
+    """A read-only vector of n ones, made once per length: the row sums above run per layer and per token."""
+    ones = np.ones(n, dtype=dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 def matmul_into(a, b, out):

@@ -7,6 +7,8 @@ their buffers; CuPy arrays go to the CUDA kernels of minigpt/kernels/softmax_cud
 which compute the same formulas one warp per row.
 """
 
+import functools
+
 import numpy as np
 
 from minigpt.backend import array_module, sum_last_axis
@@ -32,14 +34,25 @@ def backward(dout, cache):
 
 
 def forward_numpy(scores, scale):
-    t_q, t_k = scores.shape[-2:]
-    mask_add = np.where(causal_mask(np, t_q, t_k), -np.inf, 0.0).astype(scores.dtype)  # (Tq, Tk)
     probs = scores * scale  # z, a new array: scores stay untouched
-    probs += mask_add
+    mask_add = _mask_add(*scores.shape[-2:], scores.dtype)  # (Tq, Tk), or None: nothing hidden
+    if mask_add is not None:
+        probs += mask_add
     probs -= probs.max(axis=-1, keepdims=True)  # z - m
     np.exp(probs, out=probs)  # exp(-inf) = 0: masked entries are exactly 0
     probs *= 1.0 / sum_last_axis(probs)  # one division per row, not per entry
     return probs
+
+
+@functools.lru_cache(maxsize=32)
+def _mask_add(t_q, t_k, dtype):
+    """The causal mask as a read-only additive term of 0 and -inf, made once per shape (every layer and block
+    of a step shares it); None when one query row, the last position, sees every key (a decoding step)."""
+    if t_q == 1:
+        return None
+    mask_add = np.where(causal_mask(np, t_q, t_k), -np.inf, 0.0).astype(dtype)
+    mask_add.flags.writeable = False
+    return mask_add
 
 
 def backward_numpy(dout, probs, scale):
