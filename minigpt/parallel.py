@@ -35,7 +35,9 @@ then row; `Accumulator`): with whole micro-batches per slice the sums are
 bit for bit those of the sequential loop, whatever W. The gradients are added
 layer by layer as each backward produces them, each tensor in its own turn, so
 a rank holds one set of sums (the optimizer's flat gradient buffer itself, in
-train.py) and the layers in flight: not a whole set per worker. A run is
+train.py) and the layers in flight: not a whole set per worker. A worker never
+waits for another between its forward and its backward, and one that reaches a
+tensor before its turn parks it (up to Accumulator.PARK_BYTES) and goes on. A run is
 reproducible, and resumes exactly, for a given R and W; across R and W only
 float rounding differs.
 
@@ -126,35 +128,52 @@ class Accumulator:
     """A rank's loss and gradient sums, added in turn order (0, 1, 2, ...) whatever thread arrives first.
 
     Gradients arrive layer by layer (`GPT.backward(sink=accumulator.turn(t))`). Each tensor keeps its
-    own turn, so a worker waits only until the slice before its own has added
-    that same tensor, and each layer's gradients are freed as soon as they are
-    added: a rank holds one set of sums plus the layers in flight, not one whole
-    set of gradients per worker. `into` (name -> array, e.g. FlatAdamW's
-    grad_views) receives the sums: turn 0 copies into it, later turns add; with
-    no `into` the first gradients are kept as they are (no copy).
+    own turn. A worker whose turn has not come yet for a tensor leaves it
+    parked and goes on with its backward: the thread that adds turn t - 1 adds
+    the parked turn t right after (while the parked tensors stay under
+    `park_bytes`; beyond it the worker waits for its turn). Each layer's
+    gradients are freed as soon as they are added: a rank holds one set of sums
+    plus the layers in flight, not one whole set of gradients per worker. The
+    losses are kept per turn and summed in turn order when read, so no worker
+    waits for another between its forward and its backward. `into` (name ->
+    array, e.g. FlatAdamW's grad_views) receives the sums: turn 0 copies into
+    it, later turns add; with no `into` the first gradients are kept as they are (no copy).
     """
 
-    def __init__(self, into=None):
-        self.loss, self.loss_turn = 0.0, 0
+    PARK_BYTES = 64 << 20  # gradients a worker may leave ahead of their turn (bounds the memory in flight)
+
+    def __init__(self, into=None, park_bytes=PARK_BYTES):
+        self.losses = {}  # turn -> that slice's weighted loss
         self.grads = {} if into is None else into
         self._keep_first = into is None
         self._turns = collections.Counter()  # name -> slices whose gradient of it has been added
+        self._parked, self._parked_bytes, self.park_bytes = {}, 0, park_bytes  # (name, turn) -> gradient
         self.failed = False
         self._ready = threading.Condition()
 
+    @property
+    def loss(self):
+        """The slices' losses summed in turn order (0.0 + loss_0 + loss_1 + ...): the same float whoever finished first."""
+        return functools.reduce(lambda total, t: total + self.losses[t], sorted(self.losses), 0.0)
+
     def add_loss(self, turn: int, loss) -> None:
-        with self._ready:
-            self._wait(lambda: self.loss_turn == turn)
-            self.loss = self.loss + loss
-            self.loss_turn += 1
-            self._ready.notify_all()
+        self.losses[turn] = loss
 
     def add_grads(self, turn: int, grads: dict) -> None:
         """Add one layer's gradients (keyed like the model's params), each in its turn."""
         for name, g in grads.items():
             with self._ready:
+                if self._turns[name] != turn and self._parked_bytes + g.nbytes <= self.park_bytes:
+                    self._parked[name, turn] = g  # the thread that adds turn - 1 adds it
+                    self._parked_bytes += g.nbytes
+                    continue
                 self._wait(lambda: self._turns[name] == turn)
-            # only this thread holds the turn of `name`: the add runs outside the lock, beside other adds
+            self._add_in_turn(name, turn, g)
+
+    def _add_in_turn(self, name, turn, g) -> None:
+        """Add g, whose turn has come (only this thread holds it), then any parked gradients of the next turns."""
+        while g is not None:
+            # outside the lock: the add runs beside other tensors' adds
             if turn > 0:
                 self.grads[name] += g
             elif self._keep_first:
@@ -163,6 +182,10 @@ class Accumulator:
                 self.grads[name][...] = g
             with self._ready:
                 self._turns[name] += 1
+                turn += 1
+                g = self._parked.pop((name, turn), None)
+                if g is not None:
+                    self._parked_bytes -= g.nbytes
                 self._ready.notify_all()
 
     def turn(self, turn: int):

@@ -1,5 +1,6 @@
 """DataParallel: a step's global batch, cut into slices over worker threads, gives the whole batch's loss and gradients."""
 
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -104,6 +105,34 @@ def test_backward_hands_each_layer_to_a_sink():
     for layer in handed:
         for name, g in layer.items():
             np.testing.assert_array_equal(g, grads[name], err_msg=name)
+
+
+def test_a_gradient_ahead_of_its_turn_is_parked_and_added_in_turn_order():
+    """Turn 1 arrives first: it is parked (its worker goes on), and the thread adding turn 0 adds it right after."""
+    rng = np.random.default_rng(0)
+    g0, g1, g2 = (rng.standard_normal(5).astype(np.float32) for _ in range(3))
+    total = parallel_module.Accumulator()
+    total.add_grads(2, {"w": g2})  # returns at once: parked
+    total.add_grads(1, {"w": g1})
+    assert "w" not in total.grads
+    total.add_grads(0, {"w": g0.copy()})  # kept as is (turn 0, no `into`), then turns 1 and 2 added to it
+    np.testing.assert_array_equal(total.grads["w"], (g0 + g1) + g2)  # the sequential order, bit for bit
+    assert total._parked == {} and total._parked_bytes == 0
+    for turn, loss in [(2, 0.3), (0, 0.1), (1, 0.2)]:  # losses in any order, summed in turn order
+        total.add_loss(turn, np.float32(loss))
+    assert total.loss == ((0.0 + np.float32(0.1)) + np.float32(0.2)) + np.float32(0.3)
+
+
+def test_beyond_the_parking_budget_a_worker_waits_for_its_turn():
+    total = parallel_module.Accumulator(park_bytes=0)
+    late = threading.Thread(target=total.add_grads, args=(1, {"w": np.ones(3)}))
+    late.start()
+    late.join(timeout=0.2)
+    assert late.is_alive()  # waiting for turn 0, nothing parked
+    total.add_grads(0, {"w": np.full(3, 2.0)})
+    late.join(timeout=5)
+    assert not late.is_alive()
+    np.testing.assert_array_equal(total.grads["w"], np.full(3, 3.0))
 
 
 def test_a_failing_worker_does_not_leave_the_others_waiting():
