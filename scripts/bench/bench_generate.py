@@ -180,12 +180,12 @@ def main():
         model = GPT.from_pretrained(directory)
     print(f"threads {threads} (both libraries); GPT-2 124M shapes, random weights; prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new, greedy")
-    seconds, weight_bytes = gemv_bound(decode_gemvs({name: w.shape for name, w in model.params.items()}), args.repeats)
+    gemvs = decode_gemvs({name: w.shape for name, w in model.params.items()})
+    seconds, weight_bytes = gemv_bound(gemvs, args.repeats)
     pass_seconds = min(seconds.values())
     rates = ", ".join(f"{weight_bytes / t / 1e9:.1f} GB/s on {n} BLAS thread{'s' * (n > 1)}" for n, t in seconds.items())
     print(f"gemv bound: numpy streams the weights ({weight_bytes / 1e6:,.0f} MB per token) at {rates}: "
           f"{1 / pass_seconds:.1f} tokens/s at B=1")
-    gemvs = decode_gemvs({name: w.shape for name, w in model.params.items()})
     bound_seconds = {1: pass_seconds}  # batch size -> seconds of one pass of its products
     for batch_size in args.batch_sizes:
         if batch_size > 1:

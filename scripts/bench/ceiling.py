@@ -24,7 +24,6 @@ import argparse
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402  (scripts/bench/machine.py, beside this script)
-from bench import SHAPES, run_child  # noqa: E402
+from bench import SHAPES, run_child, time_steps  # noqa: E402
 from minigpt.errors import MinigptError, run_cli  # noqa: E402
 from minigpt.fast.attention import query_blocks  # noqa: E402
 
@@ -151,25 +150,14 @@ def time_ceiling(shape, warmup, iters):
             t.join()
 
     with blas_threads(max(1, cores // workers)):
-        result["workers"] = tokens / median_seconds(worker_step, warmup, iters)
+        result["workers"] = tokens / time_steps(worker_step, warmup, iters)
     del per_worker
 
     # one thread, every core's BLAS, the micro-batches one after another
     single = Operands(products)
     with blas_threads(cores):
-        result["blas_threads"] = tokens / median_seconds(lambda: [single.run() for _ in range(A)], warmup, iters)
+        result["blas_threads"] = tokens / time_steps(lambda: [single.run() for _ in range(A)], warmup, iters)
     return result
-
-
-def median_seconds(step, warmup, iters):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def main(argv=None):
